@@ -1,0 +1,94 @@
+"""Strict settings models, YAML loading and ``--set dotted.key=value`` overrides.
+
+Every manifest and training config is a pydantic model derived from :class:`StrictModel`: unknown keys
+are rejected by name, values are validated once, and the same model serves the CLI and the Python API.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dehaze.errors import UserError
+
+M = TypeVar("M", bound="StrictModel")
+
+
+class StrictModel(BaseModel):
+    """Base of every settings model: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first offending field, e.g. ``manifest.yaml: optics.na: ...``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; `dehaze schema` lists the valid keys)"
+    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into (["a","b","c"], value); the value is read as YAML (numbers, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected dotted.key=value, e.g. --set camera.read_noise_e=4")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``dotted.key=value`` override applied (creating sub-dicts)."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, or raise a one-line :class:`UserError` naming the file."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def build_model(cls: type[M], data: dict[str, Any], overrides: list[str], source: str) -> M:
+    """Validate ``data`` with ``overrides`` applied as ``cls``; errors become one-line UserErrors."""
+    merged = apply_overrides(data, overrides)
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None

@@ -1,0 +1,367 @@
+"""The ladder store: the only code in dehaze that reads or writes haze-ladder stores.
+
+Layout (Zarr v2, OME-NGFF 0.4, nested chunk keys)::
+
+    ladder.zarr/
+      .zattrs            {"dehaze": DatasetMeta}        dataset-level metadata (see DatasetMeta)
+      field_000/         OME-NGFF 0.4 image, one level:
+        .zattrs          {"multiscales": [...], "dehaze": FieldMeta}
+        0                (h, y, x) or (h, z, y, x) uint16 camera values, chunks (1, [1,] 256, 256)
+        noise_free       same shape, float32: expected camera value without noise   (simulation only)
+        truth            (y, x) or (z, y, x) float32: fluorophore density             (simulation only)
+      field_001/ ...
+
+The axis ``h`` indexes the degradation step (0 cleanest ... T haziest); it is typed ``degradation``,
+never ``time``, so NGFF readers do not mistake it for time.
+
+Crash safety: the dataset metadata says ``status: incomplete`` until every field is written; a field's
+own metadata gets ``complete: true`` only after all its arrays are on disk. An interrupted writer leaves a
+store that :func:`check_ladder` reports as incomplete and that a rerun of the same job completes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numcodecs
+import numpy as np
+import zarr
+from pydantic import ValidationError
+
+from dehaze import __version__
+from dehaze.config import StrictModel, format_validation_error
+from dehaze.errors import UserError
+
+FORMAT_VERSION = 1
+NGFF_VERSION = "0.4"
+IMAGE_ARRAY = "0"
+CHUNK_YX = 256
+_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+class StepStats(StrictModel):
+    """Intensity statistics of one step over all fields (camera values, ADU)."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    p01: float
+    p999: float
+    haze_index: float | None = None  # background / peak of the noise-free image (0 crisp ... 1 flat)
+
+
+class DatasetMeta(StrictModel):
+    """Dataset-level metadata under the root's ``dehaze`` key."""
+
+    format_version: int = FORMAT_VERSION
+    dehaze_version: str = __version__
+    source: Literal["simulation", "acquisition"]
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    status: Literal["incomplete", "complete"] = "incomplete"
+    n_steps: int
+    pinhole_au: list[float | None]  # None: unknown in AU, or the widefield step (see widefield_steps)
+    pinhole_um: list[float] | None = None
+    pinhole_units_source: str = ""  # where the AU/µm values came from (manifest, OME-XML, calibration...)
+    widefield_steps: list[int] = []
+    spatial_axes: list[str]  # ["y", "x"] or ["z", "y", "x"]
+    pixel_size_um: dict[str, float]  # per spatial axis
+    fields: list[str]
+    step_stats: list[StepStats] | None = None
+    normalization: dict[str, Any] | None = None  # what loaders should apply (recorded by the writer)
+
+    @property
+    def axes(self) -> list[str]:
+        return ["h", *self.spatial_axes]
+
+
+class FieldMeta(StrictModel):
+    """Per-field metadata under the image group's ``dehaze`` key."""
+
+    complete: bool = False
+    extras: list[str] = []
+    info: dict[str, Any] = {}
+
+
+def ngff_multiscales(name: str, spatial_axes: list[str], pixel_size_um: dict[str, float]) -> list[dict[str, Any]]:
+    """OME-NGFF 0.4 ``multiscales`` for one single-level ladder image with a ``degradation`` axis h."""
+    axes = [{"name": "h", "type": "degradation"}]
+    axes += [{"name": a, "type": "space", "unit": "micrometer"} for a in spatial_axes]
+    scale = [1.0] + [float(pixel_size_um[a]) for a in spatial_axes]
+    return [
+        {
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": axes,
+            "datasets": [{"path": IMAGE_ARRAY, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }
+    ]
+
+
+def field_name(index: int) -> str:
+    return f"field_{index:03d}"
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One step (and one plane) per chunk, ~256x256 pixels: best for random patch reads (DESIGN §3)."""
+    lead = (1,) * (len(shape) - 2)
+    return (*lead, min(CHUNK_YX, shape[-2]), min(CHUNK_YX, shape[-1]))
+
+
+class LadderStore:
+    """An open ladder store. Create with :func:`create_ladder`, open with :func:`open_ladder`."""
+
+    def __init__(self, path: Path, root: zarr.Group, meta: DatasetMeta) -> None:
+        self.path = path
+        self.root = root
+        self.meta = meta
+
+    # ---- reading -------------------------------------------------------------------------------
+    @property
+    def fields(self) -> list[str]:
+        return list(self.meta.fields)
+
+    @property
+    def n_steps(self) -> int:
+        return self.meta.n_steps
+
+    def image(self, field: str) -> zarr.Array:
+        """The (h, [z,] y, x) camera-value array of one field (lazy zarr array)."""
+        return self.root[field][IMAGE_ARRAY]
+
+    def extra(self, field: str, name: str) -> zarr.Array:
+        """A per-field extra array (``noise_free``, ``truth``, ``shifts`` ...)."""
+        group = self.root[field]
+        if name not in group:
+            raise UserError(f"{self.path}: field {field} has no {name!r} array (has: {', '.join(self.field_meta(field).extras) or 'none'})")
+        return group[name]
+
+    def field_meta(self, field: str) -> FieldMeta:
+        return FieldMeta.model_validate(dict(self.root[field].attrs).get("dehaze", {}))
+
+    def completed_fields(self) -> set[str]:
+        done = set()
+        for name in self.meta.fields:
+            if name in self.root and dict(self.root[name].attrs).get("dehaze", {}).get("complete", False):
+                done.add(name)
+        return done
+
+    # ---- writing -------------------------------------------------------------------------------
+    def write_field(
+        self,
+        field: str,
+        image: np.ndarray,
+        extras: dict[str, np.ndarray] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Write one field: the (h, [z,] y, x) image, extras, then mark it complete (last)."""
+        if field not in self.meta.fields:
+            raise ValueError(f"{field} is not a field of this store")
+        n_axes = 1 + len(self.meta.spatial_axes)
+        if image.ndim != n_axes or image.shape[0] != self.meta.n_steps:
+            raise ValueError(f"{field}: image shape {image.shape} does not match axes {self.meta.axes} with {self.meta.n_steps} steps")
+        group = self.root.require_group(field)
+        group.attrs.put({"dehaze": FieldMeta(complete=False).model_dump(mode="json")})
+        _write_array(group, IMAGE_ARRAY, image)
+        for name, arr in (extras or {}).items():
+            _write_array(group, name, arr)
+        group.attrs.put(
+            {
+                "multiscales": ngff_multiscales(field, self.meta.spatial_axes, self.meta.pixel_size_um),
+                "dehaze": FieldMeta(complete=True, extras=sorted(extras or {}), info=info or {}).model_dump(mode="json"),
+            }
+        )
+
+    def finalize(self, **updates: Any) -> None:
+        """Mark the store complete, recording final dataset-level values (e.g. ``step_stats``)."""
+        missing = set(self.meta.fields) - self.completed_fields()
+        if missing:
+            raise RuntimeError(f"cannot finalize {self.path}: fields not written: {sorted(missing)}")
+        self.meta = self.meta.model_copy(update={**updates, "status": "complete"})
+        _put_meta(self.root, self.meta)
+
+
+def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
+    arr = group.create_dataset(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=_chunks(data.shape),
+        compressor=_COMPRESSOR,
+        overwrite=True,
+        dimension_separator="/",
+        fill_value=0,
+    )
+    arr[...] = data
+
+
+def _put_meta(root: zarr.Group, meta: DatasetMeta) -> None:
+    # Re-validate the full model (model_copy does not) so a store never carries invalid metadata.
+    checked = DatasetMeta.model_validate(meta.model_dump(mode="json"))
+    root.attrs.put({"dehaze": checked.model_dump(mode="json")})
+
+
+def _looks_like_ladder(path: Path) -> bool:
+    attrs = path / ".zattrs"
+    if not attrs.is_file():
+        return False
+    try:
+        return "dehaze" in json.loads(attrs.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_writable_parent(path: Path) -> None:
+    """Fail early, before any work, if ``path`` cannot be created (no half-written output)."""
+    parent = path.resolve().parent
+    if not parent.exists():
+        raise UserError(f"{path}: parent folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise UserError(f"{path}: {parent} is not a folder")
+    probe = parent / f".dehaze-write-probe-{path.name}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write in {parent} ({exc.strerror}); choose another output path") from None
+
+
+def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False) -> tuple[LadderStore, str]:
+    """Create a store, or reopen an interrupted one made from the same manifest.
+
+    Returns ``(store, state)`` with state ``"new"``, ``"resumed"`` or ``"complete"``. An existing store
+    from another manifest is refused unless ``overwrite``; a path that is not a ladder store is never
+    deleted (nothing the user had is lost).
+    """
+    path = Path(path)
+    if path.exists():
+        if not _looks_like_ladder(path):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            else:
+                raise UserError(f"{path}: exists and is not a dehaze ladder store; choose another output path")
+        else:
+            existing = open_ladder(path, require_complete=False)
+            same = existing.meta.manifest_sha256 == meta.manifest_sha256
+            if same and not overwrite:
+                state = "complete" if existing.meta.status == "complete" else "resumed"
+                return existing, state
+            if not overwrite:
+                raise UserError(
+                    f"{path}: holds a store made from a different manifest; pass --overwrite to replace it or choose another output path"
+                )
+            shutil.rmtree(path)
+    ensure_writable_parent(path)
+    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="w")
+    _put_meta(root, meta)
+    return LadderStore(path, root, meta), "new"
+
+
+def open_ladder(path: str | Path, *, require_complete: bool = True) -> LadderStore:
+    """Open a ladder store for reading; raises a one-line :class:`UserError` if it is not a valid one."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such store")
+    if not _looks_like_ladder(path):
+        raise UserError(f"{path}: not a dehaze ladder store (no 'dehaze' metadata in {path / '.zattrs'})")
+    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="r+" if not require_complete else "r")
+    try:
+        meta = DatasetMeta.model_validate(dict(root.attrs)["dehaze"])
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, f"{path}: dehaze metadata")) from None
+    if meta.format_version > FORMAT_VERSION:
+        raise UserError(f"{path}: store format {meta.format_version} is newer than this dehaze ({FORMAT_VERSION}); upgrade dehaze")
+    if require_complete and meta.status != "complete":
+        done = sum(1 for f in meta.fields if f in root and dict(root[f].attrs).get("dehaze", {}).get("complete"))
+        raise UserError(
+            f"{path}: store is incomplete ({done}/{len(meta.fields)} fields written); rerun the command that made it to finish it"
+        )
+    return LadderStore(path, root, meta)
+
+
+def check_ladder(path: str | Path) -> list[str]:
+    """Validate a store against the contract; returns a list of problems (empty: valid)."""
+    try:
+        store = open_ladder(path)
+    except UserError as err:
+        return [str(err)]
+    meta, problems = store.meta, []
+    if len(meta.pinhole_au) != meta.n_steps:
+        problems.append(f"pinhole_au has {len(meta.pinhole_au)} values for {meta.n_steps} steps")
+    if meta.pinhole_um is not None and len(meta.pinhole_um) != meta.n_steps:
+        problems.append(f"pinhole_um has {len(meta.pinhole_um)} values for {meta.n_steps} steps")
+    if meta.step_stats is None or len(meta.step_stats) != meta.n_steps:
+        problems.append("step_stats missing or not one per step")
+    for axis in meta.spatial_axes:
+        if axis not in meta.pixel_size_um:
+            problems.append(f"pixel_size_um has no value for axis {axis}")
+    for field in meta.fields:
+        if field not in store.root:
+            problems.append(f"{field}: listed but missing")
+            continue
+        attrs = dict(store.root[field].attrs)
+        fmeta = attrs.get("dehaze", {})
+        if not fmeta.get("complete"):
+            problems.append(f"{field}: not marked complete")
+        ms = attrs.get("multiscales")
+        if not ms or ms[0].get("version") != NGFF_VERSION:
+            problems.append(f"{field}: no OME-NGFF {NGFF_VERSION} multiscales metadata")
+            continue
+        names = [a.get("name") for a in ms[0]["axes"]]
+        if names != meta.axes or any("type" not in a for a in ms[0]["axes"]) or ms[0]["axes"][0].get("type") != "degradation":
+            problems.append(f"{field}: axes {names} do not match {meta.axes} with h typed 'degradation'")
+        if IMAGE_ARRAY not in store.root[field]:
+            problems.append(f"{field}: image array '{IMAGE_ARRAY}' missing")
+            continue
+        img = store.image(field)
+        if img.ndim != len(meta.axes) or img.shape[0] != meta.n_steps:
+            problems.append(f"{field}: image shape {img.shape} does not match axes {meta.axes} and {meta.n_steps} steps")
+        for extra in fmeta.get("extras", []):
+            if extra not in store.root[field]:
+                problems.append(f"{field}: extra array {extra!r} listed but missing")
+    return problems
+
+
+def describe_ladder(store: LadderStore) -> str:
+    """A readable multi-line summary for ``dehaze info``."""
+    m = store.meta
+    lines = [
+        f"{store.path}  ({m.source}, format {m.format_version}, {m.status})",
+        f"  fields: {len(m.fields)}   steps: {m.n_steps}   axes: {' '.join(m.axes)}",
+    ]
+    if m.fields and m.fields[0] in store.root and IMAGE_ARRAY in store.root[m.fields[0]]:
+        img = store.image(m.fields[0])
+        lines.append(f"  image shape per field: {img.shape} {img.dtype}, chunks {img.chunks}")
+    px = ", ".join(f"{a}={v:g}" for a, v in m.pixel_size_um.items())
+    lines.append(f"  pixel size (µm): {px}")
+    if m.pinhole_units_source:
+        lines.append(f"  pinhole values from: {m.pinhole_units_source}")
+    header = "  step  pinhole_au  pinhole_um      mean       std     p99.9  haze_index"
+    lines.append(header)
+    for t in range(m.n_steps):
+        au = m.pinhole_au[t]
+        au_s = "widefield" if t in m.widefield_steps else ("-" if au is None else f"{au:g}")
+        um_s = "-" if not m.pinhole_um else f"{m.pinhole_um[t]:.3g}"
+        s = m.step_stats[t] if m.step_stats else None
+        stats = f"{s.mean:9.1f} {s.std:9.1f} {s.p999:9.1f} {('-' if s.haze_index is None else f'{s.haze_index:.3f}'):>11}" if s else "        (not yet computed)"
+        lines.append(f"  {t:>4}  {au_s:>10}  {um_s:>10} {stats}")
+    return "\n".join(lines)
+
+
+def step_stats_from_samples(samples_per_step: list[np.ndarray], haze: list[float | None] | None = None) -> list[StepStats]:
+    """Aggregate statistics per step from (possibly subsampled) camera values of all fields."""
+    out = []
+    for t, values in enumerate(samples_per_step):
+        v = np.asarray(values, dtype=np.float64).ravel()
+        p01, p999 = np.percentile(v, [0.1, 99.9])
+        out.append(
+            StepStats(
+                mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()),
+                p01=float(p01), p999=float(p999), haze_index=None if haze is None else haze[t],
+            )
+        )
+    return out

@@ -1,0 +1,199 @@
+"""Simulate a haze ladder store from a manifest: plan once, then every field in parallel on dask.
+
+Stages (shapes for one field, T+1 steps, K kept planes):
+
+1. ``plan_ladder``: PSF window, one PSF per step (microsim physics, see :mod:`simulation.optics`) and its
+   transform (OTF), shared by every field.
+2. ``simulate_field``: truth (nz, ny, nx) from MatsLines -> its 2-D transforms, once -> optical image
+   (T+1, K, ny, nx) photons/s at the kept planes -> camera values (uint16) with independent noise per
+   step, the noise-free expectation (float32 ADU) and the truth at the kept planes.
+3. ``simulate_ladder``: creates (or resumes) the store, runs the missing fields on dask (threads locally,
+   or a dask.distributed scheduler), each task writing its own field, then records the statistics.
+
+Determinism: every random draw is seeded from (manifest seed, field index[, step]), so a field is the same
+whichever worker makes it, in whatever order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dehaze.manifests import SimulationManifest
+from dehaze.progress import progress_bar
+from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, open_ladder, step_stats_from_samples
+from simulation.camera import camera_image, expected_adu
+from simulation.forward import PlaneConvolver
+from simulation.optics import PsfWindow, ladder_psfs, psf_window
+from simulation.sample import field_seed, render_truth
+
+PEAK_PERCENTILE = 99.9
+STATS_PIXELS_PER_STEP = 2_000_000  # subsample cap when computing dataset statistics
+
+
+@dataclass
+class LadderPlan:
+    """What every field of a ladder shares: the manifest, the PSF window and one OTF per step."""
+
+    manifest: SimulationManifest
+    window: PsfWindow
+    convolver: PlaneConvolver
+    otfs: list[np.ndarray]  # per step, (kz, L_y, L_x//2+1) complex64
+
+
+@dataclass
+class FieldResult:
+    """One simulated field. ``image``/``noise_free``: (h, [z,] y, x); ``truth``: ([z,] y, x)."""
+
+    image: np.ndarray
+    noise_free: np.ndarray
+    truth: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_ladder(manifest: SimulationManifest, fft_workers: int = 1) -> LadderPlan:
+    """Build the PSFs and OTFs of every step (once per ladder, reused for every field)."""
+    vol, pin = manifest.volume, manifest.pinhole
+    window = psf_window(manifest.optics, vol.field_shape_yx, vol.nz, vol.kept_planes, max(pin.steps_au))
+    psfs = ladder_psfs(manifest.optics, window, pin.pinhole_au, workers=fft_workers)
+    convolver = PlaneConvolver((vol.nz, *vol.field_shape_yx), (window.nz, window.n, window.n), workers=fft_workers)
+    return LadderPlan(manifest, window, convolver, [convolver.transform(p) for p in psfs])
+
+
+def haze_index(optical: np.ndarray) -> float:
+    """Background over peak of a noise-free image: 0 for crisp structure on black, 1 for a flat haze."""
+    peak = float(np.percentile(optical, PEAK_PERCENTILE))
+    return float(np.median(optical) / peak) if peak > 0 else 0.0
+
+
+def simulate_field(plan: LadderPlan, field_index: int) -> FieldResult:
+    """Simulate all steps of one field (see the module docstring for the stages)."""
+    m = plan.manifest
+    kept = m.volume.kept_planes
+    truth = render_truth(m, field_index)
+    truth_f = plan.convolver.transform(truth)
+    optical = np.stack([plan.convolver.planes(truth_f, otf, kept) for otf in plan.otfs])  # (h, K, y, x)
+    np.maximum(optical, 0, out=optical)  # FFT round-off can dip a hair below zero
+    # One photon scale per field, set on the cleanest step: brightness differences between steps are physics.
+    peak = float(np.percentile(optical[0], PEAK_PERCENTILE)) or float(optical[0].max())
+    photons_per_s = optical * np.float32(m.camera.peak_photons_per_s / peak if peak > 0 else 0.0)
+    image = np.stack(
+        [
+            camera_image(photons_per_s[t], m.camera, np.random.default_rng(field_seed(m.seed, field_index, t)))
+            for t in range(len(plan.otfs))
+        ]
+    )
+    noise_free = expected_adu(photons_per_s, m.camera)
+    truth_kept = truth[kept]
+    if len(kept) == 1:  # 2-D ladder: drop the z axis
+        image, noise_free, truth_kept = image[:, 0], noise_free[:, 0], truth_kept[0]
+    info = {"field_index": field_index, "haze_index": [haze_index(o) for o in optical], "photon_scale": peak}
+    return FieldResult(image=image, noise_free=noise_free, truth=truth_kept, info=info)
+
+
+def dataset_meta(manifest: SimulationManifest) -> DatasetMeta:
+    """Dataset-level metadata of a simulated store (before its statistics are known)."""
+    vol, opt, pin = manifest.volume, manifest.optics, manifest.pinhole
+    spatial = ["y", "x"] if len(vol.kept_planes) == 1 else ["z", "y", "x"]
+    px = {"z": opt.z_step_um, "y": opt.pixel_size_um, "x": opt.pixel_size_um}
+    return DatasetMeta(
+        source="simulation",
+        manifest=manifest.model_dump(mode="json"),
+        manifest_sha256=manifest.sha256(),
+        n_steps=pin.n_steps,
+        pinhole_au=pin.pinhole_au,
+        pinhole_units_source="manifest (Airy units, 1 AU = 1.22 lambda_em / NA)",
+        widefield_steps=[pin.n_steps - 1] if pin.widefield_last else [],
+        spatial_axes=spatial,
+        pixel_size_um={a: px[a] for a in spatial},
+        fields=[field_name(i) for i in range(manifest.n_fields)],
+        normalization={"kind": "offset_percentile", "offset_adu": manifest.camera.offset_adu},
+    )
+
+
+def _simulate_and_write(field_index: int, plan: LadderPlan, store_path: str) -> int:
+    """Dask task: simulate one field and write it into the store (each task owns its field group)."""
+    result = simulate_field(plan, field_index)
+    store = open_ladder(store_path, require_complete=False)
+    store.write_field(
+        field_name(field_index), result.image, {"noise_free": result.noise_free, "truth": result.truth}, result.info
+    )
+    return field_index
+
+
+def _run_on_dask(task: Callable[..., int], indices: list[int], plan: LadderPlan, store_path: str,
+                 workers: int, scheduler: str | None, show_progress: bool) -> None:
+    """Run ``task(i, plan, store_path)`` for each index on dask with a progress bar."""
+    bar = progress_bar(total=len(indices), desc="simulating fields", unit="field", disable=not show_progress)
+    if scheduler:
+        from distributed import Client, as_completed
+
+        with Client(scheduler, timeout="30s") as client:
+            shared = client.scatter(plan, broadcast=True)
+            futures = client.map(task, indices, plan=shared, store_path=store_path, pure=False)
+            for fut in as_completed(futures):
+                fut.result()
+                bar.update(1)
+    else:
+        import dask
+        from dask.callbacks import Callback
+
+        tasks = [dask.delayed(task, pure=False)(i, plan, store_path, dask_key_name=f"field-{i}") for i in indices]
+
+        class _Tick(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001 - dask's signature
+                if isinstance(key, str) and key.startswith("field-"):
+                    bar.update(1)
+
+        with _Tick():
+            dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    bar.close()
+
+
+@dataclass
+class SimulationReport:
+    store: LadderStore
+    state: str  # "new", "resumed" or "complete" (nothing to do)
+    fields_computed: int
+
+
+def simulate_ladder(
+    manifest: SimulationManifest,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> SimulationReport:
+    """Simulate ``manifest`` into the ladder store ``out``, resuming an interrupted run of the same manifest."""
+    store, state = create_ladder(out, dataset_meta(manifest), overwrite=overwrite)
+    if state == "complete":
+        return SimulationReport(store, state, 0)
+    done = store.completed_fields()
+    todo = [i for i in range(manifest.n_fields) if field_name(i) not in done]
+    fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers)) if not scheduler else 1
+    plan = plan_ladder(manifest, fft_workers=fft_workers)
+    _run_on_dask(_simulate_and_write, todo, plan, str(store.path), max(1, workers), scheduler, show_progress)
+    finish_store(store)
+    return SimulationReport(store, state, len(todo))
+
+
+def finish_store(store: LadderStore) -> None:
+    """Compute per-step statistics from the written fields and mark the store complete."""
+    fields = store.fields
+    per_field_px = max(1, STATS_PIXELS_PER_STEP // len(fields))
+    samples: list[list[np.ndarray]] = [[] for _ in range(store.n_steps)]
+    haze = np.zeros(store.n_steps)
+    for f in fields:
+        img = store.image(f)
+        stride = max(1, int(np.sqrt(np.prod(img.shape[1:]) / per_field_px)))
+        for t in range(store.n_steps):
+            samples[t].append(np.asarray(img[t])[..., ::stride, ::stride].ravel())
+        haze += np.asarray(store.field_meta(f).info.get("haze_index", [0.0] * store.n_steps))
+    stats = step_stats_from_samples([np.concatenate(s) for s in samples], list(haze / len(fields)))
+    store.finalize(step_stats=stats)
