@@ -16,6 +16,7 @@ whichever worker makes it, in whatever order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dehaze.errors import UserError
 from dehaze.manifests import SimulationManifest
 from dehaze.progress import progress_bar
 from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, open_ladder, step_stats_from_samples
@@ -126,18 +128,17 @@ def _simulate_and_write(field_index: int, plan: LadderPlan, store_path: str) -> 
 
 
 def _run_on_dask(task: Callable[..., int], indices: list[int], plan: LadderPlan, store_path: str,
-                 workers: int, scheduler: str | None, show_progress: bool) -> None:
-    """Run ``task(i, plan, store_path)`` for each index on dask with a progress bar."""
+                 workers: int, client: Any | None, show_progress: bool) -> None:
+    """Run ``task(i, plan, store_path)`` for each index on dask (local threads, or ``client``'s cluster)."""
     bar = progress_bar(total=len(indices), desc="simulating fields", unit="field", disable=not show_progress)
-    if scheduler:
-        from distributed import Client, as_completed
+    if client is not None:
+        from distributed import as_completed
 
-        with Client(scheduler, timeout="30s") as client:
-            shared = client.scatter(plan, broadcast=True)
-            futures = client.map(task, indices, plan=shared, store_path=store_path, pure=False)
-            for fut in as_completed(futures):
-                fut.result()
-                bar.update(1)
+        shared = client.scatter(plan, broadcast=True)
+        futures = client.map(task, indices, plan=shared, store_path=store_path, pure=False)
+        for fut in as_completed(futures):
+            fut.result()
+            bar.update(1)
     else:
         import dask
         from dask.callbacks import Callback
@@ -152,6 +153,17 @@ def _run_on_dask(task: Callable[..., int], indices: list[int], plan: LadderPlan,
         with _Tick():
             dask.compute(*tasks, scheduler="threads", num_workers=workers)
     bar.close()
+
+
+def connect_scheduler(address: str, timeout_s: float = 10.0) -> Any:
+    """A dask.distributed client for ``address``; a one-line UserError if it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout_s}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).split("\n")[0]
+        raise UserError(f"--scheduler {address}: cannot connect ({reason}); start the scheduler or fix the address") from None
 
 
 @dataclass
@@ -171,14 +183,17 @@ def simulate_ladder(
     show_progress: bool = True,
 ) -> SimulationReport:
     """Simulate ``manifest`` into the ladder store ``out``, resuming an interrupted run of the same manifest."""
-    store, state = create_ladder(out, dataset_meta(manifest), overwrite=overwrite)
-    if state == "complete":
-        return SimulationReport(store, state, 0)
-    done = store.completed_fields()
-    todo = [i for i in range(manifest.n_fields) if field_name(i) not in done]
-    fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers)) if not scheduler else 1
-    plan = plan_ladder(manifest, fft_workers=fft_workers)
-    _run_on_dask(_simulate_and_write, todo, plan, str(store.path), max(1, workers), scheduler, show_progress)
+    # Connect first: an unreachable scheduler must not leave an empty store behind.
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(connect_scheduler(scheduler)) if scheduler else None
+        store, state = create_ladder(out, dataset_meta(manifest), overwrite=overwrite)
+        if state == "complete":
+            return SimulationReport(store, state, 0)
+        done = store.completed_fields()
+        todo = [i for i in range(manifest.n_fields) if field_name(i) not in done]
+        fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers)) if client is None else 1
+        plan = plan_ladder(manifest, fft_workers=fft_workers)
+        _run_on_dask(_simulate_and_write, todo, plan, str(store.path), max(1, workers), client, show_progress)
     finish_store(store)
     return SimulationReport(store, state, len(todo))
 

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny manifests and a CLI runner. Every test makes its own small data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+# microsim writes PSF/truth caches under $HOME unless told not to; tests must leave no trace.
+os.environ.setdefault("MICROSIM_CACHE", "0")
+
+TINY = {
+    "name": "tiny",
+    "volume": {"field_shape_yx": [32, 40], "nz": 8},
+    "pinhole": {"steps_au": [0.5, 1.0, 2.0], "widefield_last": True},
+    "n_fields": 3,
+    "seed": 7,
+}
+
+
+@pytest.fixture
+def tiny_manifest_dict() -> dict:
+    return yaml.safe_load(yaml.safe_dump(TINY))
+
+
+@pytest.fixture
+def tiny_manifest_path(tmp_path: Path, tiny_manifest_dict: dict) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_manifest_dict))
+    return path
+
+
+@pytest.fixture
+def cli():
+    """Invoke the dehaze CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from dehaze.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run

@@ -1,0 +1,185 @@
+"""The pinhole-sweep simulator: physics sanity, determinism, resume, dask, offline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dehaze.manifests import SimulationManifest
+from dehaze.store import field_name, open_ladder
+from simulation import ladder as ladder_mod
+from simulation.ladder import plan_ladder, simulate_field, simulate_ladder
+from tests.conftest import TINY
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    store = open_ladder(path)
+    out = {}
+    for f in store.fields:
+        out[f] = store.image(f)[...]
+        out[f + "/noise_free"] = store.extra(f, "noise_free")[...]
+        out[f + "/truth"] = store.extra(f, "truth")[...]
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
+def test_each_step_is_measurably_hazier_and_nothing_saturates():
+    m = SimulationManifest.model_validate(
+        {**TINY, "volume": {"field_shape_yx": [64, 64], "nz": 16}, "pinhole": {"steps_au": [0.5, 1, 2, 4, 8, 16], "widefield_last": True}}
+    )
+    result = simulate_field(plan_ladder(m), 0)
+    haze = result.info["haze_index"]
+    assert all(b > a for a, b in zip(haze, haze[1:])), haze
+    assert all(b > 1.3 * a for a, b in zip(haze[:5], haze[1:5])), haze  # up to 8 AU: >= 30 % more per step
+    # microsim's window (the field, 64 px = 7 AU) would clip 8 and 16 AU to the same disk: here they differ.
+    naive_limit_au = 64 * m.optics.pixel_size_um / m.optics.airy_diameter_um
+    assert 8 > naive_limit_au
+    nf = result.noise_free.astype(np.float64) - m.camera.offset_adu
+    rel = np.linalg.norm(nf[-2] - nf[-3]) / np.linalg.norm(nf[-3])
+    assert rel > 0.02, rel
+
+
+def test_haze_comes_from_out_of_focus_planes():
+    """Fluorophores only far from the focal plane: confocal steps stay dark, widefield sees the haze."""
+    m = SimulationManifest.model_validate({**TINY, "volume": {"field_shape_yx": [48, 48], "nz": 16}})
+    plan = plan_ladder(m)
+    truth = np.zeros((16, 48, 48), np.float32)
+    truth[1, 10:38, 24] = 1.0  # a line 1.4 µm below focus
+    optical = [plan.convolver.planes(plan.convolver.transform(truth), otf, [8])[0].sum() for otf in plan.otfs]
+    assert all(b > a for a, b in zip(optical, optical[1:]))
+    assert optical[-1] > 5 * optical[0]
+
+
+def test_noise_is_independent_across_steps():
+    m = SimulationManifest.model_validate({**TINY, "volume": {"field_shape_yx": [64, 64], "nz": 8}})
+    r = simulate_field(plan_ladder(m), 0)
+    residual = r.image.astype(np.float64) - r.noise_free
+    for a in range(len(residual)):
+        for b in range(a + 1, len(residual)):
+            corr = np.corrcoef(residual[a].ravel(), residual[b].ravel())[0, 1]
+            assert abs(corr) < 0.1, (a, b, corr)
+    # The noise is real camera noise: its variance grows with the signal (shot noise) above read noise.
+    assert residual.std() > 0.5
+
+
+def test_same_seed_same_arrays_whatever_the_worker_count(tmp_path):
+    m = SimulationManifest.model_validate(TINY)
+    simulate_ladder(m, tmp_path / "w1.zarr", workers=1, show_progress=False)
+    simulate_ladder(m, tmp_path / "w3.zarr", workers=3, show_progress=False)
+    _assert_same(_arrays(tmp_path / "w1.zarr"), _arrays(tmp_path / "w3.zarr"))
+    other = SimulationManifest.model_validate({**TINY, "seed": 8})
+    simulate_ladder(other, tmp_path / "s8.zarr", show_progress=False)
+    assert not np.array_equal(_arrays(tmp_path / "w1.zarr")["field_000"], _arrays(tmp_path / "s8.zarr")["field_000"])
+
+
+def test_distributed_scheduler_gives_the_same_store(tmp_path):
+    from distributed import LocalCluster
+
+    m = SimulationManifest.model_validate({**TINY, "n_fields": 2})
+    simulate_ladder(m, tmp_path / "local.zarr", show_progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        simulate_ladder(m, tmp_path / "dist.zarr", scheduler=cluster.scheduler_address, show_progress=False)
+    _assert_same(_arrays(tmp_path / "local.zarr"), _arrays(tmp_path / "dist.zarr"))
+
+
+def test_unreachable_scheduler_is_a_clear_error(cli, tmp_path, tiny_manifest_path, monkeypatch):
+    monkeypatch.setattr(ladder_mod.connect_scheduler, "__defaults__", (1.0,))
+    result = cli("simulate", tiny_manifest_path, "-o", tmp_path / "o.zarr", "--scheduler", "tcp://127.0.0.1:1", "-q")
+    assert result.exit_code == 2 and "tcp://127.0.0.1:1" in result.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_truth_transformed_once_per_field_and_psfs_once_per_ladder(tmp_path, monkeypatch):
+    calls = {"psfs": 0, "truth": 0}
+    real_psfs, real_render = ladder_mod.ladder_psfs, ladder_mod.render_truth
+
+    def count_psfs(*a, **k):
+        calls["psfs"] += 1
+        return real_psfs(*a, **k)
+
+    def count_render(*a, **k):
+        calls["truth"] += 1
+        return real_render(*a, **k)
+
+    monkeypatch.setattr(ladder_mod, "ladder_psfs", count_psfs)
+    monkeypatch.setattr(ladder_mod, "render_truth", count_render)
+    simulate_ladder(SimulationManifest.model_validate(TINY), tmp_path / "o.zarr", show_progress=False)
+    assert calls == {"psfs": 1, "truth": TINY["n_fields"]}
+
+
+def test_simulation_never_touches_the_network(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    simulate_ladder(SimulationManifest.model_validate(TINY), tmp_path / "o.zarr", show_progress=False)
+
+
+def test_rerun_states_complete_different_manifest_and_overwrite(cli, tmp_path, tiny_manifest_path, tiny_manifest_dict):
+    out = tmp_path / "o.zarr"
+    assert cli("simulate", tiny_manifest_path, "-o", out, "-q").exit_code == 0
+    before = _arrays(out)
+    result = cli("simulate", tiny_manifest_path, "-o", out, "-q")
+    assert result.exit_code == 0 and "already complete" in result.stdout
+    result = cli("simulate", tiny_manifest_path, "-o", out, "-q", "--set", "seed=99")
+    assert result.exit_code == 2 and "different manifest" in result.stderr and "--overwrite" in result.stderr
+    _assert_same(before, _arrays(out))  # refused: untouched
+    result = cli("simulate", tiny_manifest_path, "-o", out, "-q", "--set", "seed=99", "--overwrite")
+    assert result.exit_code == 0
+    assert open_ladder(out).meta.manifest["seed"] == 99
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_manifest_dict):
+    manifest = {**tiny_manifest_dict, "n_fields": 12, "volume": {"field_shape_yx": [96, 96], "nz": 16}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    ref = tmp_path / "ref.zarr"
+    simulate_ladder(SimulationManifest.model_validate(manifest), ref, show_progress=False)
+
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "dehaze.cli", "simulate", str(path), "-o", str(out), "--workers", "1", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [f for f in (out / field_name(i) / ".zattrs" for i in range(12)) if f.exists() and '"complete": true' in f.read_text()]
+        if done:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = open_ladder(out, require_complete=False)
+    written = store.completed_fields()
+    assert store.meta.status == "incomplete" and 1 <= len(written) < 12, written
+
+    from typer.testing import CliRunner
+
+    from dehaze.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", str(path), "-o", str(out), "-q"])
+    assert result.exit_code == 0 and "resumed" in result.stdout
+    assert f"the {12 - len(written)} missing fields" in result.stdout
+    _assert_same(_arrays(ref), _arrays(out))
+
+
+def test_demo_writes_summary_store_and_montage(cli, tmp_path):
+    out = tmp_path / "demo"
+    result = cli("demo", "-o", out, "-q", "--set", "n_fields=2", "--set", "volume.field_shape_yx=[48, 48]")
+    assert result.exit_code == 0, result.stderr
+    assert "steps: 5" in result.stdout and "montage" in result.stdout
+    png = out / "montage.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -1,0 +1,132 @@
+"""The ladder store contract: NGFF 0.4 layout readable by ome-zarr, metadata, info/check, failure modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dehaze.errors import UserError
+from dehaze.manifests import SimulationManifest
+from dehaze.store import check_ladder, open_ladder
+from simulation.ladder import simulate_ladder
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("store") / "tiny.zarr"
+    simulate_ladder(SimulationManifest.model_validate(TINY), out, show_progress=False)
+    return out
+
+
+def test_ome_zarr_reader_sees_the_degradation_axis(tiny_store):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = list(Reader(parse_url(str(tiny_store / "field_000")))())
+    image = nodes[0]
+    axes = image.metadata["axes"]
+    assert [a["name"] for a in axes] == ["h", "y", "x"]
+    assert [a["type"] for a in axes] == ["degradation", "space", "space"]
+    assert image.data[0].shape == (4, 32, 40)
+    scale = image.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale == [1.0, 0.05, 0.05]
+
+
+def test_root_metadata_and_nested_chunks(tiny_store):
+    meta = json.loads((tiny_store / ".zattrs").read_text())["dehaze"]
+    assert meta["source"] == "simulation" and meta["status"] == "complete"
+    assert meta["n_steps"] == 4 and meta["pinhole_au"] == [0.5, 1.0, 2.0, None] and meta["widefield_steps"] == [3]
+    assert meta["manifest"]["name"] == "tiny" and len(meta["manifest_sha256"]) == 64
+    assert meta["fields"] == ["field_000", "field_001", "field_002"]
+    assert len(meta["step_stats"]) == 4 and all(s["mean"] > 0 for s in meta["step_stats"])
+    assert meta["pixel_size_um"] == {"y": 0.05, "x": 0.05}
+    arr = zarr.open_array(str(tiny_store / "field_000" / "0"), mode="r")
+    assert arr.dtype == np.uint16 and arr.chunks == (1, 32, 40)
+    assert (tiny_store / "field_000" / "0" / "3" / "0" / "0").is_file()  # nested keys: h/y/x
+    store = open_ladder(tiny_store)
+    assert store.extra("field_000", "noise_free").shape == (4, 32, 40)
+    assert store.extra("field_000", "truth").shape == (32, 40)
+    with pytest.raises(UserError, match="no 'shifts' array"):
+        store.extra("field_000", "shifts")
+
+
+def test_info_and_check_commands(cli, tiny_store):
+    result = cli("info", tiny_store)
+    assert result.exit_code == 0
+    assert "steps: 4" in result.stdout and "widefield" in result.stdout and "haze_index" in result.stdout
+    result = cli("check", tiny_store)
+    assert result.exit_code == 0 and "valid" in result.stdout
+    assert check_ladder(tiny_store) == []
+
+
+def test_3d_ladder_has_h_z_y_x_axes(tmp_path, tiny_manifest_dict):
+    tiny_manifest_dict["volume"]["keep_planes"] = [3, 4]
+    tiny_manifest_dict["n_fields"] = 1
+    out = tmp_path / "3d.zarr"
+    simulate_ladder(SimulationManifest.model_validate(tiny_manifest_dict), out, show_progress=False)
+    store = open_ladder(out)
+    assert store.meta.axes == ["h", "z", "y", "x"] and store.image("field_000").shape == (4, 2, 32, 40)
+    assert store.image("field_000").chunks == (1, 1, 32, 40)
+    assert store.extra("field_000", "truth").shape == (2, 32, 40)
+    assert check_ladder(out) == []
+
+
+def test_check_rejects_non_stores_and_broken_stores(cli, tmp_path, tiny_store):
+    import shutil
+
+    assert cli("check", tmp_path / "missing.zarr").exit_code == 2
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = cli("check", plain)
+    assert result.exit_code == 2 and "not a dehaze ladder store" in result.stderr
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(tiny_store, broken)
+    shutil.rmtree(broken / "field_001")
+    result = cli("check", broken)
+    assert result.exit_code == 2 and "field_001" in result.stderr
+
+    renamed = tmp_path / "renamed.zarr"
+    shutil.copytree(tiny_store, renamed)
+    attrs = json.loads((renamed / "field_000" / ".zattrs").read_text())
+    attrs["multiscales"][0]["axes"][0] = {"name": "t", "type": "time"}
+    (renamed / "field_000" / ".zattrs").write_text(json.dumps(attrs))
+    result = cli("check", renamed)
+    assert result.exit_code == 2 and "degradation" in result.stderr
+
+    badmeta = tmp_path / "badmeta.zarr"
+    shutil.copytree(tiny_store, badmeta)
+    root = json.loads((badmeta / ".zattrs").read_text())
+    del root["dehaze"]["n_steps"]
+    (badmeta / ".zattrs").write_text(json.dumps(root))
+    result = cli("check", badmeta)
+    assert result.exit_code == 2 and "n_steps" in result.stderr
+
+    newer = tmp_path / "newer.zarr"
+    shutil.copytree(tiny_store, newer)
+    root = json.loads((newer / ".zattrs").read_text())
+    root["dehaze"]["format_version"] = 99
+    (newer / ".zattrs").write_text(json.dumps(root))
+    result = cli("info", newer)
+    assert result.exit_code == 2 and "upgrade dehaze" in result.stderr
+
+
+def test_incomplete_store_is_reported_as_such(cli, tmp_path, tiny_store):
+    import shutil
+
+    partial = tmp_path / "partial.zarr"
+    shutil.copytree(tiny_store, partial)
+    root = json.loads((partial / ".zattrs").read_text())
+    root["dehaze"]["status"] = "incomplete"
+    (partial / ".zattrs").write_text(json.dumps(root))
+    result = cli("check", partial)
+    assert result.exit_code == 2 and "incomplete" in result.stderr and "rerun" in result.stderr
+    with pytest.raises(UserError, match="incomplete"):
+        open_ladder(partial)
+    assert cli("info", partial).exit_code == 0  # info still describes an unfinished store
