@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 
@@ -96,7 +96,67 @@ def check(store: Annotated[Path, typer.Argument(help="Ladder store.")]) -> None:
     typer.echo(f"{store}: valid ladder store")
 
 
-SCHEMAS = ("simulation",)
+@app.command()
+@user_errors
+def train(
+    kind: Annotated[str, typer.Argument(help="Trainer: unet (one-shot baseline) or pixel (time-conditioned InDI restorer).")],
+    data: Annotated[list[Path], typer.Option("--data", help="Ladder store to train on (repeatable).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (config, checkpoints, logs).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Training config YAML (see `dehaze schema train`).")] = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a model from ladder stores."""
+    from dehaze.config import build_model, read_yaml
+    from dehaze.train_config import TRAINER_KINDS, TrainConfig, default_config
+    from training.loop import train as run_training
+
+    if kind not in TRAINER_KINDS:
+        raise UserError(f"unknown trainer {kind!r}; choose one of: {', '.join(TRAINER_KINDS)}")
+    raw = default_config(kind)
+    source = f"{kind} config"
+    if config is not None:
+        file_cfg = read_yaml(config)
+        file_kind = (file_cfg.get("model") or {}).get("kind", kind) if isinstance(file_cfg.get("model"), dict) else kind
+        if file_kind != kind:
+            raise UserError(f"{config}: model.kind is {file_kind!r} but the trainer is {kind!r}")
+        raw = {**raw, **file_cfg, "model": {**raw["model"], **(file_cfg.get("model") or {})}}
+        source = str(config)
+    cfg = build_model(TrainConfig, raw, set_ or [], source)
+    if cfg.model.kind != kind:
+        raise UserError(f"model.kind={cfg.model.kind!r} does not match the trainer {kind!r}")
+    result = run_training(kind, list(data), output, cfg, resume=resume, show_progress=not quiet)
+    psnr = f", validation PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
+    typer.echo(f"{output}: {kind} trained to step {result.step}{psnr}{' (resumed)' if result.resumed else ''}")
+
+
+@app.command()
+@user_errors
+def predict(
+    runs: Annotated[list[Path], typer.Argument(help="Run directory (from dehaze train).")],
+    input_path: Annotated[Path, typer.Option("--input", help="Ladder store or TIFF ((step, y, x) stack, or one image with --step).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Prediction store to write (.zarr).")],
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Inference strategy (default: the run's natural one).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    step: Annotated[Optional[int], typer.Option("--step", min=0, help="Step of a single-image TIFF input.")] = None,
+    tile: Annotated[int, typer.Option("--tile", min=16, help="Tile size in pixels.")] = 256,
+    margin: Annotated[int, typer.Option("--margin", min=0, help="Overlap kept away from each tile border.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Predict x_0 from every step of a ladder store (or TIFF) with a trained run."""
+    from dehaze.predict import predict as run_predict
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device}: choose auto, cpu or cuda")
+    store = run_predict(list(runs), input_path, output, strategy=strategy, device=device, step=step, tile=tile,
+                        margin=margin, batch_size=batch_size, overwrite=overwrite, show_progress=not quiet)
+    typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
+
+
+SCHEMAS = ("simulation", "train")
 
 
 @app.command()
@@ -104,8 +164,9 @@ SCHEMAS = ("simulation",)
 def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS)}.")]) -> None:
     """Print the JSON schema of a manifest or config kind."""
     from dehaze.manifests import SimulationManifest
+    from dehaze.train_config import TrainConfig
 
-    models = {"simulation": SimulationManifest}
+    models = {"simulation": SimulationManifest, "train": TrainConfig}
     if kind not in models:
         raise UserError(f"unknown schema {kind!r}; choose one of: {', '.join(models)}")
     typer.echo(json.dumps(models[kind].model_json_schema(), indent=2))
@@ -133,6 +194,28 @@ def demo(
     labels = [("widefield" if t in store.meta.widefield_steps else f"step {t}: {au:g} AU") for t, au in enumerate(store.meta.pinhole_au)]
     png = step_montage(store.image(first)[...], labels, output / "montage.png", title=f"{store.path.name} / {first}: step 0 cleanest ... step {store.n_steps - 1} haziest")
     typer.echo(f"montage of {first}: {png}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    predictions: Annotated[list[Path], typer.Argument(help="Prediction stores (.zarr) made from the --truth store.")],
+    truth: Annotated[Path, typer.Option("--truth", help="The ladder store the predictions were made from (x_0 = its step 0).")],
+    report: Annotated[Path, typer.Option("--report", help="Folder for metrics.json, psnr_per_step.png, montage.png.")],
+    target: Annotated[Literal["camera", "noise_free"], typer.Option("--target", help="x_0: step-0 camera image, or the simulation's noise-free step 0.")] = "camera",
+) -> None:
+    """Score prediction stores per step (PSNR, range-invariant PSNR, SSIM, MS-SSIM, FRC) and write a report."""
+    from dehaze.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(predictions, truth, report, target=target)
+    steps = result["steps"]
+    width = max(len(k) for k in result["methods"])
+    typer.echo(f"mean PSNR (dB, data range of the {target} x_0) per input step:")
+    typer.echo(f"  {'method':<{width}}" + "".join(f"{'t=' + str(t):>9}" for t in steps))
+    for key, entry in result["methods"].items():
+        typer.echo(f"  {key:<{width}}" + "".join(f"{entry['steps'][str(t)]['mean']['psnr']:>9.2f}" for t in steps))
+    for path in result["report"].values():
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

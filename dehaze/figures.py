@@ -1,8 +1,11 @@
-"""Figures a person looks at: step montages of a ladder (PNG, matplotlib's Agg backend, no display)."""
+"""Figures a person looks at (PNG, matplotlib's Agg backend, no display): step montages of a ladder, and the
+evaluation report's PSNR-per-step plot and method-by-step montage."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
@@ -36,3 +39,125 @@ def step_montage(steps: np.ndarray, labels: list[str], path: str | Path, title: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ---- evaluation report ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepCurve:
+    """One method's metric per step for :func:`psnr_per_step_plot`.
+
+    kind: ``one_shot`` (drawn as a dashed horizontal line at its mean over steps, like the study's UNet/HDN
+    baselines), ``iterative`` (a curve with markers) or ``identity`` (the hazy input, a grey curve).
+    """
+
+    label: str
+    values: list[float]  # one per step, same order as the plot's ``steps``; inf/nan are not drawn
+    kind: Literal["one_shot", "iterative", "identity"] = "iterative"
+
+
+def psnr_per_step_plot(
+    steps: list[int],
+    curves: list[StepCurve],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "PSNR (dB)",
+    haziest_left: bool = True,
+) -> Path:
+    """Write the study's figure: a metric (PSNR in dB) against the input degradation step.
+
+    ``haziest_left`` puts step T on the left and step 1 on the right, as in the study, where iterative
+    inference runs from the haziest step towards the clean one. One-shot methods are horizontal dashed
+    lines at their mean over steps (value in the legend); others are curves with markers.
+    """
+    steps_arr = np.asarray(steps, dtype=float)
+    fig, ax = plt.subplots(figsize=(10.5, 5.2))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
+    finite_all: list[float] = []
+    for curve in curves:
+        v = np.asarray(curve.values, dtype=float)
+        v = np.where(np.isfinite(v), v, np.nan)
+        finite_all += [float(x) for x in v[np.isfinite(v)]]
+        if curve.kind == "one_shot":
+            mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            label = f"{curve.label} (one-shot, mean {mean:.2f} dB)" if np.isfinite(mean) else f"{curve.label} (one-shot, exact: ∞)"
+            ax.hlines(mean, steps_arr.min(), steps_arr.max(), colors=next(colours), linestyles="--", linewidth=1.8, label=label)
+        elif curve.kind == "identity":
+            ax.plot(steps_arr, v, color="0.55", marker="s", markersize=4, linewidth=1.5, label=curve.label)
+        else:
+            ax.plot(steps_arr, v, color=next(colours), marker="o", markersize=5, linewidth=1.6, label=curve.label)
+    ax.set_xticks(steps_arr)
+    ax.set_xticklabels([str(s) for s in steps])
+    if len(steps_arr) > 1:
+        pad = 0.04 * (steps_arr.max() - steps_arr.min())
+        lo, hi = steps_arr.min() - pad, steps_arr.max() + pad
+        ax.set_xlim((hi, lo) if haziest_left else (lo, hi))
+    if finite_all:
+        lo, hi = min(finite_all), max(finite_all)
+        margin = max(0.5, 0.08 * (hi - lo))
+        ax.set_ylim(lo - margin, hi + margin)
+    direction = "haziest → cleanest" if haziest_left else "cleanest → haziest"
+    ax.set_xlabel(f"input degradation step t ({direction})")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evaluation_montage(
+    rows: list[tuple[str, list[np.ndarray | None]]],
+    column_labels: list[str],
+    path: str | Path,
+    title: str = "",
+    crop: int | None = 256,
+    cell_notes: list[list[str | None]] | None = None,
+) -> Path:
+    """Write a grid of (y, x) images: one row per method, one column per step (``None``: empty cell).
+
+    Every row has one display range (its 0.5-99.8 percentiles over the row's images), so changes along a
+    row are real; ``crop`` keeps the central ``crop x crop`` pixels. ``cell_notes[r][c]`` is written in the
+    cell's lower-left corner (e.g. its PSNR).
+    """
+    n_rows, n_cols = len(rows), len(column_labels)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.3 * n_cols + 1.2, 2.3 * n_rows + 0.5), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        shown = [None if im is None else _crop(np.asarray(im, dtype=np.float32), crop) for im in images]
+        values = np.concatenate([im.ravel() for im in shown if im is not None]) if any(im is not None for im in shown) else np.zeros(1)
+        lo, hi = np.percentile(values, [0.5, 99.8])
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            im = shown[c] if c < len(shown) else None
+            if im is not None:
+                ax.imshow(im, cmap="magma", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+                note = cell_notes[r][c] if cell_notes and r < len(cell_notes) and c < len(cell_notes[r]) else None
+                if note:
+                    ax.text(0.03, 0.04, note, transform=ax.transAxes, fontsize=8, color="white",
+                            bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"})
+            if r == 0:
+                ax.set_title(column_labels[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _crop(img: np.ndarray, crop: int | None) -> np.ndarray:
+    if crop is None:
+        return img
+    y0 = max(0, (img.shape[-2] - crop) // 2)
+    x0 = max(0, (img.shape[-1] - crop) // 2)
+    return img[..., y0 : y0 + crop, x0 : x0 + crop]

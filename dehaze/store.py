@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 NGFF_VERSION = "0.4"
 IMAGE_ARRAY = "0"
 CHUNK_YX = 256
+STATS_PIXELS_PER_STEP = 2_000_000  # subsample cap when computing dataset statistics
 _COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
@@ -54,12 +55,22 @@ class StepStats(StrictModel):
     haze_index: float | None = None  # background / peak of the noise-free image (0 crisp ... 1 flat)
 
 
+class PredictionInfo(StrictModel):
+    """What made a prediction store: its image at step h is the estimate of x_0 from input step h."""
+
+    method: str  # e.g. "unet", "pixel-indi", "hdn", "latent-direct"
+    run_dirs: list[str]
+    input_store: str
+    input_sha256: str  # manifest identity of the input store (fields and steps line up with it)
+    strategy: dict[str, Any] = {}
+
+
 class DatasetMeta(StrictModel):
     """Dataset-level metadata under the root's ``dehaze`` key."""
 
     format_version: int = FORMAT_VERSION
     dehaze_version: str = __version__
-    source: Literal["simulation", "acquisition"]
+    source: Literal["simulation", "acquisition", "prediction"]
     manifest: dict[str, Any]
     manifest_sha256: str
     status: Literal["incomplete", "complete"] = "incomplete"
@@ -73,6 +84,7 @@ class DatasetMeta(StrictModel):
     fields: list[str]
     step_stats: list[StepStats] | None = None
     normalization: dict[str, Any] | None = None  # what loaders should apply (recorded by the writer)
+    prediction: PredictionInfo | None = None  # only for source == "prediction"
 
     @property
     def axes(self) -> list[str]:
@@ -175,6 +187,25 @@ class LadderStore:
                 "dehaze": FieldMeta(complete=True, extras=sorted(extras or {}), info=info or {}).model_dump(mode="json"),
             }
         )
+
+    def finalize_with_stats(self) -> None:
+        """Compute per-step statistics from the written fields (subsampled) and mark the store complete.
+
+        A field's ``info["haze_index"]`` (one value per step), where present, is averaged into the stats.
+        """
+        per_field_px = max(1, STATS_PIXELS_PER_STEP // len(self.fields))
+        samples: list[list[np.ndarray]] = [[] for _ in range(self.n_steps)]
+        haze, n_haze = np.zeros(self.n_steps), 0
+        for f in self.fields:
+            img = self.image(f)
+            stride = max(1, int(np.sqrt(np.prod(img.shape[1:]) / per_field_px)))
+            for t in range(self.n_steps):
+                samples[t].append(np.asarray(img[t])[..., ::stride, ::stride].ravel())
+            field_haze = self.field_meta(f).info.get("haze_index")
+            if field_haze is not None:
+                haze, n_haze = haze + np.asarray(field_haze), n_haze + 1
+        per_step_haze = list(haze / n_haze) if n_haze else None
+        self.finalize(step_stats=step_stats_from_samples([np.concatenate(s) for s in samples], per_step_haze))
 
     def finalize(self, **updates: Any) -> None:
         """Mark the store complete, recording final dataset-level values (e.g. ``step_stats``)."""

@@ -1,0 +1,275 @@
+"""Evaluate prediction stores against a ladder's clean step: metrics per method and step, JSON + PNG report.
+
+A *prediction store* is a ladder store with ``source == "prediction"``: same fields and steps as its input
+ladder; plane h of a field is the method's estimate of x_0 made from input step h. :func:`evaluate` compares
+every plane t ≥ 1 with the target x_0 of the truth ladder (DESIGN §7) and writes::
+
+    report_dir/metrics.json        per method, per step: field means and per-field values of every metric
+    report_dir/psnr_per_step.png   PSNR (dB) against step, the study's figure
+    report_dir/montage.png         first field: methods × steps, one display range per row
+
+The hazy input itself (truth step t against x_0) is always added as the reference method ``hazy_input``.
+3-D fields (h, z, y, x) are scored plane by plane and the planes averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dehaze import __version__
+from dehaze.errors import UserError
+from dehaze.metrics import SSIM_WIN, frc_resolution_um, ms_ssim, psnr, psnr_range_invariant, ssim
+from dehaze.store import LadderStore, open_ladder
+
+Target = Literal["camera", "noise_free"]
+DEFAULT_BASELINES: tuple[str, ...] = ("unet", "hdn")
+IDENTITY = "hazy_input"
+METRICS = ("psnr", "psnr_range_invariant", "ssim", "ms_ssim", "frc_resolution_um")
+CONVENTIONS = {
+    "psnr": "PSNR in dB, data range = max - min of the target x_0 (per field, per plane), MSE in the store's units",
+    "psnr_range_invariant": (
+        "range-invariant PSNR in dB: target normalised to zero mean, unit std; prediction rescaled by least "
+        "squares (a*pred + b) onto it; data range of the normalised target"
+    ),
+    "ssim": "mean SSIM (Wang et al. 2004): Gaussian window sigma 1.5 px (11 taps), K1 0.01, K2 0.03, valid region, target's data range",
+    "ms_ssim": "MS-SSIM (Wang et al. 2003): up to 5 scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, 2x average pooling; fewer scales (renormalised weights) for small images",
+    "frc_resolution_um": "Fourier ring correlation resolution in micrometres against the target (Hann window, 1/7 threshold); 2 pixels (Nyquist) if FRC never drops below it; smaller is sharper",
+    "averaging": "'mean' is the plain mean over fields of the per-field values; 'mean_over_steps' the mean of those over steps",
+    "null": "a null value is an infinite PSNR (prediction equals the target exactly)",
+}
+TARGET_DESCRIPTION = {
+    "camera": "truth store step 0 camera image (x_0 as measured, with camera noise)",
+    "noise_free": "truth store step 0 noise-free image (extra 'noise_free', simulation only)",
+}
+
+
+# ---- checks ------------------------------------------------------------------------------------------
+def _open_truth(path: Path) -> LadderStore:
+    truth = open_ladder(path)
+    if truth.meta.source == "prediction":
+        raise UserError(f"{path}: is a prediction store; --truth needs the ladder store the predictions were made from")
+    if truth.n_steps < 2:
+        raise UserError(f"{path}: has {truth.n_steps} step; evaluation needs a clean step 0 and at least one degraded step")
+    shape = truth.image(truth.fields[0]).shape
+    if min(shape[-2:]) < SSIM_WIN:
+        raise UserError(f"{path}: fields of {shape[-2]}x{shape[-1]} pixels are too small for SSIM (at least {SSIM_WIN}x{SSIM_WIN})")
+    return truth
+
+
+def _open_prediction(path: Path, truth: LadderStore) -> LadderStore:
+    pred = open_ladder(path)
+    meta = pred.meta
+    if meta.source != "prediction" or meta.prediction is None:
+        raise UserError(f"{path}: is a {meta.source} store, not a prediction store; pass ladder stores with --truth, predictions as arguments")
+    if meta.prediction.input_sha256 != truth.meta.manifest_sha256:
+        raise UserError(
+            f"{path}: was predicted from input store {meta.prediction.input_store} (manifest {meta.prediction.input_sha256[:12]}), "
+            f"not from {truth.path} (manifest {truth.meta.manifest_sha256[:12]}); evaluate it against its own input store"
+        )
+    if meta.fields != truth.meta.fields:
+        raise UserError(f"{path}: fields {_short(meta.fields)} do not match the truth store's {_short(truth.meta.fields)}")
+    if meta.n_steps != truth.n_steps:
+        raise UserError(f"{path}: has {meta.n_steps} steps, the truth store {truth.path} has {truth.n_steps}")
+    for field in meta.fields:
+        if pred.image(field).shape != truth.image(field).shape:
+            raise UserError(f"{path}: {field} has shape {pred.image(field).shape}, the truth store's is {truth.image(field).shape}")
+    return pred
+
+
+def _short(items: list[str], n: int = 3) -> str:
+    return "[" + ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "") + "]"
+
+
+def _target_image(truth: LadderStore, field: str, target: Target) -> np.ndarray:
+    if target == "camera":
+        return np.asarray(truth.image(field)[0], dtype=np.float64)
+    if "noise_free" not in truth.field_meta(field).extras:
+        raise UserError(
+            f"{truth.path}: {field} has no noise-free image (a {truth.meta.source} store); use --target camera"
+        )
+    return np.asarray(truth.extra(field, "noise_free")[0], dtype=np.float64)
+
+
+# ---- metrics -----------------------------------------------------------------------------------------
+def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: tuple[float, float]) -> dict[str, float]:
+    """All metrics of one prediction against its target: (y, x) or (z, y, x), planes averaged."""
+    p = np.asarray(pred, dtype=np.float64).reshape(-1, *pred.shape[-2:])
+    t = np.asarray(target, dtype=np.float64).reshape(-1, *target.shape[-2:])
+    per_plane = [
+        {
+            "psnr": psnr(a, b),
+            "psnr_range_invariant": psnr_range_invariant(a, b),
+            "ssim": ssim(a, b),
+            "ms_ssim": ms_ssim(a, b),
+            "frc_resolution_um": frc_resolution_um(a, b, pixel_size_um),
+        }
+        for a, b in zip(p, t)
+    ]
+    return {m: float(np.mean([d[m] for d in per_plane])) for m in METRICS}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: non-finite floats become null (see CONVENTIONS['null'])."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# ---- the evaluation --------------------------------------------------------------------------------
+def evaluate(
+    pred_stores: Sequence[str | Path],
+    truth_store: str | Path,
+    report_dir: str | Path,
+    target: Target = "camera",
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+) -> dict[str, Any]:
+    """Score prediction stores against the truth ladder's x_0 and write the report.
+
+    pred_stores: prediction stores made from ``truth_store`` (checked: manifest identity, fields, steps,
+    shapes). target: ``camera`` (step-0 camera image) or ``noise_free`` (simulation's noise-free step 0).
+    baselines: method names drawn as one-shot horizontal lines (besides those whose strategy says
+    ``one_shot: true``). Returns the report dict that is written to ``metrics.json`` (with ``inf`` where
+    the JSON has null) plus the paths of the written files under ``report``.
+    """
+    if target not in TARGET_DESCRIPTION:
+        raise UserError(f"unknown target {target!r}; choose one of: {', '.join(TARGET_DESCRIPTION)}")
+    if not pred_stores:
+        raise UserError("no prediction stores given; pass at least one prediction store")
+    truth = _open_truth(Path(truth_store))
+    preds = [_open_prediction(Path(p), truth) for p in pred_stores]
+    fields, steps = truth.fields, list(range(1, truth.n_steps))
+    if target == "noise_free":  # fail before any work on a missing noise-free image
+        for field in fields:
+            if "noise_free" not in truth.field_meta(field).extras:
+                _target_image(truth, field, target)
+
+    report_dir = Path(report_dir)
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{report_dir}: cannot create report folder ({exc.strerror})") from None
+
+    # ---- methods: the hazy input first, then each prediction store under a unique key ----------
+    methods: dict[str, dict[str, Any]] = {
+        IDENTITY: {"label": "hazy input", "kind": "identity", "one_shot": False, "store": str(truth.path), "prediction": None}
+    }
+    sources: dict[str, LadderStore] = {IDENTITY: truth}
+    for store in preds:
+        info = store.meta.prediction
+        key = info.method if info.method not in methods else f"{info.method} ({store.path.name})"
+        one_shot = bool(info.strategy.get("one_shot", False)) or info.method in baselines
+        methods[key] = {"label": key, "kind": "prediction", "one_shot": one_shot, "store": str(store.path), "prediction": info.model_dump(mode="json")}
+        sources[key] = store
+
+    # ---- per field: load the target once, score every method's plane t against it -------------
+    spacing = tuple(float(truth.meta.pixel_size_um[a]) for a in truth.meta.spatial_axes[-2:])
+    per_field: dict[str, dict[int, dict[str, dict[str, float]]]] = {k: {t: {} for t in steps} for k in methods}
+    montage_planes: dict[str, dict[int, np.ndarray]] = {k: {} for k in methods}
+    montage_steps = _montage_steps(steps)
+    first_target = None
+    for i, field in enumerate(fields):
+        x0 = _target_image(truth, field, target)
+        if i == 0:
+            first_target = x0
+        for key, store in sources.items():
+            for t in steps:
+                plane = np.asarray(store.image(field)[t], dtype=np.float64)
+                per_field[key][t][field] = image_metrics(plane, x0, spacing)
+                if i == 0 and t in montage_steps:
+                    montage_planes[key][t] = plane
+
+    for key, entry in methods.items():
+        by_step = {}
+        for t in steps:
+            mean = {m: _mean([per_field[key][t][f][m] for f in fields]) for m in METRICS}
+            by_step[str(t)] = {"mean": mean, "per_field": per_field[key][t]}
+        entry["mean_over_steps"] = {m: _mean([by_step[str(t)]["mean"][m] for t in steps]) for m in METRICS}
+        entry["steps"] = by_step
+
+    report: dict[str, Any] = {
+        "dehaze_version": __version__,
+        "truth_store": str(truth.path),
+        "truth_manifest_sha256": truth.meta.manifest_sha256,
+        "target": target,
+        "target_description": TARGET_DESCRIPTION[target],
+        "conventions": CONVENTIONS,
+        "metrics": list(METRICS),
+        "steps": steps,
+        "fields": fields,
+        "pixel_size_um": dict(truth.meta.pixel_size_um),
+        "methods": methods,
+    }
+
+    # ---- files ------------------------------------------------------------------------------------
+    paths = {
+        "metrics_json": report_dir / "metrics.json",
+        "psnr_per_step_png": report_dir / "psnr_per_step.png",
+        "montage_png": report_dir / "montage.png",
+    }
+    _plot_psnr(report, paths["psnr_per_step_png"])
+    _plot_montage(report, first_target, montage_planes, montage_steps, paths["montage_png"])
+    report["report"] = {k: str(v) for k, v in paths.items()}
+    paths["metrics_json"].write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    return report
+
+
+def _montage_steps(steps: list[int], n: int = 4) -> list[int]:
+    """Up to ``n`` steps spread evenly over 1..T, always including the first and last."""
+    if len(steps) <= n:
+        return list(steps)
+    idx = np.linspace(0, len(steps) - 1, n).round().astype(int)
+    return sorted({steps[i] for i in idx})
+
+
+def _plot_psnr(report: dict[str, Any], path: Path) -> None:
+    from dehaze.figures import StepCurve, psnr_per_step_plot
+
+    steps = report["steps"]
+    curves = []
+    for key, entry in report["methods"].items():
+        values = [entry["steps"][str(t)]["mean"]["psnr"] for t in steps]
+        kind = "identity" if entry["kind"] == "identity" else ("one_shot" if entry["one_shot"] else "iterative")
+        curves.append(StepCurve(label=entry["label"], values=values, kind=kind))
+    title = f"PSNR against {report['target']} x_0 (data range of the target), mean over {len(report['fields'])} fields — {Path(report['truth_store']).name}"
+    psnr_per_step_plot(steps, curves, path, title=title, ylabel="PSNR (dB)")
+
+
+def _plot_montage(
+    report: dict[str, Any],
+    x0: np.ndarray,
+    planes: dict[str, dict[int, np.ndarray]],
+    steps: list[int],
+    path: Path,
+) -> None:
+    from dehaze.figures import evaluation_montage
+
+    def view(img: np.ndarray) -> np.ndarray:  # middle plane of a 3-D field
+        return img if img.ndim == 2 else img[img.shape[0] // 2]
+
+    field = report["fields"][0]
+    rows: list[tuple[str, list[np.ndarray | None]]] = [(f"target x_0\n({report['target']})", [view(x0)] + [None] * (len(steps) - 1))]
+    notes: list[list[str | None]] = [[None] * len(steps)]
+    for key, entry in report["methods"].items():
+        rows.append((entry["label"], [view(planes[key][t]) for t in steps]))
+        notes.append([f"{entry['steps'][str(t)]['per_field'][field]['psnr']:.1f} dB" for t in steps])
+    evaluation_montage(
+        rows,
+        [f"input step {t}" for t in steps],
+        path,
+        title=f"{Path(report['truth_store']).name} / {field}: estimate of x_0 from each input step, PSNR in the corner (one display range per row)",
+        cell_notes=notes,
+    )

@@ -1,0 +1,91 @@
+"""A CARE-like UNet, optionally conditioned on the degradation step t (sinusoidal embedding + FiLM).
+
+Shapes: input (B, C_in, H, W) with H and W multiples of 2**depth; output (B, C_out, H, W); t is (B,) float
+(a ladder step, possibly fractional). One class serves the one-shot baseline (no t) and the
+time-conditioned restorers, so there is no near-twin model file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) -> torch.Tensor:
+    """(B,) -> (B, dim) transformer-style embedding of a (fractional) step."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None] * 100.0  # steps are O(1..10): spread them over the periods
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 - SiLU - conv3x3 (- FiLM from the embedding) - SiLU, residual.
+
+    No normalisation layer (CARE's default too): per-image statistics (GroupNorm, InstanceNorm) would make
+    the output depend on the tile extent, and tiled prediction must equal whole-image prediction.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * c_out) if emb_dim else None
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        h = F.silu(self.conv1(x))
+        h = self.conv2(h)
+        if self.film is not None and emb is not None:
+            scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        return F.silu(h) + self.skip(x)
+
+
+class UNet(nn.Module):
+    """UNet with ``depth`` downsamplings, channels doubling per level from ``base_channels``."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 3,
+                 time_embed_dim: int | None = None, residual: bool = True) -> None:
+        super().__init__()
+        self.depth, self.residual, self.time_embed_dim = depth, residual, time_embed_dim
+        emb = None
+        if time_embed_dim:
+            emb = 4 * time_embed_dim
+            self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
+        chans = [base_channels * 2**i for i in range(depth + 1)]
+        self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
+        self.down = nn.ModuleList(ConvBlock(chans[i], chans[i], emb) for i in range(depth))
+        self.pool = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2) for i in range(depth))
+        self.mid = ConvBlock(chans[depth], chans[depth], emb)
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth))
+        self.up = nn.ModuleList(ConvBlock(2 * chans[i], chans[i], emb) for i in range(depth))
+        self.head = nn.Conv2d(chans[0], out_channels, 1)
+        nn.init.zeros_(self.head.weight)  # start as the identity (residual) or zero map
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes must be multiples of this."""
+        return 2**self.depth
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        emb = None
+        if self.time_embed_dim:
+            if t is None:
+                raise ValueError("this UNet is time-conditioned: pass t")
+            emb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim))
+        h = self.stem(x)
+        skips = []
+        for block, pool in zip(self.down, self.pool):
+            h = block(h, emb)
+            skips.append(h)
+            h = pool(h)
+        h = self.mid(h, emb)
+        for i in reversed(range(self.depth)):
+            h = self.up[i](torch.cat([self.upsample[i](h), skips[i]], dim=1), emb)
+        out = self.head(h)
+        return x[:, : out.shape[1]] + out if self.residual else out

@@ -1,0 +1,134 @@
+"""Run directories: the resolved config, checkpoints and logs of one training run.
+
+Layout::
+
+    RUN_DIR/
+      run.json           {"format": 1, "kind": ..., "config": TrainConfig, "normalization": ...,
+                          "data": [{"path": ..., "manifest_sha256": ...}], "dehaze_version": ...}
+      checkpoint.pt      state_dicts (model, optimiser, scheduler, EMA), step, RNG; torch.save of plain
+                         tensors/dicts only, so it loads with ``weights_only=True``; written atomically
+      log.csv, tb/       training logs (CSV and TensorBoard event files)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from dehaze import __version__
+from dehaze.config import StrictModel, format_validation_error
+from dehaze.errors import UserError
+from dehaze.normalization import Normalization
+from dehaze.train_config import TrainConfig
+
+RUN_FORMAT = 1
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class DataRef(StrictModel):
+    path: str
+    manifest_sha256: str
+
+
+class RunInfo(StrictModel):
+    format: int = RUN_FORMAT
+    dehaze_version: str = __version__
+    kind: str
+    config: TrainConfig
+    normalization: Normalization
+    data: list[DataRef]
+    base_run: str | None = None  # the run this one builds on (latent trainers build on an HVAE run)
+
+    def same_run(self, other: RunInfo) -> bool:
+        """Same trainer, config and data: a run that --resume may continue."""
+        keep = {"kind", "config", "data", "base_run"}
+        return self.model_dump(mode="json", include=keep) == other.model_dump(mode="json", include=keep)
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """The run's resolved description; a one-line UserError if it is missing, foreign or too new."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a dehaze run directory (no {RUN_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path}: unreadable run description (not JSON)") from None
+    if isinstance(raw, dict) and isinstance(raw.get("format"), int) and raw["format"] > RUN_FORMAT:
+        raise UserError(f"{path}: run format {raw['format']} is newer than this dehaze ({RUN_FORMAT}); upgrade dehaze")
+    try:
+        return RunInfo.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, str(path))) from None
+
+
+def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
+    """Create the run directory, or check that --resume continues the same run. Returns True if resuming."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / RUN_FILE).is_file():
+            raise UserError(f"{run_dir}: exists and is not a dehaze run directory; choose another -o")
+        existing = read_run(run_dir)
+        if not existing.same_run(info):
+            raise UserError(f"{run_dir}: already holds a different run ({existing.kind}); choose another -o")
+        if not resume:
+            raise UserError(f"{run_dir}: already holds this run; pass --resume to continue it or choose another -o")
+        return (run_dir / CHECKPOINT_FILE).is_file()
+    if resume:
+        raise UserError(f"{run_dir}: nothing to resume (no run there); drop --resume to start one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RUN_FILE, info.model_dump_json(indent=2))
+    return False
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> None:
+    """Write ``checkpoint.pt`` atomically (a crash leaves the previous checkpoint intact)."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": RUN_FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: str | Path, kind: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check it belongs to a ``kind`` run of this format."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {CHECKPOINT_FILE}; the run has not saved a checkpoint yet")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise UserError(f"{path}: not a loadable dehaze checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise UserError(f"{path}: checkpoint format {state.get('format') if isinstance(state, dict) else '?'} is not {RUN_FORMAT}; retrain with this dehaze")
+    if state.get("kind") != kind:
+        raise UserError(f"{path}: checkpoint of a {state.get('kind')!r} model, expected {kind!r}")
+    return state
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RunInfo, torch.nn.Module]:
+    """Rebuild a run's network from its resolved config and load its weights (EMA weights if kept)."""
+    from dehaze.models import build_model
+
+    info = read_run(run_dir)
+    state = load_checkpoint(run_dir, info.kind, map_location=device)
+    model = build_model(info.config.model)
+    weights = state["model"]
+    if "ema" in state:  # AveragedModel keeps "module."-prefixed copies of the weights
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"{run_dir}: checkpoint does not fit the {info.kind} model in run.json ({str(exc).splitlines()[0]})") from None
+    return info, model.to(device).eval()
