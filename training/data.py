@@ -102,7 +102,8 @@ class LadderPatches(Dataset):
         return open_ladder(self.store_paths[i])
 
     def _array(self, ref: FieldRef, name: str):  # noqa: ANN202 - zarr or numpy array
-        if self._arrays is None or self._pid != os.getpid():
+        # Zarr handles are reopened in each worker process; in-memory arrays are inherited (fork) as they are.
+        if self._arrays is None or (self._pid != os.getpid() and not self.in_memory):
             self._arrays, self._pid = {}, os.getpid()
         key = (ref.store, ref.field, name)
         if key not in self._arrays:

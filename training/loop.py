@@ -120,8 +120,12 @@ def validate(model: nn.Module, task: Task, loader: DataLoader, device: torch.dev
 
 # ---- the loop ------------------------------------------------------------------------------------
 def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConfig, *, resume: bool = False,
-          show_progress: bool = True) -> TrainResult:
-    """Train a ``kind`` model on ladder stores ``data`` into ``run_dir`` (see the module docstring)."""
+          show_progress: bool = True, in_memory: bool = False) -> TrainResult:
+    """Train a ``kind`` model on ladder stores ``data`` into ``run_dir`` (see the module docstring).
+
+    ``in_memory=True`` reads every field's arrays into memory once instead of streaming patches from
+    Zarr (same patches, same results); ``benchmarks/loader.py`` uses it as the no-I/O reference.
+    """
     task = TASKS[kind]
     run_dir = Path(run_dir)
     stores = open_training_stores(data)
@@ -157,7 +161,8 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0)}
-    common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target)
+    common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target,
+                  in_memory=in_memory)
     train_ds = LadderPatches(paths, train_fields, task.sample_kind, seed=cfg.seed, length=cfg.steps * cfg.batch_size * world,
                              augment=cfg.data.augment, **common, **extra)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=StepSampler(step, cfg.steps, cfg.batch_size, rank, world),
