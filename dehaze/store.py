@@ -365,3 +365,31 @@ def step_stats_from_samples(samples_per_step: list[np.ndarray], haze: list[float
             )
         )
     return out
+
+
+STATS_PIXELS_PER_STEP = 2_000_000  # subsample cap when computing dataset statistics
+
+
+def finalize_with_step_stats(store: LadderStore, **updates: Any) -> None:
+    """Compute per-step statistics from the written fields (subsampled) and mark the store complete.
+
+    A field's ``info["haze_index"]`` (one value per step, simulation only) is averaged into the stats;
+    stores without it get ``haze_index: None``. ``updates`` are further dataset-level values to record.
+    """
+    fields = store.fields
+    per_field_px = max(1, STATS_PIXELS_PER_STEP // len(fields))
+    samples: list[list[np.ndarray]] = [[] for _ in range(store.n_steps)]
+    haze = np.zeros(store.n_steps)
+    has_haze = True
+    for f in fields:
+        img = store.image(f)
+        stride = max(1, int(np.sqrt(np.prod(img.shape[1:]) / per_field_px)))
+        for t in range(store.n_steps):
+            samples[t].append(np.asarray(img[t])[..., ::stride, ::stride].ravel())
+        values = store.field_meta(f).info.get("haze_index")
+        if values is None:
+            has_haze = False
+        else:
+            haze += np.asarray(values, dtype=np.float64)
+    stats = step_stats_from_samples([np.concatenate(s) for s in samples], list(haze / len(fields)) if has_haze else None)
+    store.finalize(step_stats=stats, **updates)

@@ -25,14 +25,13 @@ import numpy as np
 
 from dehaze.manifests import SimulationManifest
 from dehaze.progress import progress_bar
-from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, open_ladder, step_stats_from_samples
+from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, finalize_with_step_stats, open_ladder
 from simulation.camera import camera_image, expected_adu
 from simulation.forward import PlaneConvolver
 from simulation.optics import PsfWindow, ladder_psfs, psf_window
 from simulation.sample import field_seed, render_truth
 
 PEAK_PERCENTILE = 99.9
-STATS_PIXELS_PER_STEP = 2_000_000  # subsample cap when computing dataset statistics
 
 
 @dataclass
@@ -185,15 +184,4 @@ def simulate_ladder(
 
 def finish_store(store: LadderStore) -> None:
     """Compute per-step statistics from the written fields and mark the store complete."""
-    fields = store.fields
-    per_field_px = max(1, STATS_PIXELS_PER_STEP // len(fields))
-    samples: list[list[np.ndarray]] = [[] for _ in range(store.n_steps)]
-    haze = np.zeros(store.n_steps)
-    for f in fields:
-        img = store.image(f)
-        stride = max(1, int(np.sqrt(np.prod(img.shape[1:]) / per_field_px)))
-        for t in range(store.n_steps):
-            samples[t].append(np.asarray(img[t])[..., ::stride, ::stride].ravel())
-        haze += np.asarray(store.field_meta(f).info.get("haze_index", [0.0] * store.n_steps))
-    stats = step_stats_from_samples([np.concatenate(s) for s in samples], list(haze / len(fields)))
-    store.finalize(step_stats=stats)
+    finalize_with_step_stats(store)
