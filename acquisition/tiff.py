@@ -89,7 +89,7 @@ def read_tiff_series(path: Path) -> list[SeriesInfo]:
         _check_complete(tif, path)
         series = list(tif.series)
         if not series:
-            raise UserError(f"{path}: TIFF holds no image")
+            raise UserError(f"{path}: cannot read as TIFF (corrupt: no image found)")
         out = []
         if tif.is_ome:
             images = parse_ome_xml(tif.ome_metadata or "", str(path))
