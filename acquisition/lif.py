@@ -64,8 +64,9 @@ def read_lif_series(path: Path) -> list[SeriesInfo]:
     out = []
     for i, img in enumerate(images):
         where = f"{path} [{img.name}]"
-        if img.offsets[1] == 0:
-            raise UserError(f"{where}: truncated: the image data is missing from the file")
+        size = path.stat().st_size
+        if img.offsets[1] == 0 or img.offsets[0] + img.offsets[1] > size:
+            raise UserError(f"{where}: truncated: the image data ends at byte {img.offsets[0] + img.offsets[1]} but the file has {size} bytes")
         if max(img.bit_depth) > 16:
             raise UserError(f"{where}: {max(img.bit_depth)}-bit data is not supported")
         px = {a: 1.0 / s for a, s in zip("xyz", img.scale[:3]) if s}

@@ -105,3 +105,41 @@ def write_ome_channels(path: Path, steps: list[np.ndarray], pinholes: list[float
     chans = [{"pinhole": pinholes[i], "unit": unit, "name": f"PH {pinholes[i]}"} for i in order]
     data = np.stack([steps[i] for i in order])
     return write_ome(path, data, ome_xml(chans, data.shape[-2:]))
+
+
+def write_lif(path: Path, images: list[tuple[str, np.ndarray, dict[str, str]]], pixel_m: float = 1e-7) -> Path:
+    """A Leica LIF file (LAS X container layout): XML header in UTF-16, then one memory block per image.
+
+    ``images``: (name, (y, x) uint16 plane, ATLConfocalSettingDefinition attributes such as Pinhole in metres).
+    """
+    children = []
+    blocks = []
+    for i, (name, plane, settings) in enumerate(images):
+        ny, nx = plane.shape
+        attrs = " ".join(f'{k}="{v}"' for k, v in settings.items())
+        children.append(
+            f'<Element Name="{name}" Visibility="1" CopyOption="1" UniqueID="{uuid.uuid4()}"><Data><Image TextDescription="">'
+            "<ImageDescription><Channels>"
+            '<ChannelDescription DataType="0" ChannelTag="0" Resolution="12" NameOfMeasuredQuantity="" Min="0" Max="4095" Unit="" LUTName="Green" IsLUTInverted="0" BytesInc="0" BitInc="0"/>'
+            "</Channels><Dimensions>"
+            f'<DimensionDescription DimID="1" NumberOfElements="{nx}" Origin="0" Length="{pixel_m * (nx - 1)}" Unit="m" BitInc="0" BytesInc="2"/>'
+            f'<DimensionDescription DimID="2" NumberOfElements="{ny}" Origin="0" Length="{pixel_m * (ny - 1)}" Unit="m" BitInc="0" BytesInc="{2 * nx}"/>'
+            "</Dimensions></ImageDescription>"
+            f'<Attachment Name="HardwareSettingList" Application="LAS AF"><ATLConfocalSettingDefinition {attrs}/></Attachment>'
+            f'</Image></Data><Memory Size="{plane.nbytes}" MemoryBlockID="MemBlock_{i + 1}"/><Children/></Element>'
+        )
+        blocks.append((f"MemBlock_{i + 1}", plane.astype("<u2").tobytes()))
+    xml = (
+        '<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" CopyOption="1" UniqueID="0">'
+        '<Data><Experiment Path="project.lif"/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/>'
+        f"<Children>{''.join(children)}</Children></Element></LMSDataContainerHeader>"
+    )
+    out = bytearray()
+    header = b"\x2a" + len(xml).to_bytes(4, "little") + xml.encode("utf-16-le")
+    out += b"\x70\x00\x00\x00" + len(header).to_bytes(4, "little") + header
+    for block_id, data in blocks:
+        desc = block_id.encode("utf-16-le")
+        body = b"\x2a" + len(data).to_bytes(4, "little") + b"\x2a" + len(block_id).to_bytes(4, "little") + desc
+        out += b"\x70\x00\x00\x00" + (len(body) + len(data)).to_bytes(4, "little") + body + data
+    path.write_bytes(bytes(out))
+    return path
