@@ -156,17 +156,49 @@ def predict(
     typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
 
 
-SCHEMAS = ("simulation", "train")
+@app.command()
+@user_errors
+def ingest(
+    source: Annotated[Path, typer.Argument(help="A file or folder: OME-TIFF(s), plain/ImageJ TIFFs, Leica LIF.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Ladder store to write (.zarr).")] = Path("ladder.zarr"),
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", "-m", help="Acquisition manifest YAML (pinhole values, calibration); not needed for OME-TIFF/LIF with pinhole sizes.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the files, steps, pinholes, shapes and pixel sizes found; write nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from other files or another manifest.")] = False,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Ingest a microscope pinhole series (same field, several pinholes) into a registered ladder store."""
+    from acquisition.ingest import ingest as run_ingest
+    from acquisition.manifest import load_acquisition_manifest
+    from dehaze.store import describe_ladder
+
+    m = load_acquisition_manifest(manifest, set_ or [])
+    report = run_ingest(source, output, m, dry_run=dry_run, overwrite=overwrite, show_progress=not quiet,
+                        warn=lambda msg: typer.echo(f"dehaze: warning: {msg}", err=True))
+    if report.state == "dry-run":
+        typer.echo(report.plan.describe())
+        typer.echo("dry run: nothing written")
+        return
+    if report.state == "complete":
+        typer.echo(f"{output}: already complete for these files and manifest; nothing to do (use --overwrite to rebuild)")
+    else:
+        typer.echo("registration residual (px RMS) per field: " + ", ".join(f"{r:.3f}" for r in report.residual_px))
+    assert report.store is not None
+    typer.echo(describe_ladder(report.store))
+
+
+SCHEMAS = ("simulation", "acquisition", "train")
 
 
 @app.command()
 @user_errors
 def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS)}.")]) -> None:
     """Print the JSON schema of a manifest or config kind."""
+    from acquisition.manifest import AcquisitionManifest
     from dehaze.manifests import SimulationManifest
     from dehaze.train_config import TrainConfig
 
-    models = {"simulation": SimulationManifest, "train": TrainConfig}
+    models = {"simulation": SimulationManifest, "acquisition": AcquisitionManifest, "train": TrainConfig}
     if kind not in models:
         raise UserError(f"unknown schema {kind!r}; choose one of: {', '.join(models)}")
     typer.echo(json.dumps(models[kind].model_json_schema(), indent=2))

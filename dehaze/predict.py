@@ -19,7 +19,7 @@ import torch
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import RunInfo, load_model
-from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder, open_ladder
+from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder, finalize_with_step_stats, open_ladder
 from dehaze.strategies import STRATEGIES, ModelBundle, indi_schedule
 from dehaze.tiling import predict_tiled
 
@@ -123,7 +123,7 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
             bar.update(1)
         out.write_field(field, pred, info={"strategy": name})
     bar.close()
-    out.finalize_with_stats()
+    finalize_with_step_stats(out)
     return out
 
 

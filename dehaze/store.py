@@ -39,7 +39,6 @@ FORMAT_VERSION = 1
 NGFF_VERSION = "0.4"
 IMAGE_ARRAY = "0"
 CHUNK_YX = 256
-STATS_PIXELS_PER_STEP = 2_000_000  # subsample cap when computing dataset statistics
 _COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
@@ -187,25 +186,6 @@ class LadderStore:
                 "dehaze": FieldMeta(complete=True, extras=sorted(extras or {}), info=info or {}).model_dump(mode="json"),
             }
         )
-
-    def finalize_with_stats(self) -> None:
-        """Compute per-step statistics from the written fields (subsampled) and mark the store complete.
-
-        A field's ``info["haze_index"]`` (one value per step), where present, is averaged into the stats.
-        """
-        per_field_px = max(1, STATS_PIXELS_PER_STEP // len(self.fields))
-        samples: list[list[np.ndarray]] = [[] for _ in range(self.n_steps)]
-        haze, n_haze = np.zeros(self.n_steps), 0
-        for f in self.fields:
-            img = self.image(f)
-            stride = max(1, int(np.sqrt(np.prod(img.shape[1:]) / per_field_px)))
-            for t in range(self.n_steps):
-                samples[t].append(np.asarray(img[t])[..., ::stride, ::stride].ravel())
-            field_haze = self.field_meta(f).info.get("haze_index")
-            if field_haze is not None:
-                haze, n_haze = haze + np.asarray(field_haze), n_haze + 1
-        per_step_haze = list(haze / n_haze) if n_haze else None
-        self.finalize(step_stats=step_stats_from_samples([np.concatenate(s) for s in samples], per_step_haze))
 
     def finalize(self, **updates: Any) -> None:
         """Mark the store complete, recording final dataset-level values (e.g. ``step_stats``)."""
@@ -396,3 +376,31 @@ def step_stats_from_samples(samples_per_step: list[np.ndarray], haze: list[float
             )
         )
     return out
+
+
+STATS_PIXELS_PER_STEP = 2_000_000  # subsample cap when computing dataset statistics
+
+
+def finalize_with_step_stats(store: LadderStore, **updates: Any) -> None:
+    """Compute per-step statistics from the written fields (subsampled) and mark the store complete.
+
+    A field's ``info["haze_index"]`` (one value per step, simulation only) is averaged into the stats;
+    stores without it get ``haze_index: None``. ``updates`` are further dataset-level values to record.
+    """
+    fields = store.fields
+    per_field_px = max(1, STATS_PIXELS_PER_STEP // len(fields))
+    samples: list[list[np.ndarray]] = [[] for _ in range(store.n_steps)]
+    haze = np.zeros(store.n_steps)
+    has_haze = True
+    for f in fields:
+        img = store.image(f)
+        stride = max(1, int(np.sqrt(np.prod(img.shape[1:]) / per_field_px)))
+        for t in range(store.n_steps):
+            samples[t].append(np.asarray(img[t])[..., ::stride, ::stride].ravel())
+        values = store.field_meta(f).info.get("haze_index")
+        if values is None:
+            has_haze = False
+        else:
+            haze += np.asarray(values, dtype=np.float64)
+    stats = step_stats_from_samples([np.concatenate(s) for s in samples], list(haze / len(fields)) if has_haze else None)
+    store.finalize(step_stats=stats, **updates)

@@ -27,7 +27,7 @@ import numpy as np
 from dehaze.errors import UserError
 from dehaze.manifests import SimulationManifest
 from dehaze.progress import progress_bar
-from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, open_ladder
+from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, finalize_with_step_stats, open_ladder
 from simulation.camera import camera_image, expected_adu
 from simulation.forward import PlaneConvolver
 from simulation.optics import PsfWindow, ladder_psfs, psf_window
@@ -193,5 +193,5 @@ def simulate_ladder(
         fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers)) if client is None else 1
         plan = plan_ladder(manifest, fft_workers=fft_workers)
         _run_on_dask(_simulate_and_write, todo, plan, str(store.path), max(1, workers), client, show_progress)
-    store.finalize_with_stats()
+    finalize_with_step_stats(store)
     return SimulationReport(store, state, len(todo))

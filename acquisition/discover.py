@@ -1,0 +1,302 @@
+"""Find the files, steps, positions and pinhole values of a pinhole series, and check they fit together.
+
+Reads metadata only (no pixels). Source order is: files in natural name order, series in file order, then
+along the step axis; manifest lists of pinhole values follow it. Steps are then sorted by pinhole size
+(cleanest first) inside every field of view, and every field must have the same pinhole values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acquisition.manifest import AcquisitionManifest
+from acquisition.series import SeriesInfo
+from acquisition.tiff import TIFF_SUFFIXES, read_tiff_series
+from acquisition.lif import LIF_SUFFIXES, read_lif_series
+from acquisition.units import length_to_um, pinhole_um_to_au
+from dehaze.errors import UserError
+
+_AXIS = {"channel": "C", "time": "T", "z": "Z"}
+REL_TOL = 1e-3  # pixel sizes and pinhole values closer than this are equal
+
+
+@dataclass
+class Step:
+    """One pinhole step of one field: which plane(s) of which series, and its pinhole values."""
+
+    series: SeriesInfo
+    axis: str | None  # "C", "T", "Z" when the steps lie along that axis of the series, None: one step per series
+    index: int  # position along ``axis`` (0 when axis is None)
+    channel: int  # channel read (== index when axis is "C")
+    order: int  # source order inside its field (acquisition order as far as the files tell)
+    pinhole_um: float | None = None
+    pinhole_au: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.series.label + (f" [{self.axis}={self.index}]" if self.axis else "")
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        _, _, z, y, x = self.series.shape
+        return (y, x) if self.axis == "Z" or z == 1 else (z, y, x)
+
+
+@dataclass
+class Position:
+    key: str
+    steps: list[Step]  # cleanest (smallest pinhole) first
+
+
+@dataclass
+class Plan:
+    """Everything ingestion needs to know before reading pixels."""
+
+    source: Path
+    files: list[Path]
+    positions: list[Position]
+    spatial_axes: list[str]
+    spatial_shape: tuple[int, ...]
+    pixel_size_um: dict[str, float]
+    pinhole_um: list[float] | None
+    pinhole_au: list[float | None]
+    units_source: str
+    em_wavelength_nm: float | None
+    na: float | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.positions[0].steps)
+
+    def describe(self) -> str:
+        """A readable summary for ``--dry-run``."""
+        px = ", ".join(f"{a}={self.pixel_size_um[a]:g}" for a in self.spatial_axes)
+        lines = [
+            f"{self.source}: {len(self.files)} file(s), {len(self.positions)} field(s) of view, {self.n_steps} steps",
+            f"  shape per step: {self.spatial_shape} (axes {' '.join(self.spatial_axes)}), pixel size (µm): {px}",
+            f"  emission: {self.em_wavelength_nm or '?'} nm, NA: {self.na or '?'}; pinhole values from: {self.units_source}",
+            "  step  pinhole_um  pinhole_au  source (first field)",
+        ]
+        for t, step in enumerate(self.positions[0].steps):
+            um = "-" if self.pinhole_um is None else f"{self.pinhole_um[t]:.4g}"
+            au = "-" if self.pinhole_au[t] is None else f"{self.pinhole_au[t]:.4g}"
+            lines.append(f"  {t:>4}  {um:>10}  {au:>10}  {step.label}")
+        for pos in self.positions:
+            lines.append(f"  field {pos.key or '(single)'}: " + ", ".join(s.label for s in pos.steps))
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _natural_key(path: Path) -> list[object]:
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", path.name)]
+
+
+def list_files(source: Path, pattern: str) -> list[Path]:
+    """The readable image files of SOURCE (a file, or the files matching ``pattern`` in a folder)."""
+    if not source.exists():
+        raise UserError(f"{source}: no such file or folder")
+    suffixes = TIFF_SUFFIXES + LIF_SUFFIXES
+    if source.is_file():
+        return [source]
+    files = sorted((p for p in source.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")), key=_natural_key)
+    if not files:
+        raise UserError(f"{source}: no TIFF, OME-TIFF or LIF files matching {pattern!r}")
+    return files
+
+
+def read_series(path: Path) -> list[SeriesInfo]:
+    if path.suffix.lower() in LIF_SUFFIXES:
+        return read_lif_series(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return read_tiff_series(path)
+    raise UserError(f"{path}: unsupported file type {path.suffix!r} (TIFF, OME-TIFF or LIF)")
+
+
+def _has_channel_pinholes(s: SeriesInfo) -> bool:
+    values = {c.pinhole if c.pinhole is not None else c.pinhole_airy for c in s.channels}
+    return s.shape[1] > 1 and len(values - {None}) > 1
+
+
+def _step_axis(series: list[SeriesInfo], m: AcquisitionManifest) -> str | None:
+    if m.step_axis != "auto":
+        return None if m.step_axis == "file" else _AXIS[m.step_axis]
+    if any(_has_channel_pinholes(s) for s in series) or (len(series) == 1 and series[0].shape[1] > 1):
+        return "C"
+    return None
+
+
+def _match(pattern: str, s: SeriesInfo, what: str) -> str:
+    for text in (s.path.name, s.name):
+        hit = re.search(pattern, text)
+        if hit:
+            return hit.group(what) if what in hit.groupdict() else hit.group(1)
+    raise UserError(f"{s.label}: name does not match {what}_pattern {pattern!r}")
+
+
+def _steps_of(s: SeriesInfo, axis: str | None, m: AcquisitionManifest) -> list[Step]:
+    nt, nc, nz, _, _ = s.shape
+    if m.channel is not None and m.channel >= nc:
+        raise UserError(f"{s.label}: channel {m.channel} requested but the file has {nc} channel(s)")
+    if axis != "C" and nc > 1 and m.channel is None:
+        raise UserError(f"{s.label}: has {nc} channels but the steps are not along channels; set channel: N (or step_axis: channel)")
+    if axis != "T" and nt > 1:
+        raise UserError(f"{s.label}: has {nt} time points; set step_axis: time if the steps are along time, or save one time point")
+    channel = m.channel or 0
+    if axis is None:
+        return [Step(s, None, 0, channel, 0)]
+    n = {"C": nc, "T": nt, "Z": nz}[axis]
+    return [Step(s, axis, i, i if axis == "C" else channel, i) for i in range(n)]
+
+
+def _metadata_pinhole(step: Step) -> tuple[float | None, float | None]:
+    ch = step.series.channel(step.channel)
+    um = None if ch.pinhole is None else length_to_um(ch.pinhole, ch.pinhole_unit, f"{step.label} PinholeSize")
+    if um is not None and not (math.isfinite(um) and um > 0):
+        raise UserError(f"{step.label}: pinhole size {ch.pinhole} is not a positive number")
+    return um, ch.pinhole_airy
+
+
+def _assign_pinholes(positions: dict[str, list[Step]], m: AcquisitionManifest) -> str:
+    """Fill pinhole_um / pinhole_au of every step; returns where they came from."""
+    if m.pinhole_um is not None or m.pinhole_au is not None:
+        values = m.pinhole_um if m.pinhole_um is not None else m.pinhole_au
+        key = "pinhole_um" if m.pinhole_um is not None else "pinhole_au"
+        for pos, steps in positions.items():
+            if len(steps) != len(values):
+                names = ", ".join(s.label for s in steps[:3]) + (" ..." if len(steps) > 3 else "")
+                raise UserError(f"manifest {key} has {len(values)} values but {names} holds {len(steps)} steps{f' (field {pos})' if pos else ''}")
+            for step, v in zip(steps, values):
+                setattr(step, key, float(v))
+        return f"manifest ({key} in source order)"
+    if m.pinhole_pattern is not None:
+        for steps in positions.values():
+            for step in steps:
+                raw = _match(m.pinhole_pattern, step.series, "pinhole")
+                try:
+                    value = float(raw.replace(",", ".").replace("p", "."))
+                except ValueError:
+                    raise UserError(f"{step.label}: pinhole_pattern matched {raw!r}, which is not a number") from None
+                if m.pinhole_unit == "au":
+                    step.pinhole_au = value
+                else:
+                    step.pinhole_um = length_to_um(value, m.pinhole_unit, step.label)
+        return f"file names (pinhole_pattern, {m.pinhole_unit})"
+    kinds = set()
+    for steps in positions.values():
+        for step in steps:
+            step.pinhole_um, step.pinhole_au = _metadata_pinhole(step)
+            if step.pinhole_um is None and step.pinhole_au is None:
+                raise UserError(
+                    f"{step.label}: no pinhole size in the file ({step.series.kind}); give pinhole_um, pinhole_au or pinhole_pattern in an acquisition manifest (--manifest)"
+                )
+            kinds.add(step.series.kind)
+    return "file metadata (" + ", ".join(sorted(kinds)) + ")"
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
+    """Build the ingestion :class:`Plan` of SOURCE from file metadata and the manifest (no pixels read)."""
+    source = Path(source)
+    files = list_files(source, m.files)
+    series = [s for f in files for s in read_series(f)]
+    axis = _step_axis(series, m)
+    if m.pinhole_pattern is not None and axis is not None:
+        raise UserError(f"{source}: pinhole_pattern parses one value per file, but the steps lie along {axis}; give a pinhole_um list instead")
+
+    # --- steps in source order, grouped by field of view ---
+    positions: dict[str, list[Step]] = {}
+    for s in series:
+        if m.position_pattern is not None:
+            key = _match(m.position_pattern, s, "position")
+        elif axis is not None and len(series) > 1:
+            key = s.path.name + (f"#{s.index}" if s.n_series_in_file > 1 else "")
+        else:
+            key = ""
+        key = "/".join(k for k in (key, s.position_hint) if k)
+        steps = _steps_of(s, axis, m)
+        group = positions.setdefault(key, [])
+        for st in steps:
+            st.order = len(group)
+            group.append(st)
+    units_source = _assign_pinholes(positions, m)
+
+    # --- optics and calibration ---
+    em = next((c.em_wavelength_nm for s in series for c in s.channels if c.em_wavelength_nm), None) or m.em_wavelength_nm
+    na = next((s.na for s in series if s.na), None) or m.na
+    calibrated = m.um_per_au is not None or (m.magnification_at_pinhole is not None and em is not None and na is not None)
+    if m.magnification_at_pinhole is not None and not calibrated:
+        raise UserError("magnification_at_pinhole needs em_wavelength_nm and na (the files do not give them): add them to the manifest")
+    for steps in positions.values():
+        for st in steps:
+            if st.pinhole_au is None and st.pinhole_um is not None and calibrated:
+                st.pinhole_au = pinhole_um_to_au(st.pinhole_um, um_per_au=m.um_per_au, magnification_at_pinhole=m.magnification_at_pinhole, em_wavelength_nm=em, na=na)
+    if calibrated and units_source.startswith(("file", "manifest (pinhole_um")):
+        cal = f"um_per_au={m.um_per_au}" if m.um_per_au else f"magnification_at_pinhole={m.magnification_at_pinhole}, 1 AU = 1.22*{em:g} nm/{na:g}"
+        units_source += f"; AU from manifest calibration ({cal})"
+
+    # --- sort by pinhole, check duplicates, missing values and agreement between fields ---
+    use_um = all(st.pinhole_um is not None for steps in positions.values() for st in steps)
+    sort_key = "pinhole_um" if use_um else "pinhole_au"
+    if not use_um and any(st.pinhole_au is None for steps in positions.values() for st in steps):
+        bad = next(st for steps in positions.values() for st in steps if st.pinhole_um is None and st.pinhole_au is None)
+        raise UserError(f"{bad.label}: no pinhole value")
+    ordered: list[Position] = []
+    for key, steps in positions.items():
+        steps = sorted(steps, key=lambda st: getattr(st, sort_key))
+        for a, b in zip(steps, steps[1:]):
+            if _close(getattr(a, sort_key), getattr(b, sort_key)):
+                raise UserError(f"{b.label}: duplicated pinhole value {getattr(b, sort_key):g} ({sort_key}), also in {a.label}")
+        ordered.append(Position(key, steps))
+    ref = ordered[0]
+    ref_values = [getattr(st, sort_key) for st in ref.steps]
+    for pos in ordered[1:]:
+        values = [getattr(st, sort_key) for st in pos.steps]
+        if len(values) != len(ref_values) or not all(_close(a, b) for a, b in zip(values, ref_values)):
+            missing = [v for v in ref_values if not any(_close(v, w) for w in values)]
+            extra = [v for v in values if not any(_close(v, w) for w in ref_values)]
+            what = f"missing {sort_key} {missing}" if missing else f"extra {sort_key} {extra}"
+            raise UserError(f"field {pos.key}: {what} compared with field {ref.key} ({pos.steps[0].label})")
+    if len(ref.steps) < 2:
+        raise UserError(f"{source}: found only one pinhole step ({ref.steps[0].label}); a ladder needs at least two")
+
+    # --- shapes and pixel sizes ---
+    shape = ref.steps[0].spatial_shape
+    spatial_axes = ["y", "x"] if len(shape) == 2 else ["z", "y", "x"]
+    px_ref: dict[str, float] | None = None
+    for pos in ordered:
+        for st in pos.steps:
+            if st.spatial_shape != shape:
+                raise UserError(f"{st.label}: shape {st.spatial_shape} differs from {ref.steps[0].label} {shape}")
+            px = dict(st.series.pixel_size_um)
+            if "x" not in px and m.pixel_size_um is not None:
+                px["x"] = px["y"] = m.pixel_size_um
+            if "x" in px:
+                px.setdefault("y", px["x"])
+            if "z" in spatial_axes and "z" not in px and m.z_step_um is not None:
+                px["z"] = m.z_step_um
+            for a in spatial_axes:
+                if px.get(a) is None:
+                    what = "pixel_size_um" if a != "z" else "z_step_um"
+                    raise UserError(f"{st.label}: no {a} pixel size in the file; give {what} in an acquisition manifest")
+            px = {a: float(px[a]) for a in spatial_axes}
+            if px_ref is None:
+                px_ref = px
+            elif not all(_close(px[a], px_ref[a]) for a in spatial_axes):
+                raise UserError(f"{st.label}: pixel size {px} µm differs from {ref.steps[0].label} {px_ref} µm")
+    assert px_ref is not None
+    warnings = []
+    pinhole_au = [st.pinhole_au for st in ref.steps]
+    if any(v is None for v in pinhole_au):
+        warnings.append("pinhole sizes in Airy units unknown: give magnification_at_pinhole (with em_wavelength_nm, na) or um_per_au to record them")
+    return Plan(
+        source=source, files=files, positions=ordered, spatial_axes=spatial_axes, spatial_shape=shape,
+        pixel_size_um=px_ref, pinhole_um=[st.pinhole_um for st in ref.steps] if use_um else None,
+        pinhole_au=pinhole_au, units_source=units_source, em_wavelength_nm=em, na=na, warnings=warnings,
+    )

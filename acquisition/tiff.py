@@ -1,0 +1,119 @@
+"""TIFF readers (tifffile): OME-TIFF with OME-XML metadata, ImageJ hyperstacks and plain TIFFs.
+
+Truncated files are caught before reading pixels: every strip/tile a page points at must lie inside the
+file (tifffile would otherwise hand back zeros with only a log message).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from acquisition.ome import ChannelMeta, parse_ome_xml
+from acquisition.series import SeriesInfo, to_tczyx
+from acquisition.units import length_to_um
+from dehaze.errors import UserError
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+
+
+def _open(path: Path) -> tifffile.TiffFile:
+    try:
+        return tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot read as TIFF (truncated or corrupt: {str(exc).splitlines()[0]})") from None
+
+
+def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
+    size = path.stat().st_size
+    for i, page in enumerate(tif.pages):
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+        if not ends or max(ends) > size:
+            raise UserError(f"{path}: truncated: page {i} image data ends at byte {max(ends, default=0)} but the file has {size} bytes")
+
+
+def _reader(path: Path, index: int, axes: str):
+    def read() -> np.ndarray:
+        with tifffile.TiffFile(path) as tif:
+            try:
+                data = tif.series[index].asarray(maxworkers=1)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+                raise UserError(f"{path}: cannot decode image data ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        return to_tczyx(data, axes, str(path))
+
+    return read
+
+
+def _resolution_um(tif: tifffile.TiffFile, path: Path) -> dict[str, float]:
+    """Pixel size from ImageJ metadata or the TIFF resolution tags; {} if the file does not say."""
+    page = tif.pages.first
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return {}
+    unit_code = int(getattr(tags.get("ResolutionUnit"), "value", 1) or 1)
+    ij = tif.imagej_metadata or {}
+    if unit_code == 1 and ij.get("unit"):  # ImageJ: unit in its metadata, resolution tags in px/unit
+        unit = {"micron": "µm", "\\u00B5m": "µm", "pixel": None}.get(str(ij["unit"]), str(ij["unit"]))
+        if unit is None:
+            return {}
+        factor = length_to_um(1.0, unit, f"{path} ImageJ unit")
+    elif unit_code == 2:
+        factor = 25400.0  # inch
+    elif unit_code == 3:
+        factor = 10000.0  # cm
+    else:
+        return {}
+    out = {}
+    for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
+        num, den = tags[tag].value
+        if num > 0 and den > 0:
+            out[axis] = factor * den / num
+    if ij.get("spacing"):
+        out["z"] = factor * float(ij["spacing"])
+    # ImageJ's default (1 px/unit, unit 'pixel') or 72 dpi screen resolutions are not physical: ignore them
+    if unit_code == 2 and abs(out.get("x", 0) - 25400 / 72) < 1e-6:
+        return {}
+    return out
+
+
+def _shape(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, ...]:
+    """(T, C, Z, Y, X) shape of a series without reading it (a zero-stride stand-in array)."""
+    return to_tczyx(np.broadcast_to(np.zeros((), np.uint8), shape), axes, str(path)).shape
+
+
+def read_tiff_series(path: Path) -> list[SeriesInfo]:
+    """One :class:`SeriesInfo` per image series in a TIFF file (OME: per ``Image``)."""
+    with _open(path) as tif:
+        _check_complete(tif, path)
+        series = list(tif.series)
+        if not series:
+            raise UserError(f"{path}: cannot read as TIFF (corrupt: no image found)")
+        out = []
+        if tif.is_ome:
+            images = parse_ome_xml(tif.ome_metadata or "", str(path))
+            for i, s in enumerate(series):
+                meta = images[i] if i < len(images) else images[0]
+                data_shape = _shape(s.shape, s.axes, path)
+                out.append(
+                    SeriesInfo(
+                        path=path, index=i, name=meta.name or f"series {i}", kind="ome-tiff", shape=data_shape,
+                        dtype=s.dtype, read=_reader(path, i, s.axes), channels=meta.channels,
+                        pixel_size_um=meta.pixel_size_um, na=meta.na, magnification=meta.magnification,
+                        n_series_in_file=len(series),
+                    )
+                )
+            return out
+        px = _resolution_um(tif, path)
+        kind = "imagej-tiff" if tif.is_imagej else "tiff"
+        for i, s in enumerate(series):
+            data_shape = _shape(s.shape, s.axes, path)
+            out.append(
+                SeriesInfo(
+                    path=path, index=i, name=f"series {i}", kind=kind, shape=data_shape, dtype=s.dtype,
+                    read=_reader(path, i, s.axes), channels=[ChannelMeta() for _ in range(data_shape[1])],
+                    pixel_size_um=px, n_series_in_file=len(series),
+                )
+            )
+        return out

@@ -1,0 +1,145 @@
+"""Tiny pinhole series written the way acquisition software writes them (tifffile, OME-XML we compose)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+SHIFTS = np.array([[0.0, 0.0], [1.6, -2.3], [-3.4, 2.7], [4.2, 3.1]])  # (dy, dx) correction per step, px
+PINHOLES_UM = [40.0, 80.0, 160.0, 320.0]
+
+
+def clean_canvas(n: int = 128, seed: int = 0) -> np.ndarray:
+    """Bright line-like and spot structure on black (float, photons)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((n, n))
+    for _ in range(40):
+        y0, x0 = rng.uniform(0, n, 2)
+        angle = rng.uniform(0, np.pi)
+        for s in np.linspace(-15, 15, 60):
+            y, x = int(y0 + s * np.sin(angle)), int(x0 + s * np.cos(angle))
+            if 0 <= y < n and 0 <= x < n:
+                img[y, x] += 1.0
+    img[rng.integers(0, n, 80), rng.integers(0, n, 80)] += 3.0
+    return ndimage.gaussian_filter(img, 1.0) * 400
+
+
+def hazy_steps(n_steps: int = 4, shape: int = 64, shifts: np.ndarray = SHIFTS, seed: int = 0, z: int = 0) -> list[np.ndarray]:
+    """Step t: more blur and background (haze) and more light, drifted so that shifting by shifts[t] aligns it."""
+    rng = np.random.default_rng(seed + 1)
+    canvas = clean_canvas(shape * 2, seed)
+    out = []
+    for t in range(n_steps):
+        img = ndimage.gaussian_filter(canvas, 0.5 + 0.8 * t) * (1 + 0.3 * t) + ndimage.gaussian_filter(canvas, 12) * 3 * t
+        img = ndimage.shift(img, -shifts[t], order=3, mode="nearest")
+        c = shape // 2
+        crop = img[c : c + shape, c : c + shape]
+        planes = [crop * (1 - 0.1 * k) for k in range(z)] if z else [crop]
+        noisy = np.stack([rng.poisson(np.clip(p, 0, None) + 20) + 100 for p in planes]).astype(np.uint16)
+        out.append(noisy if z else noisy[0])
+    return out
+
+
+def ome_xml(
+    channels: list[dict],
+    size_yx: tuple[int, int],
+    *,
+    size_z: int = 1,
+    size_t: int = 1,
+    pixel_um: float = 0.1,
+    pixel_unit: str | None = None,
+    z_um: float = 0.3,
+    n_images: int = 1,
+    image_names: list[str] | None = None,
+    na: float = 1.4,
+    magnification: float = 63.0,
+) -> str:
+    """OME-XML as a confocal's software writes it: Instrument/Objective, Channel@PinholeSize, TiffData."""
+    unit = f' PhysicalSizeXUnit="{pixel_unit}" PhysicalSizeYUnit="{pixel_unit}"' if pixel_unit else ""
+    images = []
+    ifd = 0
+    for i in range(n_images):
+        chs = "".join(
+            f'<Channel ID="Channel:{i}:{c}" Name="{ch.get("name", f"ch{c}")}" SamplesPerPixel="1"'
+            + (f' PinholeSize="{ch["pinhole"]}"' if ch.get("pinhole") is not None else "")
+            + (f' PinholeSizeUnit="{ch["unit"]}"' if ch.get("unit") else "")
+            + f' EmissionWavelength="{ch.get("em", 525)}" EmissionWavelengthUnit="nm" ExcitationWavelength="488"><LightPath/></Channel>'
+            for c, ch in enumerate(channels)
+        )
+        n_planes = len(channels) * size_z * size_t
+        name = image_names[i] if image_names else f"Image{i}"
+        images.append(
+            f'<Image ID="Image:{i}" Name="{name}"><AcquisitionDate>2024-05-01T10:0{i}:00</AcquisitionDate>'
+            f'<ObjectiveSettings ID="Objective:0:0" RefractiveIndex="1.515"/>'
+            f'<Pixels ID="Pixels:{i}" DimensionOrder="XYCZT" Type="uint16" SizeX="{size_yx[1]}" SizeY="{size_yx[0]}" '
+            f'SizeC="{len(channels)}" SizeZ="{size_z}" SizeT="{size_t}" PhysicalSizeX="{pixel_um}" PhysicalSizeY="{pixel_um}"{unit} '
+            f'PhysicalSizeZ="{z_um}" BigEndian="false">{chs}<TiffData IFD="{ifd}" PlaneCount="{n_planes}"/></Pixels></Image>'
+        )
+        ifd += n_planes
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        f'Creator="LAS X 3.7 (test double)" UUID="urn:uuid:{uuid.uuid4()}">'
+        '<Instrument ID="Instrument:0"><Detector ID="Detector:0:0" Type="PMT"/>'
+        f'<Objective ID="Objective:0:0" Immersion="Oil" LensNA="{na}" NominalMagnification="{magnification}"/></Instrument>'
+        + "".join(images)
+        + "</OME>"
+    )
+
+
+def write_ome(path: Path, data: np.ndarray, xml: str) -> Path:
+    """Planes in XYCZT order (C fastest), the OME-XML in the first page's ImageDescription."""
+    planes = data.reshape(-1, *data.shape[-2:])
+    tifffile.imwrite(path, planes, description=xml, metadata=None, photometric="minisblack")
+    return path
+
+
+def write_ome_channels(path: Path, steps: list[np.ndarray], pinholes: list[float], unit: str | None = None, order: list[int] | None = None) -> Path:
+    """One OME-TIFF, one channel per pinhole step, channels in the given (possibly shuffled) order."""
+    order = order or list(range(len(steps)))
+    chans = [{"pinhole": pinholes[i], "unit": unit, "name": f"PH {pinholes[i]}"} for i in order]
+    data = np.stack([steps[i] for i in order])
+    return write_ome(path, data, ome_xml(chans, data.shape[-2:]))
+
+
+def write_lif(path: Path, images: list[tuple[str, np.ndarray, dict[str, str]]], pixel_m: float = 1e-7) -> Path:
+    """A Leica LIF file (LAS X container layout): XML header in UTF-16, then one memory block per image.
+
+    ``images``: (name, (y, x) uint16 plane, ATLConfocalSettingDefinition attributes such as Pinhole in metres).
+    """
+    children = []
+    blocks = []
+    for i, (name, plane, settings) in enumerate(images):
+        ny, nx = plane.shape
+        attrs = " ".join(f'{k}="{v}"' for k, v in settings.items())
+        children.append(
+            f'<Element Name="{name}" Visibility="1" CopyOption="1" UniqueID="{uuid.uuid4()}"><Data><Image TextDescription="">'
+            "<ImageDescription><Channels>"
+            '<ChannelDescription DataType="0" ChannelTag="0" Resolution="12" NameOfMeasuredQuantity="" Min="0" Max="4095" Unit="" LUTName="Green" IsLUTInverted="0" BytesInc="0" BitInc="0"/>'
+            "</Channels><Dimensions>"
+            f'<DimensionDescription DimID="1" NumberOfElements="{nx}" Origin="0" Length="{pixel_m * (nx - 1)}" Unit="m" BitInc="0" BytesInc="2"/>'
+            f'<DimensionDescription DimID="2" NumberOfElements="{ny}" Origin="0" Length="{pixel_m * (ny - 1)}" Unit="m" BitInc="0" BytesInc="{2 * nx}"/>'
+            "</Dimensions></ImageDescription>"
+            f'<Attachment Name="HardwareSettingList" Application="LAS AF"><ATLConfocalSettingDefinition {attrs}/></Attachment>'
+            f'</Image></Data><Memory Size="{plane.nbytes}" MemoryBlockID="MemBlock_{i + 1}"/><Children/></Element>'
+        )
+        blocks.append((f"MemBlock_{i + 1}", plane.astype("<u2").tobytes()))
+    xml = (
+        '<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" CopyOption="1" UniqueID="0">'
+        '<Data><Experiment Path="project.lif"/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/>'
+        f"<Children>{''.join(children)}</Children></Element></LMSDataContainerHeader>"
+    )
+    out = bytearray()
+    header = b"\x2a" + len(xml).to_bytes(4, "little") + xml.encode("utf-16-le")
+    out += b"\x70\x00\x00\x00" + len(header).to_bytes(4, "little") + header
+    for block_id, data in blocks:
+        desc = block_id.encode("utf-16-le")
+        body = b"\x2a" + len(data).to_bytes(4, "little") + b"\x2a" + len(block_id).to_bytes(4, "little") + desc
+        out += b"\x70\x00\x00\x00" + (len(body) + len(data)).to_bytes(4, "little") + body + data
+    path.write_bytes(bytes(out))
+    return path

@@ -1,0 +1,39 @@
+"""Pinhole units: OME units, Airy-unit conversion, Leica LIF metadata."""
+
+from __future__ import annotations
+
+import pytest
+
+from acquisition.lif import lif_channel_meta
+from acquisition.units import airy_unit_um, length_to_um, pinhole_um_to_au
+from dehaze.errors import UserError
+
+
+@pytest.mark.parametrize("value,unit,um", [(50, None, 50), (50, "µm", 50), (50, "um", 50), (5e4, "nm", 50), (0.05, "mm", 50), (5e-5, "m", 50)])
+def test_lengths(value, unit, um):
+    assert length_to_um(value, unit, "x") == pytest.approx(um)
+
+
+def test_unknown_unit_names_where():
+    with pytest.raises(UserError, match=r"f.ome.tif: unknown length unit 'inch'"):
+        length_to_um(1, "inch", "f.ome.tif")
+
+
+def test_airy_units():
+    assert airy_unit_um(525, 1.4) == pytest.approx(1.22 * 0.525 / 1.4)
+    au_at_pinhole = 100 * airy_unit_um(525, 1.4)
+    assert pinhole_um_to_au(au_at_pinhole, magnification_at_pinhole=100, em_wavelength_nm=525, na=1.4) == pytest.approx(1.0)
+    assert pinhole_um_to_au(80, um_per_au=40) == 2.0
+    assert pinhole_um_to_au(80) is None  # not calibrated: no guess from the objective's magnification
+
+
+def test_lif_settings_metres_and_airy():
+    # as LAS X writes ATLConfocalSettingDefinition: Pinhole in metres (a diameter), PinholeAiry in AU
+    settings = {"Pinhole": "1.0612e-4", "PinholeAiry": "1.0000", "NumericalAperture": "1.40", "Magnification": "63"}
+    (ch,) = lif_channel_meta(settings, 1, "a.lif [Series001]")
+    assert ch.pinhole == pytest.approx(106.12) and ch.pinhole_unit == "µm" and ch.pinhole_airy == 1.0
+
+
+def test_lif_bad_number():
+    with pytest.raises(UserError, match="Pinhole='abc'"):
+        lif_channel_meta({"Pinhole": "abc"}, 1, "a.lif")
