@@ -6,11 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 # microsim writes PSF/truth caches under $HOME unless told not to; tests must leave no trace.
 os.environ.setdefault("MICROSIM_CACHE", "0")
+# Tiny test models gain nothing from intra-op threads, and OpenMP spin-waiting on a busy 2-core machine
+# slows them down several-fold; subprocesses (CLI runs, torchrun) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY = {
     "name": "tiny",
