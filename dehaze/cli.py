@@ -96,18 +96,28 @@ def check(store: Annotated[Path, typer.Argument(help="Ladder store.")]) -> None:
     typer.echo(f"{store}: valid ladder store")
 
 
+def _merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, section by section (a config file's ``optim: {lr: ...}`` keeps the
+    trainer's default optimiser name)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 @app.command()
 @user_errors
 def train(
-    kind: Annotated[str, typer.Argument(help="Trainer: unet (one-shot baseline) or pixel (time-conditioned InDI restorer).")],
+    kind: Annotated[str, typer.Argument(help="Trainer: unet (one-shot baseline), pixel (time-conditioned InDI restorer), hvae (ladder VAE of all steps) or hdn (supervised HDN baseline).")],
     data: Annotated[list[Path], typer.Option("--data", help="Ladder store to train on (repeatable).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run directory (config, checkpoints, logs).")],
     config: Annotated[Optional[Path], typer.Option("--config", help="Training config YAML (see `dehaze schema train`).")] = None,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped.")] = False,
+    base: Annotated[Optional[Path], typer.Option("--base", help="Run this trainer builds on: an hvae run (latent), a latent run (degradation).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train a model from ladder stores."""
+    """Train a model from ladder stores: unet, pixel, hvae, hdn, latent (--base HVAE_RUN), degradation (--base LATENT_RUN)."""
     from dehaze.config import build_model, read_yaml
     from dehaze.train_config import TRAINER_KINDS, TrainConfig, default_config
     from training.loop import train as run_training
@@ -121,12 +131,12 @@ def train(
         file_kind = (file_cfg.get("model") or {}).get("kind", kind) if isinstance(file_cfg.get("model"), dict) else kind
         if file_kind != kind:
             raise UserError(f"{config}: model.kind is {file_kind!r} but the trainer is {kind!r}")
-        raw = {**raw, **file_cfg, "model": {**raw["model"], **(file_cfg.get("model") or {})}}
+        raw = _merge_sections(raw, file_cfg)
         source = str(config)
     cfg = build_model(TrainConfig, raw, set_ or [], source)
     if cfg.model.kind != kind:
         raise UserError(f"model.kind={cfg.model.kind!r} does not match the trainer {kind!r}")
-    result = run_training(kind, list(data), output, cfg, resume=resume, show_progress=not quiet)
+    result = run_training(kind, list(data), output, cfg, resume=resume, base_run=base, show_progress=not quiet)
     psnr = f", validation PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     typer.echo(f"{output}: {kind} trained to step {result.step}{psnr}{' (resumed)' if result.resumed else ''}")
 
@@ -134,26 +144,30 @@ def train(
 @app.command()
 @user_errors
 def predict(
-    runs: Annotated[list[Path], typer.Argument(help="Run directory (from dehaze train).")],
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (from dehaze train); bases of latent runs are found automatically.")],
     input_path: Annotated[Path, typer.Option("--input", help="Ladder store or TIFF ((step, y, x) stack, or one image with --step).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Prediction store to write (.zarr).")],
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Inference strategy (default: the run's natural one).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Prediction store (.zarr); a folder of stores with --strategy all.")],
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Strategy name, or 'all' (every strategy the runs allow); default: the run's own.")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Posterior samples K per input (hdn and latent strategies): MMSE and std.")] = 1,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Running-combination weight of the latent-combine strategies.")] = 0.5,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     step: Annotated[Optional[int], typer.Option("--step", min=0, help="Step of a single-image TIFF input.")] = None,
     tile: Annotated[int, typer.Option("--tile", min=16, help="Tile size in pixels.")] = 256,
     margin: Annotated[int, typer.Option("--margin", min=0, help="Overlap kept away from each tile border.")] = 32,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (tiles x samples) per forward pass.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the posterior samples.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Predict x_0 from every step of a ladder store (or TIFF) with a trained run."""
+    """Predict x_0 from every step of a ladder store (or TIFF) with trained runs."""
+    from dehaze.engine import EngineOptions
     from dehaze.predict import predict as run_predict
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device}: choose auto, cpu or cuda")
-    store = run_predict(list(runs), input_path, output, strategy=strategy, device=device, step=step, tile=tile,
-                        margin=margin, batch_size=batch_size, overwrite=overwrite, show_progress=not quiet)
-    typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
+    opts = EngineOptions(tile=tile, margin=margin, batch_size=batch_size, seed=seed)
+    stores = run_predict(list(runs), input_path, output, strategy=strategy, device=device, step=step, samples=samples,
+                         alpha=alpha, opts=opts, overwrite=overwrite, show_progress=not quiet)
+    for store in stores:
+        typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
 
 
 @app.command()

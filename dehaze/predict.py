@@ -1,29 +1,31 @@
-"""``dehaze predict``: apply a trained run to every step of a ladder store (or a TIFF) -> prediction store.
+"""``dehaze predict``: apply trained runs to every step of a ladder store (or a TIFF) -> prediction store(s).
 
-Plane h of a prediction is the estimate of x_0 made from input step h. Whole images are processed in
-overlapping tiles with inner crops (:mod:`dehaze.tiling`); fields already written are skipped on a rerun,
-so an interrupted prediction resumes.
+Plane h of a prediction is the estimate of x_0 made from input step h; ``std`` is the per-pixel spread of
+K posterior samples; ``trajectory`` the x_0 estimate at each step of the walk from the haziest input (see
+:mod:`dehaze.engine`). Runs a latent strategy needs are found through their bases (a degradation run
+knows its latent run, which knows its HVAE run). ``strategy="all"`` writes one store per strategy the
+runs allow into the output folder. Interrupted predictions resume at the next tile row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dehaze.engine import EngineOptions, predict_field
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
-from dehaze.runs import RunInfo, load_model
+from dehaze.runs import RunInfo, load_model, read_run
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder, finalize_with_step_stats, open_ladder
-from dehaze.strategies import STRATEGIES, ModelBundle, indi_schedule
-from dehaze.tiling import predict_tiled
+from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
 
-DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi"}
+DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
 
 
 @dataclass
@@ -73,59 +75,104 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
 
 
 def pick_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {name}: choose auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available; use --device cpu")
     return torch.device("cuda" if name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
 
 
+@dataclass
+class LoadedRuns:
+    bundle: ModelBundle
+    infos: dict[str, RunInfo]  # by kind
+    dirs: dict[str, str]  # by kind
+
+
+def load_runs(run_dirs: list[str | Path], device: torch.device) -> LoadedRuns:
+    """Load every run (and the bases latent runs build on) into one bundle, one model per kind."""
+    bundle, infos, dirs = ModelBundle(), {}, {}
+    queue = [Path(r) for r in run_dirs]
+    while queue:
+        run = queue.pop(0)
+        info = read_run(run)
+        if info.kind in infos:
+            if Path(dirs[info.kind]).resolve() != run.resolve():
+                raise UserError(f"{run}: a second {info.kind!r} run (first: {dirs[info.kind]}); give one run per kind")
+            continue
+        _, model = load_model(run, device)
+        setattr(bundle, info.kind, model)
+        infos[info.kind], dirs[info.kind] = info, str(run)
+        if info.base_run:
+            queue.append(Path(info.base_run))
+    return LoadedRuns(bundle, infos, dirs)
+
+
+def allowed_strategies(runs: LoadedRuns) -> list[str]:
+    return [name for name, spec in STRATEGIES.items() if all(getattr(runs.bundle, k) is not None for k in spec.needs)]
+
+
 def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, *, strategy: str | None = None,
-            device: str = "auto", step: int | None = None, tile: int = 256, margin: int = 32, batch_size: int = 8,
-            overwrite: bool = False, show_progress: bool = True) -> LadderStore:
-    """Predict x_0 from every step of every field of ``input_path`` with the run(s) -> prediction store."""
+            device: str = "auto", step: int | None = None, samples: int = 1, alpha: float = 0.5,
+            opts: EngineOptions = EngineOptions(), overwrite: bool = False, show_progress: bool = True) -> list[LadderStore]:
+    """Predict x_0 from every step of every field with the given runs; one prediction store per strategy."""
     dev = pick_device(device)
-    if len(run_dirs) != 1:
-        raise UserError(f"predict takes one run directory for now, got {len(run_dirs)}")
-    info, model = load_model(run_dirs[0], dev)
-    name = strategy or DEFAULT_STRATEGY[info.kind]
-    if name not in STRATEGIES:
-        raise UserError(f"--strategy {name}: unknown; choose one of {', '.join(STRATEGIES)}")
-    bundle = ModelBundle(**{info.kind: model})
+    runs = load_runs(run_dirs, dev)
+    allowed = allowed_strategies(runs)
+    if strategy == "all":
+        names = allowed
+    elif strategy is None:
+        first = read_run(run_dirs[0]).kind
+        if first not in DEFAULT_STRATEGY:
+            raise UserError(f"{run_dirs[0]}: a {first!r} run does not restore images on its own; give --strategy "
+                            f"(these runs allow: {', '.join(allowed) or 'none'}) or add latent and degradation runs")
+        names = [DEFAULT_STRATEGY[first]]
+    else:
+        names = [strategy]
+    for name in names:
+        if name not in STRATEGIES:
+            raise UserError(f"--strategy {name}: unknown; choose one of: all, {', '.join(STRATEGIES)}")
+        if name not in allowed:
+            missing = [k for k in STRATEGIES[name].needs if getattr(runs.bundle, k) is None]
+            raise UserError(f"--strategy {name}: needs a trained {' and '.join(missing)} run; these runs allow: {', '.join(allowed) or 'none'}")
+    if samples > 1 and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
+        raise UserError(f"--samples {samples}: {', '.join(names)} are deterministic; samples apply to hdn and latent strategies")
     src = open_input(input_path, step)
-    norm = info.normalization
-    delta = getattr(info.config.model, "sample_delta", 1.0)
-    strategy_info = {"name": name, "one_shot": name.startswith("one-shot"), "sample_delta": delta, "tile": tile, "margin": margin}
-    identity = {"runs": [str(Path(r).resolve()) for r in run_dirs], "input": src.sha256, "strategy": strategy_info}
+    out_paths = {names[0]: Path(output)} if len(names) == 1 and strategy != "all" else {n: Path(output) / f"{n}.zarr" for n in names}
+    if strategy == "all":
+        Path(output).mkdir(parents=True, exist_ok=True)
+    bundle = replace(runs.bundle, alpha=alpha, sample=samples > 1)
+    return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts, overwrite, show_progress)
+            for name in names]
+
+
+def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, src: InputLadder, output: Path,
+                 device: torch.device, samples: int, opts: EngineOptions, overwrite: bool, show_progress: bool) -> LadderStore:
+    primary = runs.infos[spec.primary]
+    delta = getattr(primary.config.model, "sample_delta", 1.0)
+    k = samples if (spec.samples or spec.schedule == "ladder") else 1
+    opts = replace(opts, samples=k, trajectory=not spec.one_shot)
+    strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,
+                     "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
+    run_list = sorted(str(Path(runs.dirs[kind]).resolve()) for kind in set(spec.needs) | {spec.primary})
+    identity = {"runs": run_list, "input": src.sha256, "strategy": strategy_info}
     meta = DatasetMeta(
         source="prediction", manifest=identity,
         manifest_sha256=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
         n_steps=src.n_steps, pinhole_au=src.pinhole_au, spatial_axes=src.spatial_axes, pixel_size_um=src.pixel_size_um,
-        fields=src.fields, prediction=PredictionInfo(method=info.kind if name != "pixel-indi" else "pixel-indi",
-                                                     run_dirs=identity["runs"], input_store=str(src.path),
+        fields=src.fields, prediction=PredictionInfo(method=name, run_dirs=run_list, input_store=str(src.path),
                                                      input_sha256=src.sha256, strategy=strategy_info),
     )
     out, state = create_ladder(output, meta, overwrite=overwrite)
     if state == "complete":
         return out
-    fn = STRATEGIES[name]
-    multiple = getattr(model, "multiple", 1)
+    multiple = max(int(getattr(getattr(bundle, kind), "multiple", 1)) for kind in spec.needs)
     todo = [f for f in src.fields if f not in out.completed_fields()]
-    bar = progress_bar(total=len(todo) * src.n_steps, desc=f"predict {name}", unit="image", disable=not show_progress)
+    bar = progress_bar(total=len(todo), desc=f"predict {name}", unit="field", disable=not show_progress)
     for field in todo:
-        data = src.arrays[field]
-        pred = np.zeros(data.shape, dtype=np.float32)
-        for h in range(src.n_steps):
-            schedule = indi_schedule(h, delta)
-            for lead in np.ndindex(*data.shape[1:-2]):  # z planes of a 3-D ladder
-                image = norm.apply(np.asarray(data[(h, *lead)]))
-                est = predict_tiled(lambda x: fn(bundle, x, schedule), image, tile=tile, margin=margin,
-                                    batch_size=batch_size, multiple=multiple, device=dev)
-                pred[(h, *lead)] = norm.invert(est)
-            bar.update(1)
-        out.write_field(field, pred, info={"strategy": name})
+        predict_field(spec.fn, bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
+                      out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress)
+        bar.update(1)
     bar.close()
     finalize_with_step_stats(out)
     return out
-
-
-def run_summary(info: RunInfo) -> str:
-    return f"{info.kind} run ({info.config.steps} steps, patch {info.config.patch_size})"

@@ -187,6 +187,43 @@ class LadderStore:
             }
         )
 
+    # ---- incremental writing (the inference engine streams tile rows) -------------------------------
+    def begin_field(self, field: str, arrays: dict[str, tuple[tuple[int, ...], str]]) -> zarr.Group:
+        """Create (or reopen, when resuming) a field's arrays {name: (shape, dtype)}; ``"0"`` is the image.
+
+        The field stays incomplete until :meth:`complete_field`; ``progress`` counts finished work units.
+        """
+        if field not in self.meta.fields:
+            raise ValueError(f"{field} is not a field of this store")
+        group = self.root.require_group(field)
+        fmeta = dict(group.attrs).get("dehaze", {})
+        fresh = not all(name in group and group[name].shape == tuple(shape) for name, (shape, _) in arrays.items())
+        if fresh:
+            group.attrs.put({"dehaze": FieldMeta(complete=False, info={"progress": 0}).model_dump(mode="json")})
+            for name, (shape, dtype) in arrays.items():
+                group.create_dataset(name, shape=shape, dtype=dtype, chunks=_chunks(shape), compressor=_COMPRESSOR,
+                                     overwrite=True, dimension_separator="/", fill_value=np.nan if np.dtype(dtype).kind == "f" else 0)
+        elif fmeta.get("complete"):
+            raise ValueError(f"{field} is already complete")
+        return group
+
+    def field_progress(self, field: str) -> int:
+        return int(self.field_meta(field).info.get("progress", 0)) if field in self.root else 0
+
+    def set_field_progress(self, field: str, units_done: int) -> None:
+        group = self.root[field]
+        fmeta = self.field_meta(field)
+        group.attrs.put({**dict(group.attrs), "dehaze": fmeta.model_copy(update={"info": {**fmeta.info, "progress": units_done}}).model_dump(mode="json")})
+
+    def complete_field(self, field: str, extras: list[str], info: dict[str, Any] | None = None) -> None:
+        """Mark a field written with :meth:`begin_field` complete (its NGFF metadata goes in last)."""
+        self.root[field].attrs.put(
+            {
+                "multiscales": ngff_multiscales(field, self.meta.spatial_axes, self.meta.pixel_size_um),
+                "dehaze": FieldMeta(complete=True, extras=sorted(extras), info=info or {}).model_dump(mode="json"),
+            }
+        )
+
     def finalize(self, **updates: Any) -> None:
         """Mark the store complete, recording final dataset-level values (e.g. ``step_stats``)."""
         missing = set(self.meta.fields) - self.completed_fields()
@@ -404,3 +441,93 @@ def finalize_with_step_stats(store: LadderStore, **updates: Any) -> None:
             haze += np.asarray(values, dtype=np.float64)
     stats = step_stats_from_samples([np.concatenate(s) for s in samples], list(haze / len(fields)) if has_haze else None)
     store.finalize(step_stats=stats, **updates)
+
+
+# ---- latent caches: HVAE encodings of a ladder store ----------------------------------------------
+#
+#   latents.zarr/
+#     .zattrs          {"dehaze_latents": LatentCacheMeta}
+#     field_000/level_0 (h, C_0, H_0, W_0) float32   finest level, one chunk per step
+#     field_000/level_1 ...                          coarser levels
+#
+# The cache records the HVAE checkpoint (sha256 of its file) and the ladder it encodes: a cache made by
+# another checkpoint or from another ladder is stale and gets re-encoded.
+
+LATENT_FORMAT_VERSION = 1
+
+
+class LatentCacheMeta(StrictModel):
+    format_version: int = LATENT_FORMAT_VERSION
+    hvae_run: str
+    hvae_checkpoint_sha256: str
+    source_store: str
+    source_sha256: str
+    n_steps: int
+    level_channels: list[int]
+    fields: list[str]
+    image_shape_yx: list[int]  # the (padded) image size the latents encode
+    status: Literal["incomplete", "complete"] = "incomplete"
+
+    def same_source(self, other: LatentCacheMeta) -> bool:
+        keys = {"hvae_checkpoint_sha256", "source_sha256", "n_steps", "fields"}
+        return self.model_dump(include=keys) == other.model_dump(include=keys)
+
+
+class LatentCache:
+    """An open latent cache (see above). ``level(field, i)`` is the (h, C_i, H_i, W_i) array of level i."""
+
+    def __init__(self, path: Path, root: zarr.Group, meta: LatentCacheMeta) -> None:
+        self.path, self.root, self.meta = path, root, meta
+
+    def level(self, field: str, i: int) -> zarr.Array:
+        return self.root[field][f"level_{i}"]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.meta.level_channels)
+
+    def completed_fields(self) -> set[str]:
+        return {f for f in self.meta.fields if f in self.root and dict(self.root[f].attrs).get("complete")}
+
+    def write_field(self, field: str, levels: list[np.ndarray]) -> None:
+        group = self.root.require_group(field)
+        group.attrs.put({"complete": False})
+        for i, arr in enumerate(levels):
+            z = group.create_dataset(f"level_{i}", shape=arr.shape, dtype=np.float32, chunks=(1, *arr.shape[1:]),
+                                     compressor=_COMPRESSOR, overwrite=True, dimension_separator="/")
+            z[...] = arr.astype(np.float32)
+        group.attrs.put({"complete": True})
+
+    def finalize(self) -> None:
+        missing = set(self.meta.fields) - self.completed_fields()
+        if missing:
+            raise RuntimeError(f"cannot finalize {self.path}: fields not encoded: {sorted(missing)}")
+        self.meta = self.meta.model_copy(update={"status": "complete"})
+        self.root.attrs.put({"dehaze_latents": self.meta.model_dump(mode="json")})
+
+
+def open_latent_cache(path: str | Path) -> LatentCache | None:
+    """The latent cache at ``path``, or None if there is none (or it is unreadable: it will be rebuilt)."""
+    path = Path(path)
+    attrs = path / ".zattrs"
+    if not attrs.is_file():
+        return None
+    try:
+        meta = LatentCacheMeta.model_validate(json.loads(attrs.read_text())["dehaze_latents"])
+    except (OSError, ValueError, KeyError, ValidationError):
+        return None
+    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="r+")
+    return LatentCache(path, root, meta)
+
+
+def create_latent_cache(path: str | Path, meta: LatentCacheMeta) -> LatentCache:
+    """Start a new latent cache at ``path``, replacing a stale cache (never anything else)."""
+    path = Path(path)
+    if path.exists():
+        if not (path / ".zattrs").is_file() or "dehaze_latents" not in (path / ".zattrs").read_text():
+            raise UserError(f"{path}: exists and is not a dehaze latent cache; choose another path")
+        shutil.rmtree(path)
+    ensure_writable_parent(path)
+    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="w")
+    root.attrs.put({"dehaze_latents": meta.model_dump(mode="json")})
+    return LatentCache(path, root, meta)

@@ -1,9 +1,12 @@
 """Inference strategies: pure functions with one signature, ``strategy(bundle, x, schedule, *, callback)``.
 
 ``x`` is a batch of normalised hazy images (B, 1, H, W) seen at step ``schedule[0]``; ``schedule`` is the
-decreasing list of steps the strategy walks through, ending at 0; ``callback(t, estimate)`` receives the
-current estimate of x_0 (or of x_t) after each step. Each returns its final estimate of x_0. No hidden
-state: the same inputs give the same output.
+decreasing list of steps the strategy walks through, ending at 0; ``callback(t, x0_estimate)`` receives
+the estimate of x_0 available at step t (and the final one at t = 0). Each returns its final estimate of
+x_0. No hidden state: the same inputs (and RNG state, for sampling strategies) give the same output.
+
+:data:`STRATEGIES` maps each name to a :class:`StrategySpec`: the function, the trained models it needs,
+whose normalisation its inputs use, and which schedule it walks.
 """
 
 from __future__ import annotations
@@ -23,13 +26,19 @@ class ModelBundle:
 
     unet: nn.Module | None = None
     pixel: nn.Module | None = None
+    hdn: nn.Module | None = None
+    hvae: nn.Module | None = None
+    latent: nn.Module | None = None  # R(z_t, t)
+    degradation: nn.Module | None = None  # LatentCycleGAN: degrade(z, t) = G(t)(z)
+    alpha: float = 0.5  # running-combination weight alpha_t of the latent variants
+    sample: bool = False  # draw posterior samples (HVAE encoder) instead of posterior means
 
 
 class Strategy(Protocol):
     def __call__(self, bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor: ...
 
 
-def _need(model: nn.Module | None, name: str) -> nn.Module:
+def need(model: nn.Module | None, name: str) -> nn.Module:
     if model is None:
         raise ValueError(f"this strategy needs a trained {name} model")
     return model
@@ -37,7 +46,7 @@ def _need(model: nn.Module | None, name: str) -> nn.Module:
 
 def one_shot_unet(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
     """x_0 = UNet(x_t): the CARE-like baseline, whatever the step."""
-    x0 = _need(bundle.unet, "unet")(x)
+    x0 = need(bundle.unet, "unet")(x)
     if callback:
         callback(0.0, x0)
     return x0
@@ -48,13 +57,15 @@ def pixel_indi(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], 
 
     With a one-step schedule [t, 0] this is R(x_t, t): the one-shot estimate.
     """
-    restorer = _need(bundle.pixel, "pixel")
+    restorer = need(bundle.pixel, "pixel")
     for t, t_next in zip(schedule, schedule[1:]):
         d = t - t_next
         r = restorer(x, torch.full((x.shape[0],), float(t), device=x.device))
-        x = (d / t) * r + (1 - d / t) * x
         if callback:
-            callback(float(t_next), x)
+            callback(float(t), r)
+        x = (d / t) * r + (1 - d / t) * x
+    if callback:
+        callback(0.0, x)
     return x
 
 
@@ -67,4 +78,136 @@ def indi_schedule(t_start: float, delta: float) -> list[float]:
     return ts
 
 
-STRATEGIES: dict[str, Strategy] = {"one-shot-unet": one_shot_unet, "pixel-indi": pixel_indi}
+# ---- HDN: posterior sampling ------------------------------------------------------------------------
+def hdn_posterior(model: nn.Module, x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mmse, std, samples) of a ladder VAE's posterior for ``x`` (B, 1, H, W): ``samples`` (k, B, 1, H, W)
+    are decoded means of z ~ q(z | x); ``mmse`` their mean and ``std`` their per-pixel standard deviation
+    (unbiased; zeros when k = 1), both (B, 1, H, W). Pass a seeded ``generator`` for reproducible draws."""
+    samples = model.sample_posterior(x, k, generator=generator).float()
+    std = samples.std(dim=0) if k > 1 else torch.zeros_like(samples[0])
+    return samples.mean(dim=0), std, samples
+
+
+def one_shot_hdn(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
+    """One HDN posterior sample of x_0 given x_t (decoded z ~ q(z | x_t)), whatever the step. Run it on K
+    copies of the input (the engine's ``samples``) for the MMSE and the per-pixel std."""
+    x0 = need(bundle.hdn, "hdn").sample_posterior(x, 1)[0]
+    if callback:
+        callback(0.0, x0)
+    return x0
+
+
+# ---- latent strategies ----------------------------------------------------------------------------
+"""Iterative latent strategies of the study, on the strategy signature ``(bundle, x, schedule, *, callback)``.
+
+From z = E(x_t) (HVAE encoder), for consecutive steps t > s of ``schedule`` (ending at 0):
+
+    z_hat_0 = R(z_t, t)                                    restore
+    z_s     = degrade(z_hat_0, s)                          learned degradation back to step s
+    where degrade(z, s) = G(s+1)(z) for s >= 1 (G(t) maps z_hat_0|t to z_{t-1}), and degrade(z, 0) = z
+
+and finally x_0 = decode(z_0). The callback receives the decoded x_0 estimate decode(z_hat_0|t) at each
+step t, and the final estimate at step 0. Variants (``bundle.alpha`` is the combination weight alpha_t):
+
+* combine D:   z_s = alpha * degrade(z_hat_0, s) + (1 - alpha) * z_t               (s >= 1)
+* combine R:   z_hat_0 = alpha * R(z_t, t) + (1 - alpha) * z_hat_0 of the previous step
+* refine D/R:  re-encode through the HVAE, z <- E(decode(z)), after degrading / after restoring
+* cold:        Cold Diffusion (Bansal et al. 2022, Alg. 2): z_s = z_t - degrade(z_hat_0, t) + degrade(z_hat_0, s);
+               at t = T there is no G(T+1) to degrade to T, so that first step is the direct one.
+
+Limits: alpha = 1 makes every combination the direct loop; a one-step schedule [t, 0] is the one-shot
+latent restorer decode(R(E(x_t), t)) for direct, combination and cold variants.
+Posterior samples: with ``bundle.sample`` the encoder draws z_T ~ q(z | x_T) instead of the mean.
+"""
+
+Latents = list[torch.Tensor]
+
+
+def _mix(a: Latents, b: Latents, alpha: float) -> Latents:
+    return [alpha * x + (1 - alpha) * y for x, y in zip(a, b)]
+
+
+def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None,
+                combine_d: bool = False, combine_r: bool = False, refine_d: bool = False, refine_r: bool = False,
+                cold: bool = False) -> torch.Tensor:
+    """The iterative latent procedure with its variants (see the module docstring)."""
+    hvae, restorer, gan = need(bundle.hvae, "hvae"), need(bundle.latent, "latent"), need(bundle.degradation, "degradation")
+    n_steps = gan.G.n_steps
+
+    def degrade(z0: Latents, s: int) -> Latents:
+        return z0 if s == 0 else gan.G(z0, s + 1)
+
+    def reencode(z: Latents) -> Latents:
+        return hvae.encode(hvae.decode(z), sample=False)
+
+    z = hvae.encode(x, sample=bundle.sample)
+    z0_prev: Latents | None = None
+    for t, s in zip(schedule, schedule[1:]):
+        t, s = int(t), int(s)
+        z0 = restorer(z, torch.full((x.shape[0],), float(t), device=x.device))
+        if refine_r:
+            z0 = reencode(z0)
+        if combine_r and z0_prev is not None:
+            z0 = _mix(z0, z0_prev, bundle.alpha)
+        if callback:
+            callback(float(t), hvae.decode(z0))
+        if cold and s >= 1 and t + 1 <= n_steps:
+            z_next = [zt - a + b for zt, a, b in zip(z, degrade(z0, t), degrade(z0, s))]
+        else:
+            z_next = degrade(z0, s)
+        if s >= 1 and refine_d:
+            z_next = reencode(z_next)
+        if s >= 1 and combine_d:
+            z_next = _mix(z_next, z, bundle.alpha)
+        z, z0_prev = z_next, z0
+    x0 = hvae.decode(z)
+    if callback:
+        callback(0.0, x0)
+    return x0
+
+
+def _variant(**flags: bool):  # noqa: ANN202 - returns a Strategy
+    def strategy(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
+        return latent_loop(bundle, x, schedule, callback=callback, **flags)
+
+    strategy.__doc__ = f"latent_loop with {flags or 'no variant (direct)'}"
+    return strategy
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    fn: Strategy
+    needs: tuple[str, ...]  # ModelBundle members it uses
+    primary: str  # the run whose normalisation its inputs use
+    schedule: str  # "one-step" [t, 0], "indi" (t, t - delta, ..., 0) or "ladder" (t, t - 1, ..., 0)
+    one_shot: bool = False
+    samples: bool = False  # its output is random: K samples give a posterior mean and std
+
+
+LATENT = ("hvae", "latent", "degradation")
+STRATEGIES: dict[str, StrategySpec] = {
+    "one-shot-unet": StrategySpec(one_shot_unet, ("unet",), "unet", "one-step", one_shot=True),
+    "one-shot-hdn": StrategySpec(one_shot_hdn, ("hdn",), "hdn", "one-step", one_shot=True, samples=True),
+    "pixel-indi": StrategySpec(pixel_indi, ("pixel",), "pixel", "indi"),
+}
+_LATENT_VARIANTS = {
+    "latent-direct": _variant(),
+    "latent-combine-d": _variant(combine_d=True),
+    "latent-combine-r": _variant(combine_r=True),
+    "latent-combine-dr": _variant(combine_d=True, combine_r=True),
+    "latent-refine-d": _variant(refine_d=True),
+    "latent-refine-r": _variant(refine_r=True),
+    "latent-refine-dr": _variant(refine_d=True, refine_r=True),
+    "latent-cold": _variant(cold=True),
+}
+STRATEGIES.update({name: StrategySpec(fn, LATENT, "hvae", "ladder") for name, fn in _LATENT_VARIANTS.items()})
+
+
+def schedule_for(spec: StrategySpec, t_start: int, delta: float = 1.0) -> list[float]:
+    """The steps a strategy walks from input step ``t_start`` down to 0."""
+    if spec.schedule == "one-step":
+        return [float(t_start), 0.0] if t_start > 0 else [0.0]
+    if spec.schedule == "indi":
+        return indi_schedule(t_start, delta)
+    return [float(t) for t in range(int(t_start), -1, -1)]

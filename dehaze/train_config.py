@@ -7,9 +7,10 @@ Every config has the top-level ``steps``, ``batch_size``, ``patch_size``, ``seed
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import json
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dehaze.config import StrictModel
 
@@ -31,6 +32,7 @@ class OptimConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["constant", "cosine", "plateau"] = "cosine"
     plateau_patience: int = Field(10, ge=1, description="validations without improvement before halving (plateau)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW/Adamax betas")
     clip_grad_norm: float | None = Field(1.0, gt=0)
     ema_decay: float | None = Field(None, gt=0, lt=1, description="exponential moving average of weights (None: off)")
 
@@ -63,7 +65,83 @@ class PixelModel(StrictModel):
     sample_delta: float = Field(1.0, gt=0, description="step size delta of x_{t-d} = (d/t) R(x_t,t) + (1-d/t) x_t")
 
 
-ModelConfig = Annotated[Union[UNetModel, PixelModel], Field(discriminator="kind")]
+# ---- ladder VAEs (dehaze.models.hvae): HVAE and supervised HDN ---------------------------------------
+HVAEPreset = Literal["hdn-reference", "small", "tiny"]
+HVAE_PRESETS: dict[str, dict[str, float | int]] = {
+    # Prakash et al. 2022's configuration (the reference model has about 7.3 M parameters; ours 7.5 M);
+    # the default, because a smaller model silently loses dB.
+    "hdn-reference": {"levels": 6, "latent_channels": 32, "blocks_per_level": 5, "filters": 64, "dropout": 0.2, "free_bits": 1.0},
+    "small": {"levels": 4, "latent_channels": 16, "blocks_per_level": 2, "filters": 32, "dropout": 0.1, "free_bits": 1.0},  # CPU
+    "tiny": {"levels": 2, "latent_channels": 4, "blocks_per_level": 1, "filters": 8, "dropout": 0.0, "free_bits": 1.0},  # tests
+}
+_LADDER_FIELDS = ("levels", "latent_channels", "blocks_per_level", "filters", "dropout", "free_bits")
+
+
+class _LadderVAEModel(StrictModel):
+    """Ladder VAE settings: ``preset`` fills every architecture field left out (or null); the resolved
+    config (as saved in run.json) lists them all, so a run never depends on the preset table."""
+
+    preset: HVAEPreset = Field("hdn-reference", description="hdn-reference (Prakash et al. 2022, ~7.5 M parameters), small (CPU), tiny (tests)")
+    levels: int | None = Field(None, ge=2, le=6, description="latent levels; each halves the resolution (z_i is H/2^i)")
+    latent_channels: int | None = Field(None, ge=1, description="channels of every z_i")
+    blocks_per_level: int | None = Field(None, ge=1, description="gated residual blocks per level and path")
+    filters: int | None = Field(None, ge=4, description="feature channels")
+    dropout: float | None = Field(None, ge=0, lt=1)
+    free_bits: float | None = Field(None, ge=0, description="nats per level and image below which KL is not penalised")
+    beta: float = Field(1.0, ge=0, description="loss = recon_nll + beta * KL (per pixel)")
+    likelihood_logvar: float | None = Field(None, ge=-12, le=4, description="fixed Gaussian log-variance (normalised units); null: the batch's ML value")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = HVAE_PRESETS.get(data.get("preset", "hdn-reference"))
+            if preset is not None:  # an unknown preset is reported by the field validation
+                data = {**data, **{k: preset[k] for k in _LADDER_FIELDS if data.get(k) is None}}
+        return data
+
+
+class HVAEModel(_LadderVAEModel):
+    """HVAE of the latent-space pipeline: reconstructs every ladder step x_t from itself."""
+
+    kind: Literal["hvae"] = "hvae"
+
+
+class HDNModel(_LadderVAEModel):
+    """Supervised HDN baseline: encodes x_t, likelihood on x_0; predicts the MMSE of posterior samples."""
+
+    kind: Literal["hdn"] = "hdn"
+    mmse_samples: int = Field(16, ge=1, description="posterior samples for the MMSE and std of `dehaze predict` (--samples overrides)")
+
+
+# ---- latent-space models (dehaze.models.latent), built on a trained HVAE run (--base) -------------------
+class LatentModel(StrictModel):
+    """Latent restorer R(z_t, t): loss sum_i w_i ||z_0,i - R(z_t, t)_i||^2 over the HVAE's levels."""
+
+    kind: Literal["latent"] = "latent"
+    width: int = Field(64, ge=4, description="feature channels at every level")
+    time_embed_dim: int = Field(64, ge=8)
+    level_weights: list[float] | None = Field(None, description="w_i per level, finest first (default: all 1)")
+    # Filled in from the HVAE run when training starts (the resolved config records them):
+    level_channels: list[int] | None = Field(None, description="latent channels per level (from the HVAE)")
+    n_steps: int | None = Field(None, ge=2, description="ladder steps T+1 (from the data)")
+
+
+class DegradationModel(StrictModel):
+    """Per-step CycleGAN G(t): X_t={z_hat_0|t} -> Y_t={z_{t-1}}, F(t) back, discriminators on latents."""
+
+    kind: Literal["degradation"] = "degradation"
+    width: int = Field(64, ge=4)
+    shared: bool = Field(False, description="one t-conditioned network for every step instead of one per step")
+    lambda_cyc: float = Field(10.0, ge=0, description="cycle weight (reference 10; 1-2 if it collapses)")
+    lambda_cos: float = Field(1.0, ge=0, description="cosine-direction term weight")
+    lambda_sup: float = Field(0.0, ge=0, description="supervised pair term weight (the pairs exist)")
+    pool_size: int = Field(50, ge=0, description="image pool of past fakes shown to the discriminators")
+    # Filled in from the latent run when training starts:
+    restorer: LatentModel | None = Field(None, description="the (frozen) latent restorer's resolved config")
+
+
+ModelConfig = Annotated[Union[UNetModel, PixelModel, HVAEModel, HDNModel, LatentModel, DegradationModel], Field(discriminator="kind")]
 
 
 class TrainConfig(StrictModel):
@@ -80,10 +158,25 @@ class TrainConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @model_validator(mode="after")
+    def _patch_fits_the_ladder_vae(self) -> TrainConfig:
+        levels = getattr(self.model, "levels", None)
+        if isinstance(self.model, _LadderVAEModel) and self.patch_size % 2**levels:
+            raise ValueError(f"patch_size={self.patch_size} must be a multiple of 2**model.levels = {2**levels}")
+        return self
 
-TRAINER_KINDS = ("unet", "pixel")
+
+TRAINER_KINDS = ("unet", "pixel", "hvae", "hdn", "latent", "degradation")
+LATENT_KINDS = ("latent", "degradation")  # trainers that build on a base run (--base)
+
+# HDN's reference optimisation (Prakash et al. 2022): Adamax 3e-4, halved on plateaus, 64x64 patches.
+_LADDER_VAE_DEFAULTS = {"patch_size": 64, "optim": {"name": "adamax", "lr": 3e-4, "scheduler": "plateau"}}
 
 
 def default_config(kind: str) -> dict:
     """The default config of a trainer, as a plain dict (overridden by --config and --set)."""
+    if kind in ("hvae", "hdn"):
+        return {"model": {"kind": kind}, **json.loads(json.dumps(_LADDER_VAE_DEFAULTS))}
+    if kind == "degradation":  # the reference GAN optimiser: Adam 2e-4, beta1 0.5
+        return {"model": {"kind": kind}, "optim": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999], "scheduler": "constant"}}
     return {"model": {"kind": kind}}

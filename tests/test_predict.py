@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import torch
 
-from dehaze import predict as predict_mod
+from dehaze import engine as engine_mod
 from dehaze.manifests import SimulationManifest
 from dehaze.runs import load_model
 from dehaze.store import open_ladder
@@ -59,20 +59,21 @@ def test_tiled_equals_untiled(cli, setup, tmp_path, kind):
 def test_interrupted_predict_resumes_to_the_same_result(cli, setup, tmp_path, monkeypatch):
     _, ladder, runs = setup
     assert cli("predict", runs["unet"], "--input", ladder, "-o", tmp_path / "ref.zarr", "-q").exit_code == 0
-    real, calls = predict_mod.predict_tiled, {"n": 0}
+    real, calls = engine_mod.run_tiles, {"n": 0}
 
     def interrupt_in_second_field(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # 4 steps per field: the 6th image is in field_001
+        if calls["n"] == 6:  # one tile row per step, 4 steps per field: the 6th row is field_001, step 1
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict_mod, "predict_tiled", interrupt_in_second_field)
+    monkeypatch.setattr(engine_mod, "run_tiles", interrupt_in_second_field)
     result = cli("predict", runs["unet"], "--input", ladder, "-o", tmp_path / "p.zarr", "-q")
     assert result.exit_code == 130 and "rerun" in result.stderr
     partial = open_ladder(tmp_path / "p.zarr", require_complete=False)
     assert partial.meta.status == "incomplete" and partial.completed_fields() == {"field_000"}
-    monkeypatch.setattr(predict_mod, "predict_tiled", real)
+    assert partial.field_progress("field_001") == 1  # resumes at the next tile row, not the field's start
+    monkeypatch.setattr(engine_mod, "run_tiles", real)
     assert cli("predict", runs["unet"], "--input", ladder, "-o", tmp_path / "p.zarr", "-q").exit_code == 0
     ref, resumed = _pred(tmp_path / "ref.zarr"), _pred(tmp_path / "p.zarr")
     assert all(np.array_equal(ref[f], resumed[f]) for f in ref)
@@ -124,5 +125,5 @@ def test_pixel_strategy_limits(setup):
         assert torch.allclose(one_step, model(x, torch.full((2,), 3.0)))  # one-step schedule = one-shot R
         seen = []
         pixel_indi(bundle, x, indi_schedule(3, 1.0), callback=lambda t, est: seen.append(t))
-    assert seen == [2.0, 1.0, 0.0]
+    assert seen == [3.0, 2.0, 1.0, 0.0]  # the x_0 estimate R(x_t, t) at each step, then the final one
     assert indi_schedule(2, 0.75) == [2.0, 1.25, 0.5, 0.0] and indi_schedule(0, 1.0) == [0.0]

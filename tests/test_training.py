@@ -120,7 +120,7 @@ def test_training_learns_and_writes_a_complete_run(ladder, tmp_path, kind):
     assert losses[-1] < losses[0]
     assert list((run / "tb").glob("events.out.tfevents.*"))
     state = load_checkpoint(run, kind)
-    assert state["step"] == 40 and "optimizer" in state and "rng_cpu" in state
+    assert state["step"] == 40 and "main" in state["optimizers"] and "rng_cpu" in state
 
 
 def test_seeded_runs_are_identical_and_workers_do_not_matter(ladder, tmp_path):
@@ -154,7 +154,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(ladder, tmp_path, monkey
     a, b = (torch.load(p / CHECKPOINT_FILE, weights_only=True) for p in (tmp_path / "straight", tmp_path / "resumed"))
     assert_same_weights(a["model"], b["model"])
     assert_same_weights(a["ema"], b["ema"])
-    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+    assert a["optimizers"]["main"]["state"][0]["step"] == b["optimizers"]["main"]["state"][0]["step"]
 
 
 def test_killed_training_resumes_from_the_last_checkpoint(ladder, tmp_path):

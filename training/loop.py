@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,9 +28,12 @@ from dehaze.errors import UserError
 from dehaze.models import build_model
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
-from dehaze.runs import DataRef, RunInfo, load_checkpoint, prepare_run_dir, save_checkpoint
-from dehaze.train_config import OptimConfig, TrainConfig
+from dehaze.latents import ensure_latent_cache
+from dehaze.runs import DataRef, RunInfo, load_checkpoint, load_model, prepare_run_dir, read_run, save_checkpoint
+from dehaze.store import LadderStore
+from dehaze.train_config import LatentModel, OptimConfig, TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
+from training.latent_data import LatentPatches
 from training.tasks import TASKS, Task
 
 
@@ -58,9 +62,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[cfg.name]
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):  # noqa: ANN201 - torch scheduler
@@ -103,55 +107,120 @@ class RunLogger:
             self.file.close()
 
 
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors, and lists/dicts of them (latent batches are lists per level), to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_device(v, device) for v in obj]
+    return obj
+
+
+def _flat(x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """(B, N): one row per sample, all levels of a latent list concatenated."""
+    parts = x if isinstance(x, list) else [x]
+    return torch.cat([p.float().flatten(1) for p in parts], dim=1)
+
+
 @torch.no_grad()
 def validate(model: nn.Module, task: Task, loader: DataLoader, device: torch.device) -> float:
-    """Mean PSNR (dB) of the x_0 estimates over the fixed validation patches (range of each target)."""
+    """Mean PSNR (dB) of the estimates against ``batch[task.val_target]`` over the fixed validation patches
+    (range of each target): x_0 for restorers, x_t for the HVAE's reconstruction; for latent models the
+    PSNR is taken over all levels' latents together (latent units)."""
     model.eval()
     values = []
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        pred, y = task.estimate(model, batch).float(), batch["y"]
-        mse = ((pred - y) ** 2).flatten(1).mean(1)
-        rng = (y.flatten(1).amax(1) - y.flatten(1).amin(1)).clamp_min(1e-6)
+        batch = to_device(batch, device)
+        pred, y = _flat(task.estimate(model, batch)), _flat(batch[task.val_target])
+        mse = ((pred - y) ** 2).mean(1)
+        rng = (y.amax(1) - y.amin(1)).clamp_min(1e-6)
         values.append(10 * torch.log10(rng**2 / mse.clamp_min(1e-12)))
     model.train()
     return float(torch.cat(values).mean()) if values else float("nan")
 
 
+@dataclass
+class LatentSetup:
+    """What a latent trainer adds: its base run, the latent cache, and the resolved config."""
+
+    base_run: str
+    cache_path: str
+    cfg: TrainConfig
+
+
+def resolve_latent_setup(kind: str, task: Task, base_run: str | Path | None, data: list[LadderStore], cfg: TrainConfig,
+                         device: torch.device, show_progress: bool) -> LatentSetup:
+    """Check the base run, encode (or reuse) the latent cache, and fill the config's derived fields."""
+    if base_run is None:
+        raise UserError(f"`dehaze train {kind}` builds on a {task.base_kind!r} run: pass --base RUN_DIR")
+    base = read_run(base_run)
+    if base.kind != task.base_kind:
+        raise UserError(f"--base {base_run}: is a {base.kind!r} run; {kind} builds on a {task.base_kind!r} run")
+    if len(data) != 1:
+        raise UserError(f"`dehaze train {kind}` takes one --data store (its latents are cached per store)")
+    hvae_run = Path(base_run) if base.kind == "hvae" else Path(base.base_run or "")
+    store = data[0]
+    cache = Path(hvae_run) / "latents" / f"{Path(store.path).name.removesuffix('.zarr')}-{store.meta.manifest_sha256[:12]}.zarr"
+    cache.parent.mkdir(exist_ok=True)  # the HVAE run owns its latent caches
+    latents = ensure_latent_cache(hvae_run, store.path, cache, device=device, show_progress=show_progress)
+    if isinstance(cfg.model, LatentModel):
+        model = cfg.model.model_copy(update={"level_channels": latents.meta.level_channels, "n_steps": latents.meta.n_steps})
+    else:  # degradation: the frozen restorer is the base latent run's resolved model
+        model = cfg.model.model_copy(update={"restorer": base.config.model})
+    resolved = TrainConfig.model_validate({**cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")})
+    return LatentSetup(str(Path(base_run).resolve()), str(cache), resolved)
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConfig, *, resume: bool = False,
-          show_progress: bool = True, in_memory: bool = False) -> TrainResult:
+          base_run: str | Path | None = None, show_progress: bool = True, in_memory: bool = False) -> TrainResult:
     """Train a ``kind`` model on ladder stores ``data`` into ``run_dir`` (see the module docstring).
 
+    Latent trainers (``latent``, ``degradation``) build on ``base_run`` (an HVAE run, resp. a latent run)
+    and train on the HVAE latents of the one ``data`` store, cached under the HVAE run.
     ``in_memory=True`` reads every field's arrays into memory once instead of streaming patches from
     Zarr (same patches, same results); ``benchmarks/loader.py`` uses it as the no-I/O reference.
     """
     task = TASKS[kind]
     run_dir = Path(run_dir)
     stores = open_training_stores(data)
-    norm = Normalization.from_stores(stores)
-    info = RunInfo(kind=kind, config=cfg, normalization=norm,
+    device = pick_device(cfg.device)
+    latent = resolve_latent_setup(kind, task, base_run, stores, cfg, device, show_progress) if task.latent else None
+    if latent is not None:
+        cfg = latent.cfg
+        norm = read_run(latent.base_run).normalization  # latents encode images normalised like the HVAE saw them
+    else:
+        norm = Normalization.from_stores(stores)
+    info = RunInfo(kind=kind, config=cfg, normalization=norm, base_run=latent.base_run if latent else None,
                    data=[DataRef(path=str(Path(s.path).resolve()), manifest_sha256=s.meta.manifest_sha256) for s in stores])
     rank, world = init_distributed()
+    if world > 1 and task.param_groups is not None:
+        raise UserError(f"`dehaze train {kind}` runs on one process (its GAN steps are not data-parallel yet)")
     if rank == 0:
         prepare_run_dir(run_dir, info, resume)
     if world > 1:
         dist.barrier()
-    device = pick_device(cfg.device)
     train_fields, val_fields = split_fields(stores, cfg.data.val_fraction, cfg.seed)
     paths = [str(s.path) for s in stores]
 
+    # -- model, one optimiser (and scheduler) per parameter group, EMA
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
-    opt = make_optimizer(model, cfg.optim)
-    sched = make_scheduler(opt, cfg)
+    if kind == "degradation":  # the frozen restorer's weights come from the base latent run
+        model.restorer.load_state_dict(load_model(latent.base_run, device)[1].state_dict())
+    groups = task.param_groups(model) if task.param_groups else {"main": list(model.parameters())}
+    opts = {name: make_optimizer(params, cfg.optim) for name, params in groups.items()}
+    scheds = {name: make_scheduler(o, cfg) for name, o in opts.items()}
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay)) if cfg.optim.ema_decay else None
     step, resumed = 0, False
     if resume and (run_dir / "checkpoint.pt").is_file():
         state = load_checkpoint(run_dir, kind, map_location=device)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        for name in opts:
+            opts[name].load_state_dict(state["optimizers"][name])
+            scheds[name].load_state_dict(state["schedulers"][name])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng_cpu"])
@@ -160,23 +229,32 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         step, resumed = int(state["step"]), True
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0)}
-    common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target,
-                  in_memory=in_memory)
-    train_ds = LadderPatches(paths, train_fields, task.sample_kind, seed=cfg.seed, length=cfg.steps * cfg.batch_size * world,
-                             augment=cfg.data.augment, **common, **extra)
+    # -- data: patches (or latent crops) indexed by optimiser step, so a resumed run draws the same batches
+    length = cfg.steps * cfg.batch_size * world
+    if latent is not None:
+        train_ds = LatentPatches(latent.cache_path, [r.field for r in train_fields], task.sample_kind, cfg.patch_size,
+                                 cfg.seed, length, cfg.batch_size, cfg.data.input_steps)
+        val_ds = LatentPatches(latent.cache_path, [r.field for r in val_fields], task.sample_kind, cfg.patch_size,
+                               cfg.seed + 1, cfg.data.val_patches, cfg.batch_size, cfg.data.input_steps) if val_fields else None
+    else:
+        extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0)}
+        common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target,
+                      in_memory=in_memory)
+        train_ds = LadderPatches(paths, train_fields, task.sample_kind, seed=cfg.seed, length=length,
+                                 augment=cfg.data.augment, **common, **extra)
+        val_ds = LadderPatches(paths, val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False,
+                               **common) if val_fields else None
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=StepSampler(step, cfg.steps, cfg.batch_size, rank, world),
                         num_workers=cfg.data.num_workers, generator=torch.Generator(), pin_memory=device.type == "cuda")
-    val_loader = None
-    if val_fields:
-        val_ds = LadderPatches(paths, val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False, **common)
-        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size) if val_ds is not None else None
 
     def checkpoint() -> None:
         if rank != 0:
             return
-        state = {"kind": kind, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "config_json": cfg.model_dump_json(), "rng_cpu": torch.get_rng_state()}
+        state = {"kind": kind, "step": step, "model": model.state_dict(),
+                 "optimizers": {n: o.state_dict() for n, o in opts.items()},
+                 "schedulers": {n: s.state_dict() for n, s in scheds.items()},
+                 "config_json": cfg.model_dump_json(), "rng_cpu": torch.get_rng_state()}
         if ema is not None:
             state["ema"] = ema.state_dict()
         if device.type == "cuda":
@@ -189,17 +267,19 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
     val_psnr, bad_in_a_row = None, 0
     try:
         for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            # -- forward / backward, skipping non-finite losses (the NaN guard)
+            batch = to_device(batch, device)
+            # -- forward / backward per optimiser (in order), skipping non-finite losses (the NaN guard)
             with autocast:
-                loss = task.loss(net, batch)
-            opt.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
+                out = task.loss(net, batch)
+            losses = out if isinstance(out, dict) else {"main": out}
+            if all(torch.isfinite(v) for v in losses.values()):
                 bad_in_a_row = 0
-                loss.backward()
-                if cfg.optim.clip_grad_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-                opt.step()
+                for name, loss in losses.items():
+                    opts[name].zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.optim.clip_grad_norm:
+                        nn.utils.clip_grad_norm_(groups[name], cfg.optim.clip_grad_norm)
+                    opts[name].step()
                 if ema is not None:
                     ema.update_parameters(model)
             else:
@@ -207,19 +287,21 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
                 if bad_in_a_row >= cfg.log.max_bad_steps:
                     raise UserError(f"{run_dir}: loss was not finite for {bad_in_a_row} steps in a row at step {step}; lower optim.lr")
             if cfg.optim.scheduler != "plateau":
-                sched.step()
+                for sched in scheds.values():
+                    sched.step()
             step += 1
             bar.update(1)
             # -- logs, validation, checkpoints
             if step % cfg.log.log_every == 0:
-                loss_value = loss.item()
-                logger.log(step, loss=loss_value, lr=opt.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{loss_value:.4g}")
+                values = {("loss" if n == "main" else f"loss_{n}"): v.item() for n, v in losses.items()}
+                logger.log(step, **values, lr=next(iter(opts.values())).param_groups[0]["lr"])
+                bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
             if val_loader is not None and (step % cfg.log.val_every == 0 or step == cfg.steps):
                 val_psnr = validate(ema.module if ema is not None else model, task, val_loader, device)
                 logger.log(step, val_psnr=val_psnr)
                 if cfg.optim.scheduler == "plateau":
-                    sched.step(val_psnr)
+                    for sched in scheds.values():
+                        sched.step(val_psnr)
             if step % cfg.log.ckpt_every == 0 or step == cfg.steps:
                 checkpoint()
     except KeyboardInterrupt:

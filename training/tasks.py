@@ -1,7 +1,8 @@
 """What each trainer optimises: the sample kind it draws, its loss, and its x_0 estimate for validation.
 
 Losses are small callables with one signature: ``loss(model, batch) -> scalar tensor``; ``estimate(model,
-batch) -> x_0 estimate`` (B, 1, P, P) on a validation ``pair`` batch.
+batch) -> x_0 estimate`` (B, 1, P, P) on a validation ``pair`` batch, scored against ``batch[val_target]``
+(x_0 for restorers; x_t itself for the HVAE, whose estimate is a reconstruction).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.data import SampleKind
+from training.latent_data import LatentKind
+from training.latent_tasks import cyclegan_losses, weighted_latent_mse
 
 Batch = dict[str, torch.Tensor]
 
@@ -36,14 +39,74 @@ def restorer_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch["x"], batch["t"])
 
 
+# ---- ladder VAEs (dehaze.models.hvae) ----------------------------------------------------------------
+HDN_VAL_SAMPLES = 4  # posterior samples of the validation MMSE (prediction uses model.mmse_samples)
+
+
+def hvae_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Per-pixel Gaussian NLL of x_t given z ~ q(z | x_t), plus beta * free-bits KL: reconstruct every step."""
+    return model(batch["x"]).loss
+
+
+def hvae_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The deterministic reconstruction decode(encode(x_t)) (posterior means), scored against x_t itself."""
+    return model.decode(model.encode(batch["x"]))
+
+
+def hdn_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Supervised HDN: per-pixel Gaussian NLL of x_0 given z ~ q(z | x_t), plus beta * free-bits KL."""
+    return model(batch["x"], target=batch["y"]).loss
+
+
+def hdn_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """MMSE estimate of x_0: mean of a few decoded posterior samples."""
+    from dehaze.strategies import hdn_posterior
+
+    return hdn_posterior(model, batch["x"], HDN_VAL_SAMPLES)[0]
+
+
+# ---- latent models (dehaze.models.latent): batches hold lists of per-level latents ----------------------
+def latent_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """sum_i w_i ||z_0,i - R(z_t, t)_i||^2 (weights from the model config, default 1)."""
+    net = getattr(model, "module", model)
+    return weighted_latent_mse(model(batch["z_t"], batch["t"]), batch["z_0"], net.level_weights)
+
+
+def latent_estimate(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    return model(batch["z_t"], batch["t"])
+
+
+def degradation_estimate(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """G(t)(R(z_t, t)): the learned degradation's guess of z_{t-1}."""
+    t = int(batch["t"][0])
+    return model.G(model.restorer(batch["z_t"], batch["t"]), t)
+
+
+def degradation_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Two optimisers, stepped in this order each batch: generators, then discriminators."""
+    return {"generators": model.generator_params(), "discriminators": model.discriminator_params()}
+
+
 @dataclass(frozen=True)
 class Task:
-    sample_kind: SampleKind
-    loss: Callable[[nn.Module, Batch], torch.Tensor]
-    estimate: Callable[[nn.Module, Batch], torch.Tensor]
+    sample_kind: SampleKind | LatentKind
+    loss: Callable[[nn.Module, Batch], torch.Tensor | dict[str, torch.Tensor]]  # dict: one loss per optimiser
+    estimate: Callable[[nn.Module, Batch], torch.Tensor | list[torch.Tensor]]
+    val_target: str = "y"  # the key of a validation batch the estimate is scored against
+    param_groups: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None  # default: one optimiser
+    base_kind: str | None = None  # the kind of run this trainer builds on (--base)
+
+    @property
+    def latent(self) -> bool:
+        return self.sample_kind.startswith("latent")
 
 
 TASKS: dict[str, Task] = {
     "unet": Task("pair", one_shot_loss, one_shot_estimate),
     "pixel": Task("path", restorer_loss, restorer_estimate),
+    "hvae": Task("single", hvae_loss, hvae_estimate, val_target="x"),
+    "hdn": Task("pair", hdn_loss, hdn_estimate),
+    "latent": Task("latent_pair", latent_loss, latent_estimate, val_target="z_0", base_kind="hvae"),
+    "degradation": Task("latent_degradation", cyclegan_losses, degradation_estimate, val_target="z_prev",
+                        param_groups=degradation_groups, base_kind="latent"),
 }

@@ -1,0 +1,127 @@
+"""The inference engine: run a strategy over whole fields, streaming tile rows from a store into a store.
+
+Work is cut into units = (input step h, z plane, tile row). For each unit the engine reads only the rows
+the tile row needs (bounded memory for arbitrarily large images), cuts overlapping tiles, batches tiles
+and K posterior samples together (B*K images per forward pass), runs the strategy (bf16 autocast on GPU,
+optionally compiled), keeps each tile's inner crop, and writes the finished rows:
+
+* ``0``          (h, [z,] y, x)    the estimate of x_0 from each input step: mean over the K samples
+* ``std``        (h, [z,] y, x)    per-pixel standard deviation over the K samples (0 when K = 1)
+* ``trajectory`` (T+1, [z,] y, x)  for the haziest input x_T: the x_0 estimate reported at each step t
+                                   (NaN where the schedule does not visit t); the study's PSNR-per-step curve
+
+After every unit the field records how many units are done, so a killed run resumes at the next tile
+row. Random draws are seeded per (field, unit, batch): a seeded run repeats exactly, resumed or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from dehaze.normalization import Normalization
+from dehaze.progress import progress_bar
+from dehaze.store import LadderStore
+from dehaze.strategies import ModelBundle, Strategy
+from dehaze.tiling import tile_spans
+
+ScheduleFn = Callable[[int], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    tile: int = 256
+    margin: int = 32
+    batch_size: int = 8  # images (tiles x samples) per forward pass
+    samples: int = 1  # K posterior samples per input
+    amp: bool = True  # bf16 autocast on CUDA
+    trajectory: bool = True
+    seed: int = 0
+
+
+def _read_rows(array: Any, index: tuple[int, ...], y0: int, rows: int, width: int, norm: Normalization) -> np.ndarray:
+    """(rows, width) normalised block starting at row y0, reflect-padded past the image's bottom/right."""
+    h, w = array.shape[-2:]
+    block = norm.apply(np.asarray(array[(*index, slice(y0, min(y0 + rows, h)), slice(None))]))
+    pad_y, pad_x = rows - block.shape[0], width - w
+    if pad_y or pad_x:
+        mode = "reflect" if min(block.shape) > max(pad_y, pad_x) else "edge"
+        block = np.pad(block, ((0, pad_y), (0, pad_x)), mode=mode)
+    return block
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if (device.type == "cuda" and amp) else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedule: Sequence[float], opts: EngineOptions,
+              device: torch.device, n_levels: int, record: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Strategy on (n, th, tw) normalised tiles with K samples each -> mean, std (n, th, tw) and the
+    trajectory (n_levels, n, th, tw) of x_0 estimates per step (NaN where not visited) if ``record``."""
+    k = opts.samples
+    x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))[:, None].to(device)
+    x = x.repeat_interleave(k, dim=0)  # (n*K, 1, th, tw): sample j of tile i at i*K + j
+    traj = np.full((n_levels, *tiles.shape), np.nan, dtype=np.float32) if record else None
+
+    def callback(t: float, estimate: torch.Tensor) -> None:
+        if traj is not None and float(t).is_integer() and 0 <= int(t) < n_levels:
+            traj[int(t)] = estimate.float().view(len(tiles), k, *tiles.shape[1:]).mean(1).cpu().numpy()
+
+    with _autocast(device, opts.amp):
+        out = strategy(bundle, x, schedule, callback=callback).float()
+    out = out.view(len(tiles), k, *tiles.shape[1:])
+    return out.mean(1).cpu().numpy(), out.std(1, unbiased=False).cpu().numpy(), traj
+
+
+def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: ScheduleFn, source: Any, norm: Normalization,
+                  out: LadderStore, field: str, field_index: int, opts: EngineOptions, device: torch.device,
+                  multiple: int = 1, show_progress: bool = True) -> None:
+    """Predict one field (h, [z,] H, W) of ``source`` into ``out`` (see the module docstring)."""
+    n_steps, planes = source.shape[0], list(np.ndindex(*source.shape[1:-2]))
+    height, width = source.shape[-2:]
+    pad_h, pad_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    tile = max(multiple, opts.tile - opts.tile % multiple)
+    th, tw = min(tile, pad_h), min(tile, pad_w)
+    margin = min(opts.margin, (th - multiple) // 2, (tw - multiple) // 2) if (th < pad_h or tw < pad_w) else 0
+    rows, cols = tile_spans(pad_h, th, max(0, margin)), tile_spans(pad_w, tw, max(0, margin))
+    arrays = {"0": (tuple(source.shape), "float32"), "std": (tuple(source.shape), "float32")}
+    if opts.trajectory:
+        arrays["trajectory"] = ((n_steps, *source.shape[1:]), "float32")
+    out.begin_field(field, arrays)
+    group = out.root[field]
+    units = [(h, p, r) for h in range(n_steps) for p in planes for r in rows]
+    done = out.field_progress(field)
+    per_pass = max(1, opts.batch_size // opts.samples)
+    bar = progress_bar(total=len(units), initial=done, desc=f"{field}", unit="row", disable=not show_progress, leave=False)
+    for u in range(done, len(units)):
+        h, plane, (y0, ylo, yhi) = units[u]
+        block = _read_rows(source, (h, *plane), y0, th, pad_w, norm)
+        tiles = np.stack([block[:, x0 : x0 + tw] for x0, _, _ in cols])
+        record = opts.trajectory and h == n_steps - 1
+        mean = np.empty((th, pad_w), np.float32)
+        std = np.empty_like(mean)
+        traj = np.full((n_steps, th, pad_w), np.nan, np.float32) if record else None
+        for b in range(0, len(cols), per_pass):
+            torch.manual_seed(hash((opts.seed, field_index, u, b)) % 2**63)
+            m, s, tr = run_tiles(strategy, bundle, tiles[b : b + per_pass], schedule_fn(h), opts, device, n_steps, record)
+            for j, (x0, xlo, xhi) in enumerate(cols[b : b + per_pass]):
+                mean[:, xlo:xhi] = m[j][:, xlo - x0 : xhi - x0]
+                std[:, xlo:xhi] = s[j][:, xlo - x0 : xhi - x0]
+                if traj is not None and tr is not None:
+                    traj[:, :, xlo:xhi] = tr[:, j, :, xlo - x0 : xhi - x0]
+        keep = slice(ylo - y0, min(yhi, height) - y0)
+        rows_out = (slice(ylo, min(yhi, height)), slice(0, width))
+        if ylo < height:
+            group["0"][(h, *plane, *rows_out)] = norm.invert(mean[keep, :width])
+            group["std"][(h, *plane, *rows_out)] = std[keep, :width] * np.float32(norm.scale)
+            if traj is not None:
+                group["trajectory"][(slice(None), *plane, *rows_out)] = norm.invert(traj[:, keep, :width])
+        out.set_field_progress(field, u + 1)
+        bar.update(1)
+    bar.close()
+    out.complete_field(field, [name for name in arrays if name != "0"], info={"units": len(units)})
