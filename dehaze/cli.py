@@ -201,7 +201,7 @@ def ingest(
     typer.echo(describe_ladder(report.store))
 
 
-SCHEMAS = ("simulation", "acquisition", "train")
+SCHEMAS = ("simulation", "acquisition", "train", "study")
 
 
 @app.command()
@@ -212,34 +212,120 @@ def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS
     from dehaze.manifests import SimulationManifest
     from dehaze.train_config import TrainConfig
 
-    models = {"simulation": SimulationManifest, "acquisition": AcquisitionManifest, "train": TrainConfig}
+    from dehaze.study_config import StudyConfig
+
+    models = {"simulation": SimulationManifest, "acquisition": AcquisitionManifest, "train": TrainConfig, "study": StudyConfig}
     if kind not in models:
         raise UserError(f"unknown schema {kind!r}; choose one of: {', '.join(models)}")
     typer.echo(json.dumps(models[kind].model_json_schema(), indent=2))
 
 
+def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
+    """Simulate, train every model, predict with every strategy, evaluate; returns the report folder.
+
+    Each stage keeps its outputs in ``output`` and is skipped when already complete, so an interrupted
+    study resumes where it stopped (training runs continue with --resume semantics).
+    """
+    from dehaze.config import build_model
+    from dehaze.evaluate import evaluate as run_evaluate
+    from dehaze.figures import step_montage
+    from dehaze.manifests import load_simulation_manifest
+    from dehaze.predict import predict as run_predict
+    from dehaze.engine import EngineOptions
+    from dehaze.store import describe_ladder
+    from dehaze.study_config import TRAIN_ORDER
+    from dehaze.train_config import TrainConfig, default_config
+    from simulation.ladder import simulate_ladder
+    from training.loop import train as run_training
+
+    # Validate everything before any work: a bad trainer section must not leave a half-made study behind.
+    manifest = load_simulation_manifest(cfg.simulation, cfg.simulation_set)
+    train_cfgs = {}
+    for kind in TRAIN_ORDER:
+        if kind in cfg.trainers:
+            raw, part = default_config(kind), cfg.trainers[kind]
+            raw = {**raw, **part, "model": {**raw["model"], **part.get("model", {})}, "device": cfg.device}
+            train_cfgs[kind] = build_model(TrainConfig, raw, [], f"study trainers.{kind}")
+    missing = [k for k, need in (("latent", "hvae"), ("degradation", "latent")) if k in train_cfgs and need not in train_cfgs]
+    if missing:
+        raise UserError(f"study trainers: {missing[0]} builds on {dict(latent='hvae', degradation='latent')[missing[0]]}; add that trainer too")
+    output.mkdir(parents=True, exist_ok=True)
+    say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+    say("[1/4] simulating the ladder")
+    ladder = simulate_ladder(manifest, output / "ladder.zarr", workers=2, show_progress=not quiet).store
+    typer.echo(describe_ladder(ladder))
+    labels = [("widefield" if t in ladder.meta.widefield_steps else f"step {t}: {au:g} AU") for t, au in enumerate(ladder.meta.pinhole_au)]
+    step_montage(ladder.image(ladder.fields[0])[...], labels, output / "montage.png", title="the ladder: step 0 cleanest ... haziest")
+    runs: dict[str, Path] = {}
+    bases = {"latent": "hvae", "degradation": "latent"}
+    for i, (kind, train_cfg) in enumerate(train_cfgs.items()):
+        say(f"[2/4] training {kind} ({i + 1}/{len(train_cfgs)})")
+        run = output / "runs" / kind
+        if _checkpoint_step(run) < train_cfg.steps:  # new, or interrupted: --resume semantics
+            run_training(kind, [ladder.path], run, train_cfg, resume=(run / "run.json").is_file(),
+                         base_run=runs.get(bases.get(kind, "")), show_progress=not quiet)
+        runs[kind] = run
+    say("[3/4] predicting with every strategy")
+    opts = EngineOptions(tile=cfg.tile, seed=0)
+    stores = run_predict([runs[k] for k in ("unet", "pixel", "hdn", "degradation") if k in runs], ladder.path,
+                         output / "predictions", strategy="all", device=cfg.device, samples=cfg.samples, alpha=cfg.alpha,
+                         opts=opts, show_progress=not quiet)
+    say("[4/4] evaluating")
+    report = run_evaluate([s.path for s in stores], ladder.path, output / "report", target=cfg.target)
+    _print_psnr_table(report)
+    return output / "report"
+
+
+def _checkpoint_step(run: Path) -> int:
+    import torch
+
+    from dehaze.runs import CHECKPOINT_FILE
+
+    path = run / CHECKPOINT_FILE
+    return int(torch.load(path, weights_only=True)["step"]) if path.is_file() else 0
+
+
+def _print_psnr_table(report: dict) -> None:
+    steps = report["steps"]
+    typer.echo(f"mean PSNR (dB, data range of the {report['target']} x_0) per input step:")
+    typer.echo("  " + f"{'method':<20}" + "".join(f"{'t=' + str(t):>9}" for t in steps))
+    for key, entry in report["methods"].items():
+        vals = [entry["steps"][str(t)]["mean"]["psnr"] for t in steps]
+        typer.echo("  " + f"{key:<20}" + "".join(f"{v:>9.2f}" if v is not None else f"{'inf':>9}" for v in vals))
+
+
 @app.command()
 @user_errors
-def demo(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's store and figures.")] = Path("demo-output"),
+def study(
+    config: Annotated[Optional[Path], typer.Argument(help="Study config YAML (see `dehaze schema study`); none: the quickstart.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the ladder, runs, predictions and report.")] = Path("study-output"),
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """The main job on the embedded default: simulate a ladder, summarise it, write a step montage."""
-    from dehaze.figures import step_montage
-    from dehaze.manifests import load_simulation_manifest
-    from dehaze.store import describe_ladder
-    from simulation.ladder import simulate_ladder
+    """The whole pipeline: simulate, train every model, predict with every strategy, evaluate."""
+    from dehaze.config import build_model, read_yaml
+    from dehaze.study_config import StudyConfig, quickstart
 
-    output.mkdir(parents=True, exist_ok=True)
-    m = load_simulation_manifest(None, set_ or [])
-    report = simulate_ladder(m, output / "ladder.zarr", overwrite=True, workers=2, show_progress=not quiet)
-    store = report.store
-    typer.echo(describe_ladder(store))
-    first = store.fields[0]
-    labels = [("widefield" if t in store.meta.widefield_steps else f"step {t}: {au:g} AU") for t, au in enumerate(store.meta.pinhole_au)]
-    png = step_montage(store.image(first)[...], labels, output / "montage.png", title=f"{store.path.name} / {first}: step 0 cleanest ... step {store.n_steps - 1} haziest")
-    typer.echo(f"montage of {first}: {png}")
+    base = quickstart().model_dump(mode="json") if config is None else read_yaml(config)
+    cfg = build_model(StudyConfig, base, set_ or [], str(config or "quickstart"))
+    report = run_study(cfg, output, quiet)
+    typer.echo(f"report: {report}/ (metrics.json, psnr_per_step.png, study_psnr.png, montage.png, uncertainty.png)")
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's ladder, runs, predictions and report.")] = Path("demo-output"),
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """The quickstart: the whole pipeline on the embedded default ladder, sized for a few minutes on a CPU."""
+    from dehaze.config import build_model
+    from dehaze.study_config import StudyConfig, quickstart
+
+    cfg = build_model(StudyConfig, quickstart().model_dump(mode="json"), set_ or [], "quickstart")
+    report = run_study(cfg, output, quiet)
+    typer.echo(f"report: {report}/ (metrics.json, psnr_per_step.png, study_psnr.png, montage.png, uncertainty.png)")
 
 
 @app.command()

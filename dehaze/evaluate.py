@@ -7,6 +7,11 @@ every plane t ≥ 1 with the target x_0 of the truth ladder (DESIGN §7) and wri
     report_dir/metrics.json        per method, per step: field means and per-field values of every metric
     report_dir/psnr_per_step.png   PSNR (dB) against step, the study's figure
     report_dir/montage.png         first field: methods × steps, one display range per row
+    report_dir/study_psnr.png      the study's comparison (updated_results.png): starting from the haziest
+                                   input x_T, PSNR of the x_0 estimate at every step t = T ... 0 of each
+                                   iterative strategy (its ``trajectory``), one-shot baselines as
+                                   horizontal lines at their PSNR from x_T; written when a store has one
+    report_dir/uncertainty.png     estimate and posterior std (stores with K > 1 samples), first field
 
 The hazy input itself (truth step t against x_0) is always added as the reference method ``hazy_input``.
 3-D fields (h, z, y, x) are scored plane by plane and the planes averaged.
@@ -222,9 +227,77 @@ def evaluate(
     }
     _plot_psnr(report, paths["psnr_per_step_png"])
     _plot_montage(report, first_target, montage_planes, montage_steps, paths["montage_png"])
+    if _add_trajectories(report, truth, sources, target):
+        paths["study_psnr_png"] = report_dir / "study_psnr.png"
+        _plot_study(report, paths["study_psnr_png"])
+    uncertain = [(k, store) for k, store in sources.items() if k != IDENTITY and "std" in store.field_meta(fields[0]).extras
+                 and float(np.nanmax(store.extra(fields[0], "std")[-1])) > 0]
+    if uncertain:
+        from dehaze.figures import uncertainty_figure
+
+        paths["uncertainty_png"] = report_dir / "uncertainty.png"
+        t_max = truth.n_steps - 1
+        uncertainty_figure([(k, _plane2d(store.image(fields[0])[t_max]), _plane2d(store.extra(fields[0], "std")[t_max]))
+                            for k, store in uncertain], paths["uncertainty_png"],
+                           title=f"{fields[0]}, input step {t_max}: estimate and per-pixel posterior std")
     report["report"] = {k: str(v) for k, v in paths.items()}
     paths["metrics_json"].write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     return report
+
+
+def _plane2d(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img, dtype=np.float64)
+    return img if img.ndim == 2 else img[img.shape[0] // 2]
+
+
+def _add_trajectories(report: dict[str, Any], truth: LadderStore, sources: dict[str, LadderStore], target: Target) -> bool:
+    """Score each store's ``trajectory`` (x_0 estimate at each step of the walk from x_T) against x_0.
+
+    Adds ``methods[key]["trajectory"] = {"steps": [T..0], "psnr": [...], "ssim": [...],
+    "drift_db_per_step": ...}``; one-shot methods and the hazy input get their x_T value as a constant
+    reference. Returns whether any store had a trajectory.
+    """
+    fields, t_max = report["fields"], truth.n_steps - 1
+    walk = list(range(t_max, -1, -1))
+    found = False
+    for key, store in sources.items():
+        entry = report["methods"][key]
+        has = key != IDENTITY and "trajectory" in store.field_meta(fields[0]).extras
+        psnrs, ssims = [], []
+        for s in walk:
+            p_vals, s_vals = [], []
+            for field in fields:
+                x0 = _target_image(truth, field, target)
+                if has:
+                    est = np.asarray(store.extra(field, "trajectory")[s], dtype=np.float64)
+                else:  # a reference: what the method makes from x_T (the hazy input: x_T itself)
+                    est = np.asarray(store.image(field)[t_max], dtype=np.float64)
+                if not np.isfinite(est).all():
+                    continue  # the schedule did not visit this step
+                p_vals.append(psnr(est, x0))
+                s_vals.append(ssim(est, x0))
+            psnrs.append(_mean(p_vals))
+            ssims.append(_mean(s_vals))
+        entry["trajectory"] = {"steps": walk, "from_trajectory": has, "psnr": psnrs, "ssim": ssims,
+                               "drift_db_per_step": (psnrs[0] - psnrs[-1]) / t_max if has and t_max else 0.0}
+        found = found or has
+    return found
+
+
+def _plot_study(report: dict[str, Any], path: Path) -> None:
+    from dehaze.figures import StepCurve, psnr_per_step_plot
+
+    curves = []
+    for entry in report["methods"].values():
+        traj = entry["trajectory"]
+        kind = "iterative" if traj["from_trajectory"] else ("identity" if entry["kind"] == "identity" else "one_shot")
+        label = entry["label"] if kind != "identity" else "hazy input x_T"
+        if kind == "iterative":
+            label = f"{label} (drift {traj['drift_db_per_step']:+.2f} dB/step)".replace("+-", "-")
+        curves.append(StepCurve(label=label, values=list(traj["psnr"]), kind=kind))
+    title = f"Iterative inference from the haziest input: PSNR of the x_0 estimate at each step — {Path(report['truth_store']).name}"
+    psnr_per_step_plot(list(report["methods"][IDENTITY]["trajectory"]["steps"]), curves, path, title=title,
+                       xlabel="time step t of the iterative walk (haziest → clean)")
 
 
 def _montage_steps(steps: list[int], n: int = 4) -> list[int]:

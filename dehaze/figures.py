@@ -62,6 +62,7 @@ def psnr_per_step_plot(
     title: str = "",
     ylabel: str = "PSNR (dB)",
     haziest_left: bool = True,
+    xlabel: str | None = None,
 ) -> Path:
     """Write the study's figure: a metric (PSNR in dB) against the input degradation step.
 
@@ -96,7 +97,7 @@ def psnr_per_step_plot(
         margin = max(0.5, 0.08 * (hi - lo))
         ax.set_ylim(lo - margin, hi + margin)
     direction = "haziest → cleanest" if haziest_left else "cleanest → haziest"
-    ax.set_xlabel(f"input degradation step t ({direction})")
+    ax.set_xlabel(xlabel or f"input degradation step t ({direction})")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
@@ -161,3 +162,27 @@ def _crop(img: np.ndarray, crop: int | None) -> np.ndarray:
     y0 = max(0, (img.shape[-2] - crop) // 2)
     x0 = max(0, (img.shape[-1] - crop) // 2)
     return img[..., y0 : y0 + crop, x0 : x0 + crop]
+
+
+def uncertainty_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "", crop: int | None = 256) -> Path:
+    """Per method: the estimate of x_0 and its per-pixel posterior std side by side (rows of 2 panels)."""
+    fig, axes = plt.subplots(len(rows), 2, figsize=(6.4, 3.0 * len(rows)), squeeze=False)
+    for (label, est, std), (ax_e, ax_s) in zip(rows, axes):
+        if crop is not None:
+            y0, x0 = max(0, (est.shape[-2] - crop) // 2), max(0, (est.shape[-1] - crop) // 2)
+            est, std = est[y0 : y0 + crop, x0 : x0 + crop], std[y0 : y0 + crop, x0 : x0 + crop]
+        lo, hi = np.percentile(est, [0.5, 99.8])
+        ax_e.imshow(est, cmap="magma", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        ax_e.set_title(f"{label}: estimate", fontsize=9)
+        im = ax_s.imshow(std, cmap="viridis", interpolation="nearest")
+        ax_s.set_title(f"{label}: posterior std", fontsize=9)
+        fig.colorbar(im, ax=ax_s, fraction=0.046, pad=0.04)
+        ax_e.axis("off")
+        ax_s.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -83,9 +83,9 @@ def hdn_posterior(model: nn.Module, x: torch.Tensor, k: int, *, generator: torch
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mmse, std, samples) of a ladder VAE's posterior for ``x`` (B, 1, H, W): ``samples`` (k, B, 1, H, W)
     are decoded means of z ~ q(z | x); ``mmse`` their mean and ``std`` their per-pixel standard deviation
-    (unbiased; zeros when k = 1), both (B, 1, H, W). Pass a seeded ``generator`` for reproducible draws."""
+    (population std over the k samples; zeros when k = 1), both (B, 1, H, W). Pass a seeded ``generator`` for reproducible draws."""
     samples = model.sample_posterior(x, k, generator=generator).float()
-    std = samples.std(dim=0) if k > 1 else torch.zeros_like(samples[0])
+    std = samples.std(dim=0, unbiased=False)  # population std, as the engine reports for K samples
     return samples.mean(dim=0), std, samples
 
 

@@ -84,7 +84,7 @@ class _LadderVAEModel(StrictModel):
     preset: HVAEPreset = Field("hdn-reference", description="hdn-reference (Prakash et al. 2022, ~7.5 M parameters), small (CPU), tiny (tests)")
     levels: int | None = Field(None, ge=2, le=6, description="latent levels; each halves the resolution (z_i is H/2^i)")
     latent_channels: int | None = Field(None, ge=1, description="channels of every z_i")
-    blocks_per_level: int | None = Field(None, ge=1, description="gated residual blocks per level and path")
+    blocks_per_level: int | None = Field(None, ge=1, description="gated residual blocks per level and path (plus one down- or upsampling block)")
     filters: int | None = Field(None, ge=4, description="feature channels")
     dropout: float | None = Field(None, ge=0, lt=1)
     free_bits: float | None = Field(None, ge=0, description="nats per level and image below which KL is not penalised")

@@ -176,10 +176,45 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_manifest_dict):
     _assert_same(_arrays(ref), _arrays(out))
 
 
-def test_demo_writes_summary_store_and_montage(cli, tmp_path):
-    out = tmp_path / "demo"
-    result = cli("demo", "-o", out, "-q", "--set", "n_fields=2", "--set", "volume.field_shape_yx=[48, 48]")
+def test_study_runs_the_whole_pipeline(cli, tmp_path):
+    """`dehaze study` (what `dehaze demo` runs with bigger settings): simulate, train all six models,
+    predict with every strategy, evaluate; a rerun finds every stage done."""
+    tiny = {"batch_size": 2, "patch_size": 16, "steps": 3, "data": {"val_patches": 2}}
+    cfg = {
+        "simulation": "default",
+        "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
+        "trainers": {
+            "unet": {**tiny, "model": {"base_channels": 4, "depth": 2}},
+            "pixel": {**tiny, "model": {"base_channels": 4, "depth": 2}},
+            "hdn": {**tiny, "model": {"preset": "tiny"}},
+            "hvae": {**tiny, "model": {"preset": "tiny"}},
+            "latent": {**tiny, "model": {"width": 4, "time_embed_dim": 8}},
+            "degradation": {**tiny, "model": {"width": 4, "pool_size": 2}},
+        },
+        "samples": 2, "tile": 32, "device": "cpu",
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = cli("study", path, "-o", tmp_path / "out", "-q")
     assert result.exit_code == 0, result.stderr
-    assert "steps: 5" in result.stdout and "montage" in result.stdout
-    png = out / "montage.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    report = tmp_path / "out" / "report"
+    assert "report:" in result.stdout and "latent-direct" in result.stdout
+    for name in ("metrics.json", "psnr_per_step.png", "study_psnr.png", "montage.png", "uncertainty.png"):
+        assert (report / name).stat().st_size > 1000, name
+    assert (tmp_path / "out" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((tmp_path / "out" / "predictions").glob("*.zarr"))) == 11
+    again = cli("study", path, "-o", tmp_path / "out", "-q")
+    assert again.exit_code == 0 and "already" not in again.stderr
+
+
+def test_study_config_errors(cli, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainers: {gan: {}}\n")
+    result = cli("study", path, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 2 and "trainers" in result.stderr and not (tmp_path / "out").exists()
+    path.write_text("trainers: {unet: {stepz: 3}}\n")
+    result = cli("study", path, "-o", tmp_path / "out2", "-q")
+    assert result.exit_code == 2 and "stepz" in result.stderr and not (tmp_path / "out2").exists()
+    path.write_text("trainers: {latent: {}}\n")
+    result = cli("study", path, "-o", tmp_path / "out3", "-q")
+    assert result.exit_code == 2 and "hvae" in result.stderr and not (tmp_path / "out3").exists()

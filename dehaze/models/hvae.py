@@ -17,6 +17,14 @@ resolution, the first level already halves it), so latent ``z_i`` (i = 1 … n; 
 (B, C, H / 2**i, W / 2**i): z_1 finest, z_n coarsest. For the reference 64×64 patches and 6 levels the top
 latent is 1×1.
 
+Layout: bottom-up = 5×5 stem conv + 1 gated block at full resolution, then per level one downsampling
+gated block and ``blocks_per_level`` gated blocks; top-down per level = prior (learned at the top, a 3×3
+conv of the features from above elsewhere), posterior (3×3 conv of the bottom-up features at the top,
+of their merge with the top-down features elsewhere), a 3×3 projection of z merged back into the
+features, ``blocks_per_level`` gated blocks and one upsampling gated block; then 1 gated block and a 1×1
+head at full resolution. The ``hdn-reference`` settings (6 × 32 latents, 5 blocks, 64 filters) give
+7.50 M parameters (the reference model: 7.3 M).
+
 Choices (documented here once):
 
 * **Gated residual block**: ``x + a * sigmoid(g)`` with ``(a, g) = split(conv1x1(conv3x3(drop(act(
