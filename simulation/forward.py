@@ -46,11 +46,15 @@ class PlaneConvolver:
         cz = (kz - 1) // 2
         out = np.empty((len(z_out), ny, nx), dtype=np.float32)
         for i, z0 in enumerate(z_out):
-            # PSF plane index for source plane z' is z0 + cz - z'; keep the z' where it exists.
-            src = np.arange(nz)
-            k = z0 + cz - src
-            ok = (k >= 0) & (k < kz)
-            acc = np.einsum("zyx,zyx->yx", truth_f[src[ok]], otf[k[ok]])
+            # PSF plane index for source plane z' is z0 + cz - z'; keep the z' where it exists. Those z' are
+            # a contiguous range and their PSF planes a reversed contiguous range: slices (views), not
+            # fancy-indexed copies of both stacks.
+            z_lo, z_hi = max(0, z0 + cz - kz + 1), min(nz, z0 + cz + 1)
+            if z_lo >= z_hi:
+                out[i] = 0
+                continue
+            k_lo, k_hi = z0 + cz - (z_hi - 1), z0 + cz - z_lo
+            acc = np.einsum("zyx,zyx->yx", truth_f[z_lo:z_hi], otf[k_lo : k_hi + 1][::-1])
             full = fft.irfft2(acc, self.fft_shape, workers=self.workers)
             out[i] = full[self.crop_y : self.crop_y + ny, self.crop_x : self.crop_x + nx]
         return out

@@ -1,0 +1,131 @@
+"""The study, reproduced: train every model on the paper-like ladder, predict with every strategy, and
+record the PSNR-per-step figure (../shared/seeds/figures/updated_results.png) and its numbers.
+
+    python benchmarks/study.py                 # reduced CPU setting (says so in the result)
+    python benchmarks/study.py --gpu           # the reference-sized setting, on a CUDA machine
+    python benchmarks/study.py --quick         # a smoke run in a couple of minutes
+
+Writes ``benchmarks/results/study_<setting>.json`` (per strategy: PSNR at every step of the walk from
+x_T, drift in dB per step, PSNR/SSIM per input step; training settings and wall times; machine info) and
+``benchmarks/results/study_<setting>.png``. Work goes to ``--work`` (default /tmp/dehaze-study-<setting>)
+and resumes there if interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from dehaze.cli import run_study
+from dehaze.study_config import StudyConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def settings(kind: str) -> StudyConfig:
+    """Trainer sizes per setting. ``gpu`` follows the reference settings of DESIGN §6."""
+    if kind == "gpu":
+        common = {"batch_size": 32, "patch_size": 64, "log": {"val_every": 500, "ckpt_every": 500}, "data": {"num_workers": 4}}
+        return StudyConfig(simulation="paper-like", samples=16, trainers={
+            "unet": {**common, "steps": 20000, "model": {"base_channels": 32, "depth": 3}},
+            "pixel": {**common, "steps": 20000, "model": {"base_channels": 32, "depth": 3}},
+            "hdn": {**common, "steps": 30000, "model": {"preset": "hdn-reference"}},
+            "hvae": {**common, "steps": 30000, "model": {"preset": "hdn-reference"}},
+            "latent": {**common, "steps": 20000, "patch_size": 128, "model": {"width": 128}},
+            "degradation": {**common, "steps": 10000, "patch_size": 128, "model": {"width": 64, "lambda_sup": 1.0}},
+        })
+    if kind == "quick":
+        common = {"batch_size": 4, "patch_size": 32, "log": {"val_every": 50, "ckpt_every": 50}}
+        sim = ["n_fields=3", "volume.field_shape_yx=[96, 96]", "volume.nz=16"]
+        return StudyConfig(simulation="paper-like", simulation_set=sim, samples=2, tile=96, trainers={
+            "unet": {**common, "steps": 40, "model": {"base_channels": 8, "depth": 2}},
+            "pixel": {**common, "steps": 40, "model": {"base_channels": 8, "depth": 2}},
+            "hdn": {**common, "steps": 30, "model": {"preset": "tiny"}},
+            "hvae": {**common, "steps": 30, "model": {"preset": "tiny"}},
+            "latent": {**common, "steps": 30, "model": {"width": 8, "time_embed_dim": 8}},
+            "degradation": {**common, "steps": 20, "model": {"width": 8, "lambda_sup": 1.0}},
+        })
+    # Reduced CPU setting: the paper-like physics (8 steps, 32-plane volume) on fewer, smaller fields and
+    # small networks, so that the whole study fits in well under an hour on 2 cores.
+    common = {"batch_size": 8, "patch_size": 64, "log": {"val_every": 200, "ckpt_every": 200}, "data": {"num_workers": 1}}
+    sim = ["n_fields=12", "volume.field_shape_yx=[256, 256]"]
+    return StudyConfig(simulation="paper-like", simulation_set=sim, samples=4, trainers={
+        "unet": {**common, "steps": 1500, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
+        "pixel": {**common, "steps": 1500, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
+        "hdn": {**common, "steps": 1500, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
+        "hvae": {**common, "steps": 1500, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
+        "latent": {**common, "steps": 1000, "model": {"width": 32, "time_embed_dim": 32}, "optim": {"lr": 1e-3}},
+        "degradation": {**common, "steps": 600, "model": {"width": 32, "lambda_sup": 1.0}},
+    })
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
+            "python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "zarr": zarr.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="smoke run (tiny models, a few minutes)")
+    group.add_argument("--gpu", action="store_true", help="reference-sized run (needs CUDA)")
+    parser.add_argument("--work", type=Path, default=None, help="working folder (resumable)")
+    args = parser.parse_args()
+    kind = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
+    if kind == "gpu" and not torch.cuda.is_available():
+        parser.error("--gpu needs a CUDA device")
+    cfg = settings(kind)
+    work = args.work or Path(f"/tmp/dehaze-study-{kind}")
+    t0 = time.perf_counter()
+    report_dir = run_study(cfg, work, quiet=False)
+    wall_s = time.perf_counter() - t0
+    report = json.loads((report_dir / "metrics.json").read_text())
+    summary = {}
+    for key, entry in report["methods"].items():
+        traj = entry.get("trajectory", {})
+        summary[key] = {
+            "one_shot": entry["one_shot"],
+            "psnr_along_walk_from_xT": dict(zip(map(str, traj.get("steps", [])), traj.get("psnr", []))),
+            "drift_db_per_step": traj.get("drift_db_per_step"),
+            "psnr_per_input_step": {t: v["mean"]["psnr"] for t, v in entry["steps"].items()},
+            "ssim_per_input_step": {t: v["mean"]["ssim"] for t, v in entry["steps"].items()},
+        }
+    result = {
+        "benchmark": "study",
+        "setting": {"cpu": "reduced CPU run (12 fields of 256x256, small networks)", "gpu": "reference-sized GPU run",
+                    "quick": "smoke run (tiny models): numbers are not meaningful"}[kind],
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "wall_s": round(wall_s, 1),
+        "target": report["target"],
+        "study_config": cfg.model_dump(mode="json"),
+        "reference_from_the_study": {"unet_db": 31.7, "hdn_db": 32.9, "latent_start_db": 31.5,
+                                     "direct_drift_db_per_step": -1.1, "best_variant_end_db": 29.9},
+        "methods": summary,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"study_{kind}.json").write_text(json.dumps(result, indent=2) + "\n")
+    shutil.copy(report_dir / "study_psnr.png", RESULTS / f"study_{kind}.png")
+    print(f"wrote {RESULTS / f'study_{kind}.json'} and study_{kind}.png ({wall_s / 60:.1f} min)")
+    for key, s in summary.items():
+        walk = s["psnr_along_walk_from_xT"]
+        ends = f"{next(iter(walk.values())):.2f} -> {list(walk.values())[-1]:.2f} dB" if walk else ""
+        print(f"  {key:<20} {ends:<22} drift {s['drift_db_per_step'] if s['drift_db_per_step'] is not None else 0:+.2f} dB/step")
+
+
+if __name__ == "__main__":
+    main()
