@@ -320,12 +320,7 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """The quickstart: the whole pipeline on the embedded default ladder, sized for a few minutes on a CPU."""
-    from dehaze.config import build_model
-    from dehaze.study_config import StudyConfig, quickstart
-
-    cfg = build_model(StudyConfig, quickstart().model_dump(mode="json"), set_ or [], "quickstart")
-    report = run_study(cfg, output, quiet)
-    typer.echo(f"report: {report}/ (metrics.json, psnr_per_step.png, study_psnr.png, montage.png, uncertainty.png)")
+    study(None, output, set_, quiet)
 
 
 @app.command()

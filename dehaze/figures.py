@@ -14,6 +14,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _show(ax, img: np.ndarray, title: str, cmap: str = "magma") -> None:  # noqa: ANN001 - matplotlib Axes
+    """An image stretched to its own 0.5-99.8 percentiles, titled, without axes."""
+    lo, hi = np.percentile(img, [0.5, 99.8])
+    ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _save(fig, path: str | Path, title: str = "", dpi: int = 110) -> Path:  # noqa: ANN001 - matplotlib Figure
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def step_montage(steps: np.ndarray, labels: list[str], path: str | Path, title: str = "", crop: int | None = 256) -> Path:
     """Write a one-row montage of a field's steps, (h, y, x), each stretched to its own 0.5-99.8 percentiles.
 
@@ -28,17 +46,8 @@ def step_montage(steps: np.ndarray, labels: list[str], path: str | Path, title: 
     n = steps.shape[0]
     fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.7), squeeze=False)
     for ax, img, label in zip(axes[0], steps, labels):
-        lo, hi = np.percentile(img, [0.5, 99.8])
-        ax.imshow(img, cmap="magma", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        _show(ax, img, label)
+    return _save(fig, path, title)
 
 
 # ---- evaluation report ------------------------------------------------------------------------------
@@ -103,11 +112,7 @@ def psnr_per_step_plot(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def evaluation_montage(
@@ -147,13 +152,7 @@ def evaluation_montage(
                 ax.set_title(column_labels[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def _crop(img: np.ndarray, crop: int | None) -> np.ndarray:
@@ -171,18 +170,9 @@ def uncertainty_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], path: str
         if crop is not None:
             y0, x0 = max(0, (est.shape[-2] - crop) // 2), max(0, (est.shape[-1] - crop) // 2)
             est, std = est[y0 : y0 + crop, x0 : x0 + crop], std[y0 : y0 + crop, x0 : x0 + crop]
-        lo, hi = np.percentile(est, [0.5, 99.8])
-        ax_e.imshow(est, cmap="magma", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-        ax_e.set_title(f"{label}: estimate", fontsize=9)
+        _show(ax_e, est, f"{label}: estimate")
         im = ax_s.imshow(std, cmap="viridis", interpolation="nearest")
         ax_s.set_title(f"{label}: posterior std", fontsize=9)
         fig.colorbar(im, ax=ax_s, fraction=0.046, pad=0.04)
-        ax_e.axis("off")
         ax_s.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
