@@ -57,15 +57,15 @@ def settings(kind: str) -> StudyConfig:
         })
     # Reduced CPU setting: the paper-like physics (8 steps, 32-plane volume) on fewer, smaller fields and
     # small networks, so that the whole study fits in well under an hour on 2 cores.
-    common = {"batch_size": 8, "patch_size": 64, "log": {"val_every": 200, "ckpt_every": 200}, "data": {"num_workers": 1}}
-    sim = ["n_fields=12", "volume.field_shape_yx=[256, 256]"]
-    return StudyConfig(simulation="paper-like", simulation_set=sim, samples=4, trainers={
-        "unet": {**common, "steps": 1500, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
-        "pixel": {**common, "steps": 1500, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
-        "hdn": {**common, "steps": 1500, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
-        "hvae": {**common, "steps": 1500, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
-        "latent": {**common, "steps": 1000, "model": {"width": 32, "time_embed_dim": 32}, "optim": {"lr": 1e-3}},
-        "degradation": {**common, "steps": 600, "model": {"width": 32, "lambda_sup": 1.0}},
+    common = {"batch_size": 8, "patch_size": 64, "log": {"val_every": 200, "ckpt_every": 200}}
+    sim = ["n_fields=8", "volume.field_shape_yx=[256, 256]"]
+    return StudyConfig(simulation="paper-like", simulation_set=sim, samples=2, trainers={
+        "unet": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
+        "pixel": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
+        "hdn": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
+        "hvae": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
+        "latent": {**common, "steps": 600, "model": {"width": 32, "time_embed_dim": 32}, "optim": {"lr": 1e-3}},
+        "degradation": {**common, "steps": 400, "model": {"width": 32, "lambda_sup": 1.0}},
     })
 
 
@@ -106,7 +106,7 @@ def main() -> None:
         }
     result = {
         "benchmark": "study",
-        "setting": {"cpu": "reduced CPU run (12 fields of 256x256, small networks)", "gpu": "reference-sized GPU run",
+        "setting": {"cpu": "reduced CPU run (8 fields of 256x256 on the paper-like optics, small networks, K=2)", "gpu": "reference-sized GPU run",
                     "quick": "smoke run (tiny models): numbers are not meaningful"}[kind],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
