@@ -3,10 +3,11 @@
 Stages (shapes for one field, T+1 steps, K kept planes):
 
 1. ``plan_ladder``: PSF window, one PSF per step (microsim physics, see :mod:`simulation.optics`) and its
-   transform (OTF), shared by every field.
-2. ``simulate_field``: truth (nz, ny, nx) from MatsLines -> its 2-D transforms, once -> optical image
-   (T+1, K, ny, nx) photons/s at the kept planes -> camera values (uint16) with independent noise per
-   step, the noise-free expectation (float32 ADU) and the truth at the kept planes.
+   transform (OTF, real: the PSFs are symmetric), shared by every field.
+2. ``simulate_field``: truth (nz, ny, nx) from MatsLines -> 2-D transforms of its planes (grouped by
+   distance to the kept plane when the PSF is even in z) -> optical image (T+1, K, ny, nx) photons/s at
+   the kept planes -> camera values (uint16) with independent noise per step, the noise-free
+   expectation (float32 ADU) and the truth at the kept planes.
 3. ``simulate_ladder``: creates (or resumes) the store, runs the missing fields on dask (threads locally,
    or a dask.distributed scheduler), each task writing its own field, then records the statistics.
 
@@ -29,7 +30,7 @@ from dehaze.manifests import SimulationManifest
 from dehaze.progress import progress_bar
 from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, finalize_with_step_stats, open_ladder
 from simulation.camera import camera_image, expected_adu
-from simulation.forward import PlaneConvolver
+from simulation.forward import FoldedPlaneConvolver
 from simulation.optics import PsfWindow, ladder_psfs, psf_window
 from simulation.sample import field_seed, render_truth
 
@@ -42,8 +43,8 @@ class LadderPlan:
 
     manifest: SimulationManifest
     window: PsfWindow
-    convolver: PlaneConvolver
-    otfs: list[np.ndarray]  # per step, (kz, L_y, L_x//2+1) complex64
+    convolver: FoldedPlaneConvolver
+    otfs: list[np.ndarray]  # per step, FoldedPlaneConvolver.otf: (planes, L_y//2+1, L_x//2+1) float32
 
 
 @dataclass
@@ -60,9 +61,11 @@ def plan_ladder(manifest: SimulationManifest, fft_workers: int = 1) -> LadderPla
     """Build the PSFs and OTFs of every step (once per ladder, reused for every field)."""
     vol, pin = manifest.volume, manifest.pinhole
     window = psf_window(manifest.optics, vol.field_shape_yx, vol.nz, vol.kept_planes, max(pin.steps_au))
-    psfs = ladder_psfs(manifest.optics, window, pin.pinhole_au, workers=fft_workers)
-    convolver = PlaneConvolver((vol.nz, *vol.field_shape_yx), (window.nz, window.n, window.n), workers=fft_workers)
-    return LadderPlan(manifest, window, convolver, [convolver.transform(p) for p in psfs])
+    psfs = ladder_psfs(manifest.optics, window, pin.pinhole_au, workers=fft_workers, folded=True)
+    convolver = FoldedPlaneConvolver(
+        (vol.nz, *vol.field_shape_yx), (window.nz, window.n, window.n), psfs[0].z_symmetric, workers=fft_workers
+    )
+    return LadderPlan(manifest, window, convolver, [convolver.otf(p) for p in psfs])
 
 
 def haze_index(optical: np.ndarray) -> float:
@@ -76,8 +79,7 @@ def simulate_field(plan: LadderPlan, field_index: int) -> FieldResult:
     m = plan.manifest
     kept = m.volume.kept_planes
     truth = render_truth(m, field_index)
-    truth_f = plan.convolver.transform(truth)
-    optical = np.stack([plan.convolver.planes(truth_f, otf, kept) for otf in plan.otfs])  # (h, K, y, x)
+    optical = plan.convolver.field_planes(truth, plan.otfs, kept)  # (h, K, y, x)
     np.maximum(optical, 0, out=optical)  # FFT round-off can dip a hair below zero
     # One photon scale per field, set on the cleanest step: brightness differences between steps are physics.
     peak = float(np.percentile(optical[0], PEAK_PERCENTILE)) or float(optical[0].max())

@@ -5,13 +5,21 @@ point source). What this module adds is speed and the fixes for microsim 0.0.12'
 
 * excitation and emission profiles are computed separately (microsim's ``Simulation`` uses the emission
   wavelength for both);
-* the excitation and emission PSFs are built once per ladder; each pinhole step only costs one FFT
+* the excitation and emission PSFs are built once per ladder; each pinhole step only costs one small
   convolution of the emission PSF with the pinhole disk (microsim rebuilds both for every step);
 * the lateral window is sized for the largest pinhole, so wide pinholes are not clipped (saturation);
 * the widefield step uses the emission PSF alone (no pinhole).
 
 Conventions match microsim: a pinhole of ``a`` AU is a disk of radius ``a * 0.61 * lambda_em / NA``; a PSF
 is normalised to sum 1 over its window (energy conservation across steps).
+
+Symmetry is where the speed comes from. A PSF of an odd window is centred on a pixel and depends on the
+radius only, so it is even in x and in y: one quadrant holds it (:class:`FoldedPsf`), its 2-D transforms are
+real type-I discrete cosine transforms of that quadrant, and the pinhole convolution is a product of
+those. When the optics make the intensity even in z as well (a point source at the coverslip with design
+= actual media, which is what :func:`objective_for` gives, unless the specimen index is below the NA),
+the r-z profile is computed for z >= 0 only and mirrored; :func:`z_symmetric` checks this numerically on a
+small probe before relying on it.
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ from microsim.schema.lens import ObjectiveLens
 from scipy import fft
 
 from dehaze.manifests import Optics
+from simulation.forward import dct2_even, even_fast_len
 
 RZ_OVERSAMPLING = 3  # microsim's default radial oversampling (sf)
+Z_SYMMETRY_RTOL = 1e-9  # largest |I(r, z) - I(r, -z)| / max I accepted as "even in z" on the probe
+Z_SYMMETRY_PROBE_NX = 16  # lateral size of the probe profile (the symmetry does not depend on it)
 
 
 def objective_for(optics: Optics) -> ObjectiveLens:
@@ -51,26 +62,142 @@ def radius_px(n: int) -> np.ndarray:
     return np.hypot(yy - c, xx - c)
 
 
+# ------------------------------------------------------------------------------------------ folding
+
+
+def unfold(half: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Mirror the upper half (indices ``n // 2 ..``) of an axis that is even about its centre to all ``n``.
+
+    Works for odd ``n`` (the centre index is stored once) and even ``n`` (the centre lies between two
+    indices).
+    """
+    if half.shape[axis] != n - n // 2:
+        raise ValueError(f"axis {axis} holds {half.shape[axis]} entries, not the upper half of {n}")
+    lower = np.flip(half, axis=axis)
+    lower = lower[(slice(None),) * (axis % half.ndim) + (slice(0, n // 2),)]
+    return np.concatenate([lower, half], axis=axis)
+
+
+def _fold_weights(n: int) -> np.ndarray:
+    """How often each entry of an odd axis' upper half occurs in the whole axis (centre once, others twice)."""
+    w = np.full(n - n // 2, 2.0)
+    w[0] = 1.0
+    return w
+
+
+@dataclass(frozen=True)
+class FoldedPsf:
+    """An (nz, n, n) PSF (n, nz odd) stored by its symmetry.
+
+    ``quadrant[k, i, j]`` is the PSF at plane ``cz + k`` (``z_symmetric``; ``k`` = 0..cz) or plane ``k``
+    (otherwise), row ``c + i`` and column ``c + j`` (``c = n // 2``); the PSF is even in y and x about
+    ``c``, and in z about ``cz = nz // 2`` when ``z_symmetric``.
+    """
+
+    quadrant: np.ndarray
+    nz: int
+    n: int
+    z_symmetric: bool
+
+    def full(self) -> np.ndarray:
+        """The (nz, n, n) PSF."""
+        q = unfold(unfold(self.quadrant, self.n, axis=-1), self.n, axis=-2)
+        return unfold(q, self.nz, axis=0) if self.z_symmetric else q
+
+
+def _full_sum(quadrant: np.ndarray, nz: int, n: int, z_symmetric: bool) -> float:
+    """Sum over the whole (nz, n, n) window of the PSF whose folded quadrant is ``quadrant``."""
+    w = _fold_weights(n)
+    plane_sums = np.einsum("zyx,y,x->z", quadrant, w, w)
+    return float(plane_sums @ _fold_weights(nz)) if z_symmetric else float(plane_sums.sum())
+
+
+# ------------------------------------------------------------------------------------------ r-z profile
+
+
+def _rz(objective: ObjectiveLens, wavelength_um: float, z_um: np.ndarray, n: int, dx_um: float) -> np.ndarray:
+    """microsim's r-z intensity profile at axial positions ``z_um``, for an (n, n) window."""
+    zv_m = tuple(np.asarray(z_um, dtype=np.float64) * 1e-6)
+    return np.asarray(
+        vectorial_rz(zv_m, n, (0, 0, 0), dx_um, wavelength_um, objective=objective, sf=RZ_OVERSAMPLING),
+        dtype=np.float64,
+    )
+
+
+def z_symmetric(objective: ObjectiveLens, wavelength_um: float, nz: int, dz_um: float, dx_um: float) -> bool:
+    """Whether microsim's PSF is even in z for these optics (I(r, z) == I(r, -z) to ``Z_SYMMETRY_RTOL``).
+
+    Checked on a small profile (``Z_SYMMETRY_PROBE_NX`` pixels) at the window's smallest and largest
+    distances from focus: the symmetry comes from the optical path difference being odd in z and the
+    aperture terms being real, neither of which depends on the lateral sampling.
+    """
+    z = centered_z_um(nz, dz_um)
+    pos = z[z > 0]
+    if pos.size == 0:
+        return True  # a single plane
+    probe = np.array([pos.min(), pos.max()])
+    rz = _rz(objective, wavelength_um, np.concatenate([-probe, probe]), Z_SYMMETRY_PROBE_NX, dx_um)
+    below, above = rz[:2], rz[2:]
+    scale = float(np.abs(rz).max())
+    if not np.all(np.isfinite(rz)) or scale == 0.0:
+        return False
+    return float(np.abs(below - above).max()) <= Z_SYMMETRY_RTOL * scale
+
+
+def _rz_planes(
+    objective: ObjectiveLens, wavelength_um: float, nz: int, dz_um: float, n: int, dx_um: float, symmetric: bool
+) -> np.ndarray:
+    """r-z profile at the planes ``nz // 2 ..`` (``symmetric``: the others are their mirror) or at all planes."""
+    z = centered_z_um(nz, dz_um)
+    return _rz(objective, wavelength_um, z[nz // 2 :] if symmetric else z, n, dx_um)
+
+
+def _interpolate_quadrant(rz: np.ndarray, n: int) -> np.ndarray:
+    """(planes, n - n//2, n - n//2) profile at the pixels ``[n//2:, n//2:]`` of an (n, n) window.
+
+    Linear interpolation of the r-z profile at each pixel's radius, as ``microsim.psf.rz_to_xyz``
+    (``map_coordinates(order=1)``), vectorised over planes.
+    """
+    d = np.arange(n // 2, n) - (n - 1) / 2
+    r = np.hypot(d[:, None], d[None, :]).ravel() * RZ_OVERSAMPLING
+    i0 = np.floor(r).astype(np.intp)
+    w = r - i0
+    planes = rz[:, i0] * (1.0 - w) + rz[:, i0 + 1] * w
+    return planes.reshape(rz.shape[0], d.size, d.size)
+
+
 def vectorial_planes(
     objective: ObjectiveLens, wavelength_um: float, nz: int, dz_um: float, n: int, dx_um: float
 ) -> np.ndarray:
     """(nz, n, n) float64 vectorial widefield PSF of one wavelength, normalised to sum 1.
 
     Same values as ``microsim.psf.vectorial_psf_centered``: microsim's r-z profile, linearly interpolated
-    at each pixel's radius. The interpolation is vectorised over planes (one gather instead of one
-    ``map_coordinates`` call per plane), which is where the speed-up comes from.
+    at each pixel's radius. Only one quadrant is interpolated (the radius map is even in x and y), and
+    only the planes z >= 0 are computed when :func:`z_symmetric` holds.
     """
-    zv_m = tuple(centered_z_um(nz, dz_um) * 1e-6)
-    rz = np.asarray(
-        vectorial_rz(zv_m, n, (0, 0, 0), dx_um, wavelength_um, objective=objective, sf=RZ_OVERSAMPLING),
-        dtype=np.float64,
-    )
-    r = radius_px(n).ravel() * RZ_OVERSAMPLING
-    i0 = np.floor(r).astype(np.intp)
-    w = r - i0
-    planes = rz[:, i0] * (1.0 - w) + rz[:, i0 + 1] * w
-    planes = planes.reshape(nz, n, n)
+    symmetric = z_symmetric(objective, wavelength_um, nz, dz_um, dx_um)
+    rz = _rz_planes(objective, wavelength_um, nz, dz_um, n, dx_um, symmetric)
+    planes = unfold(unfold(_interpolate_quadrant(rz, n), n, axis=-1), n, axis=-2)
+    if symmetric:
+        planes = unfold(planes, nz, axis=0)
     return planes / planes.sum()
+
+
+def folded_vectorial_psf(
+    objective: ObjectiveLens, wavelength_um: float, nz: int, dz_um: float, n: int, dx_um: float, symmetric: bool
+) -> FoldedPsf:
+    """:func:`vectorial_planes` as a :class:`FoldedPsf` (``nz`` and ``n`` odd), float64, full sum 1.
+
+    ``symmetric``: fold z as well (the caller checked :func:`z_symmetric`).
+    """
+    if nz % 2 == 0 or n % 2 == 0:
+        raise ValueError(f"a folded PSF needs an odd window, not {nz} planes of {n} x {n}")
+    q = _interpolate_quadrant(_rz_planes(objective, wavelength_um, nz, dz_um, n, dx_um, symmetric), n)
+    q /= _full_sum(q, nz, n, symmetric)
+    return FoldedPsf(q, nz, n, symmetric)
+
+
+# ------------------------------------------------------------------------------------------ pinholes
 
 
 def pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: float, dx_um: float) -> np.ndarray:
@@ -78,6 +205,15 @@ def pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: float, 
     radius = pinhole_au * 0.61 * em_wavelength_um / na / dx_um
     x = np.arange(n) - n // 2
     return (np.hypot(x[:, None], x[None, :]) <= radius).astype(np.float64)
+
+
+def folded_pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: float, dx_um: float) -> np.ndarray:
+    """Quadrant ``[n//2:, n//2:]`` of :func:`pinhole_disk` (n odd), cropped to the disk's support."""
+    radius = pinhole_au * 0.61 * em_wavelength_um / na / dx_um
+    x = np.arange(n - n // 2, dtype=np.float64)
+    quadrant = (np.hypot(x[:, None], x[None, :]) <= radius).astype(np.float64)
+    h = int(np.count_nonzero(quadrant[0]))  # the centre row reaches furthest
+    return quadrant[:h, :h]
 
 
 def fftconvolve_same_2d(stack: np.ndarray, kernel: np.ndarray, workers: int = 1) -> np.ndarray:
@@ -92,44 +228,27 @@ def fftconvolve_same_2d(stack: np.ndarray, kernel: np.ndarray, workers: int = 1)
     return out[..., c_y : c_y + n_y, c_x : c_x + n_x]
 
 
-def compact_pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: float, dx_um: float) -> np.ndarray:
-    """:func:`pinhole_disk` cropped to its support, its centre pixel kept in the middle (odd size).
+def _pinhole_convolutions(em: FoldedPsf, disks: dict[float, np.ndarray], workers: int) -> dict[float, np.ndarray]:
+    """Quadrants of (emission PSF * pinhole disk), ``same``-cropped linear 2-D convolutions, per pinhole.
 
-    Convolving with it in ``same`` mode gives the same result as with the full (n, n) disk (only zeros are
-    dropped), at a fraction of the FFT size. The full disk is returned when it reaches the window's edge.
+    Both are even about their centre pixel, so the convolution is a product of type-I DCTs on a period
+    long enough that no wrapped-around term reaches the window (n + disk half-width). float32: the
+    transforms' round-off (~1e-7 of each plane's peak) is far below what the float32 PSFs keep anyway.
     """
-    disk = pinhole_disk(n, pinhole_au, em_wavelength_um, na, dx_um)
-    c = n // 2
-    h = int(pinhole_au * 0.61 * em_wavelength_um / na / dx_um) + 1  # every pixel of the disk is within h
-    if h >= min(c, n - 1 - c):
-        return disk
-    return disk[c - h : c + h + 1, c - h : c + h + 1]
+    if not disks:
+        return {}
+    m = em.quadrant.shape[-1]
+    size = even_fast_len(em.n + max(d.shape[-1] for d in disks.values()))
+    em_f = dct2_even(em.quadrant.astype(np.float32), (size, size), workers)
+    out = {}
+    for au, disk in disks.items():
+        prod = em_f * dct2_even(disk.astype(np.float32), (size, size), workers)
+        prod = fft.idct(prod, type=1, axis=-2, workers=workers)[..., :m, :]
+        out[au] = fft.idct(prod, type=1, axis=-1, workers=workers)[..., :m]
+    return out
 
 
-class SameConvolver2D:
-    """:func:`fftconvolve_same_2d` of one stack with several kernels: the stack is transformed once."""
-
-    def __init__(self, stack: np.ndarray, max_kernel_shape: tuple[int, int], workers: int = 1) -> None:
-        self.n_y, self.n_x = stack.shape[-2:]
-        k_y, k_x = max_kernel_shape
-        # Circular convolution of length L equals the linear one on the cropped window when
-        # L >= n + k - 1 - (k - 1) // 2 (wrapped-around terms land before the window); that bound grows
-        # with k, so sizing for the largest kernel covers every smaller one.
-        self.shape = (
-            fft.next_fast_len(self.n_y + k_y - 1 - (k_y - 1) // 2, real=True),
-            fft.next_fast_len(self.n_x + k_x - 1 - (k_x - 1) // 2, real=True),
-        )
-        self.workers = workers
-        self.stack_f = fft.rfft2(stack, self.shape, workers=workers)
-
-    def __call__(self, kernel: np.ndarray) -> np.ndarray:
-        k_y, k_x = kernel.shape
-        if self.n_y + k_y - 1 - (k_y - 1) // 2 > self.shape[0] or self.n_x + k_x - 1 - (k_x - 1) // 2 > self.shape[1]:
-            raise ValueError(f"kernel {kernel.shape} is larger than this convolver was sized for")
-        kernel_f = fft.rfft2(kernel, self.shape, workers=self.workers)
-        out = fft.irfft2(self.stack_f * kernel_f, self.shape, workers=self.workers)
-        c_y, c_x = (k_y - 1) // 2, (k_x - 1) // 2
-        return out[..., c_y : c_y + self.n_y, c_x : c_x + self.n_x]
+# ------------------------------------------------------------------------------------------ ladder
 
 
 @dataclass(frozen=True)
@@ -155,32 +274,34 @@ def psf_window(optics: Optics, field_shape_yx: tuple[int, int], nz: int, keep_pl
 
 
 def ladder_psfs(
-    optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1
-) -> list[np.ndarray]:
+    optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1, folded: bool = False
+) -> list[np.ndarray] | list[FoldedPsf]:
     """One (nz, n, n) float32 PSF per step, each normalised to sum 1; ``None`` is the widefield step.
 
     Confocal PSF = excitation PSF x (emission PSF convolved with the pinhole disk), the model of
-    ``microsim.psf.make_confocal_psf``, with the true excitation wavelength.
+    ``microsim.psf.make_confocal_psf``, with the true excitation wavelength. The window must be odd
+    (:func:`psf_window`'s are). ``folded``: return :class:`FoldedPsf` s (float32 quadrants) instead of the
+    full arrays, which is all the forward model needs.
     """
     objective = objective_for(optics)
     ex_um, em_um = optics.ex_wavelength_nm * 1e-3, optics.em_wavelength_nm * 1e-3
-    args = (window.nz, optics.z_step_um, window.n, optics.pixel_size_um)
-    em = vectorial_planes(objective, em_um, *args)
-    ex = vectorial_planes(objective, ex_um, *args) if any(a is not None for a in pinhole_au) else None
-    # Pinhole disks cropped to their support, and the emission PSF transformed once for every step: the
-    # per-step cost is one small 2-D transform and one inverse transform of the stack.
-    disks = {
-        au: compact_pinhole_disk(window.n, au, em_um, optics.na, optics.pixel_size_um)
-        for au in pinhole_au
-        if au is not None
-    }
-    conv = SameConvolver2D(em, max(d.shape for d in disks.values()), workers=workers) if disks else None
-    psfs = []
+    confocal = [a for a in pinhole_au if a is not None]
+    dz, dx = optics.z_step_um, optics.pixel_size_um
+    symmetric = z_symmetric(objective, em_um, window.nz, dz, dx) and (
+        not confocal or z_symmetric(objective, ex_um, window.nz, dz, dx)
+    )
+    args = (window.nz, dz, window.n, dx, symmetric)
+    em = folded_vectorial_psf(objective, em_um, *args)
+    ex = folded_vectorial_psf(objective, ex_um, *args) if confocal else None
+    disks = {au: folded_pinhole_disk(window.n, au, em_um, optics.na, dx) for au in confocal}
+    detection = _pinhole_convolutions(em, disks, workers)
+    out = []
     for au in pinhole_au:
         if au is None:
-            psf = em / em.sum()
+            q = em.quadrant
         else:
-            psf = conv(disks[au]) * ex  # one new array; normalised in place (large temporaries are slow)
-            psf /= psf.sum()
-        psfs.append(psf.astype(np.float32))
-    return psfs
+            q = detection[au] * ex.quadrant  # float64
+            q /= _full_sum(q, window.nz, window.n, symmetric)
+        psf = FoldedPsf(q.astype(np.float32), window.nz, window.n, symmetric)
+        out.append(psf if folded else psf.full())
+    return out
