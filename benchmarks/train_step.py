@@ -18,6 +18,7 @@ backward on 2 cores, far beyond the short default run; ``--compile on --name com
 (recorded in the same results file, one entry per ``--name``).
 
     PYTHONPATH=. python benchmarks/train_step.py                  # CPU: batch 4, 2 steps x 5 repeats
+    PYTHONPATH=. python benchmarks/train_step.py --threads 1 --steps 1 --repeat 7 --name threads_1   # a shared CPU
     PYTHONPATH=. python benchmarks/train_step.py --compile on --name compile_trial
     PYTHONPATH=. python benchmarks/train_step.py --device cuda     # GPU: batch 64, 20 steps x 5 repeats, compiled
 """

@@ -148,7 +148,7 @@ def predict(
     input_path: Annotated[Path, typer.Option("--input", help="Ladder store or TIFF ((step, y, x) stack, or one image with --step).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Prediction store (.zarr); a folder of stores with --strategy all.")],
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="Strategy name, or 'all' (every strategy the runs allow); default: the run's own.")] = None,
-    samples: Annotated[int, typer.Option("--samples", min=1, help="Posterior samples K per input (hdn and latent strategies): MMSE and std.")] = 1,
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Posterior samples K per input (hdn: default its mmse_samples; latent: default 1 = posterior means).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Running-combination weight of the latent-combine strategies.")] = 0.5,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     step: Annotated[Optional[int], typer.Option("--step", min=0, help="Step of a single-image TIFF input.")] = None,

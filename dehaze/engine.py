@@ -2,8 +2,8 @@
 
 Work is cut into units = (input step h, z plane, tile row). For each unit the engine reads only the rows
 the tile row needs (bounded memory for arbitrarily large images), cuts overlapping tiles, batches tiles
-and K posterior samples together (B*K images per forward pass), runs the strategy (bf16 autocast on GPU,
-optionally compiled), keeps each tile's inner crop, and writes the finished rows:
+and K posterior samples together (B*K images per forward pass), runs the strategy (bf16 autocast on GPU;
+no torch.compile yet), keeps each tile's inner crop, and writes the finished rows:
 
 * ``0``          (h, [z,] y, x)    the estimate of x_0 from each input step: mean over the K samples
 * ``std``        (h, [z,] y, x)    per-pixel standard deviation over the K samples (0 when K = 1)

@@ -113,9 +113,13 @@ def allowed_strategies(runs: LoadedRuns) -> list[str]:
 
 
 def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, *, strategy: str | None = None,
-            device: str = "auto", step: int | None = None, samples: int = 1, alpha: float = 0.5,
+            device: str = "auto", step: int | None = None, samples: int | None = None, alpha: float = 0.5,
             opts: EngineOptions = EngineOptions(), overwrite: bool = False, show_progress: bool = True) -> list[LadderStore]:
-    """Predict x_0 from every step of every field with the given runs; one prediction store per strategy."""
+    """Predict x_0 from every step of every field with the given runs; one prediction store per strategy.
+
+    ``samples`` (K) defaults to the HDN run's ``mmse_samples`` for one-shot-hdn and to 1 (posterior
+    means, deterministic) for the latent strategies.
+    """
     dev = pick_device(device)
     runs = load_runs(run_dirs, dev)
     allowed = allowed_strategies(runs)
@@ -135,22 +139,25 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
         if name not in allowed:
             missing = [k for k in STRATEGIES[name].needs if getattr(runs.bundle, k) is None]
             raise UserError(f"--strategy {name}: needs a trained {' and '.join(missing)} run; these runs allow: {', '.join(allowed) or 'none'}")
-    if samples > 1 and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
+    if samples is not None and samples > 1 and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
         raise UserError(f"--samples {samples}: {', '.join(names)} are deterministic; samples apply to hdn and latent strategies")
     src = open_input(input_path, step)
     out_paths = {names[0]: Path(output)} if len(names) == 1 and strategy != "all" else {n: Path(output) / f"{n}.zarr" for n in names}
     if strategy == "all":
         Path(output).mkdir(parents=True, exist_ok=True)
-    bundle = replace(runs.bundle, alpha=alpha, sample=samples > 1)
+    bundle = replace(runs.bundle, alpha=alpha, sample=samples is not None and samples > 1)
     return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts, overwrite, show_progress)
             for name in names]
 
 
 def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, src: InputLadder, output: Path,
-                 device: torch.device, samples: int, opts: EngineOptions, overwrite: bool, show_progress: bool) -> LadderStore:
+                 device: torch.device, samples: int | None, opts: EngineOptions, overwrite: bool, show_progress: bool) -> LadderStore:
     primary = runs.infos[spec.primary]
     delta = getattr(primary.config.model, "sample_delta", 1.0)
-    k = samples if (spec.samples or spec.schedule == "ladder") else 1
+    if spec.samples:  # one-shot-hdn: K posterior draws make the MMSE and std
+        k = samples or primary.config.model.mmse_samples
+    else:
+        k = (samples or 1) if spec.schedule == "ladder" else 1
     opts = replace(opts, samples=k, trajectory=not spec.one_shot)
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
