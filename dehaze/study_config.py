@@ -35,10 +35,10 @@ def quickstart() -> StudyConfig:
     small = {"model": {"base_channels": 16, "depth": 2}}
     vae = {"model": {"preset": "small"}, "optim": {"lr": 1e-3}}
     return StudyConfig(trainers={
-        "unet": {**_CPU_COMMON, **small, "steps": 600, "optim": {"lr": 1e-3}},
-        "pixel": {**_CPU_COMMON, **small, "steps": 600, "optim": {"lr": 1e-3}},
-        "hdn": {**_CPU_COMMON, **vae, "steps": 500},
-        "hvae": {**_CPU_COMMON, **vae, "steps": 500},
-        "latent": {**_CPU_COMMON, "model": {"width": 32, "time_embed_dim": 32}, "steps": 400, "optim": {"lr": 1e-3}},
-        "degradation": {**_CPU_COMMON, "model": {"width": 32, "lambda_sup": 1.0}, "steps": 300},
+        "unet": {**_CPU_COMMON, **small, "steps": 300, "optim": {"lr": 2e-3}},
+        "pixel": {**_CPU_COMMON, **small, "steps": 300, "optim": {"lr": 2e-3}},
+        "hdn": {**_CPU_COMMON, **vae, "steps": 250},
+        "hvae": {**_CPU_COMMON, **vae, "steps": 250},
+        "latent": {**_CPU_COMMON, "model": {"width": 16, "time_embed_dim": 16}, "steps": 200, "optim": {"lr": 1e-3}},
+        "degradation": {**_CPU_COMMON, "model": {"width": 16, "lambda_sup": 1.0}, "steps": 150},
     })
