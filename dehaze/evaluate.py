@@ -279,7 +279,7 @@ def _add_trajectories(report: dict[str, Any], truth: LadderStore, sources: dict[
             psnrs.append(_mean(p_vals))
             ssims.append(_mean(s_vals))
         entry["trajectory"] = {"steps": walk, "from_trajectory": has, "psnr": psnrs, "ssim": ssims,
-                               "drift_db_per_step": (psnrs[0] - psnrs[-1]) / t_max if has and t_max else 0.0}
+                               "drift_db_per_step": (psnrs[-1] - psnrs[0]) / t_max if has and t_max else 0.0}  # < 0: worse per step
         found = found or has
     return found
 
@@ -293,7 +293,7 @@ def _plot_study(report: dict[str, Any], path: Path) -> None:
         kind = "iterative" if traj["from_trajectory"] else ("identity" if entry["kind"] == "identity" else "one_shot")
         label = entry["label"] if kind != "identity" else "hazy input x_T"
         if kind == "iterative":
-            label = f"{label} (drift {traj['drift_db_per_step']:+.2f} dB/step)".replace("+-", "-")
+            label = f"{label} (drift {traj['drift_db_per_step']:+.2f} dB/step)"
         curves.append(StepCurve(label=label, values=list(traj["psnr"]), kind=kind))
     title = f"Iterative inference from the haziest input: PSNR of the x_0 estimate at each step — {Path(report['truth_store']).name}"
     psnr_per_step_plot(list(report["methods"][IDENTITY]["trajectory"]["steps"]), curves, path, title=title,
