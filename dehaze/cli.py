@@ -156,14 +156,17 @@ def predict(
     margin: Annotated[int, typer.Option("--margin", min=0, help="Overlap kept away from each tile border.")] = 32,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (tiles x samples) per forward pass.")] = 8,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the posterior samples.")] = 0,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (also on CPU: fast with AVX512-BF16/AMX).")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Predict x_0 from every step of a ladder store (or TIFF) with trained runs."""
-    from dehaze.engine import EngineOptions
+    from dehaze.engine import PRECISIONS, EngineOptions
     from dehaze.predict import predict as run_predict
 
-    opts = EngineOptions(tile=tile, margin=margin, batch_size=batch_size, seed=seed)
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    opts = EngineOptions(tile=tile, margin=margin, batch_size=batch_size, seed=seed, precision=precision)
     stores = run_predict(list(runs), input_path, output, strategy=strategy, device=device, step=step, samples=samples,
                          alpha=alpha, opts=opts, overwrite=overwrite, show_progress=not quiet)
     for store in stores:
@@ -236,7 +239,6 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     from dehaze.study_config import TRAIN_ORDER
     from dehaze.train_config import TrainConfig, default_config
     from simulation.ladder import simulate_ladder
-    from training.loop import train as run_training
 
     # Validate everything before any work: a bad trainer section must not leave a half-made study behind.
     manifest = load_simulation_manifest(cfg.simulation, cfg.simulation_set)
@@ -246,9 +248,9 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
             raw, part = default_config(kind), cfg.trainers[kind]
             raw = {**raw, **part, "model": {**raw["model"], **part.get("model", {})}, "device": cfg.device}
             train_cfgs[kind] = build_model(TrainConfig, raw, [], f"study trainers.{kind}")
-    missing = [k for k, need in (("latent", "hvae"), ("degradation", "latent")) if k in train_cfgs and need not in train_cfgs]
+    missing = [k for k, need in BASES.items() if k in train_cfgs and need not in train_cfgs]
     if missing:
-        raise UserError(f"study trainers: {missing[0]} builds on {dict(latent='hvae', degradation='latent')[missing[0]]}; add that trainer too")
+        raise UserError(f"study trainers: {missing[0]} builds on {BASES[missing[0]]}; add that trainer too")
     output.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     say("[1/4] simulating the ladder")
@@ -256,24 +258,70 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     typer.echo(describe_ladder(ladder))
     labels = [("widefield" if t in ladder.meta.widefield_steps else f"step {t}: {au:g} AU") for t, au in enumerate(ladder.meta.pinhole_au)]
     step_montage(ladder.image(ladder.fields[0])[...], labels, output / "montage.png", title="the ladder: step 0 cleanest ... haziest")
-    runs: dict[str, Path] = {}
-    bases = {"latent": "hvae", "degradation": "latent"}
-    for i, (kind, train_cfg) in enumerate(train_cfgs.items()):
-        say(f"[2/4] training {kind} ({i + 1}/{len(train_cfgs)})")
-        run = output / "runs" / kind
-        if _checkpoint_step(run) < train_cfg.steps:  # new, or interrupted: --resume semantics
-            run_training(kind, [ladder.path], run, train_cfg, resume=(run / "run.json").is_file(),
-                         base_run=runs.get(bases.get(kind, "")), show_progress=not quiet)
-        runs[kind] = run
+    test = ladder
+    if cfg.test_fields:
+        say(f"[1/4] simulating the held-out test ladder ({cfg.test_fields} fields, seed {manifest.seed + TEST_SEED_OFFSET})")
+        test_manifest = manifest.model_copy(update={"n_fields": cfg.test_fields, "seed": manifest.seed + TEST_SEED_OFFSET})
+        test = simulate_ladder(test_manifest, output / "test.zarr", workers=2, show_progress=not quiet).store
+    runs = {kind: output / "runs" / kind for kind in train_cfgs}
+    todo = {kind: c for kind, c in train_cfgs.items() if _checkpoint_step(runs[kind]) < c.steps}  # new, or interrupted
+    train_all(todo, ladder.path, runs, cfg.jobs, say, quiet)
     say("[3/4] predicting with every strategy")
     opts = EngineOptions(tile=cfg.tile, seed=0)
-    stores = run_predict([runs[k] for k in ("unet", "pixel", "hdn", "degradation") if k in runs], ladder.path,
+    stores = run_predict([runs[k] for k in ("unet", "pixel", "hdn", "degradation") if k in runs], test.path,
                          output / "predictions", strategy="all", device=cfg.device, samples=cfg.samples, alpha=cfg.alpha,
                          opts=opts, show_progress=not quiet)
     say("[4/4] evaluating")
-    report = run_evaluate([s.path for s in stores], ladder.path, output / "report", target=cfg.target)
+    report = run_evaluate([s.path for s in stores], test.path, output / "report", target=cfg.target)
     _print_psnr_table(report)
     return output / "report"
+
+
+TEST_SEED_OFFSET = 1000  # the held-out test ladder of a study: the training manifest with seed + 1000
+BASES = {"latent": "hvae", "degradation": "latent"}  # trainers that build on another run
+
+
+def _train_one(kind: str, data: Path, run: Path, train_cfg: Any, base_run: Path | None, quiet: bool, threads: int | None) -> str:
+    """One trainer, resumed if its run folder holds an interrupted run (also the body of a worker process)."""
+    from training.loop import train as run_training
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_training(kind, [data], run, train_cfg, resume=(run / "run.json").is_file(), base_run=base_run, show_progress=not quiet)
+    return kind
+
+
+def train_all(todo: dict[str, Any], data: Path, runs: dict[str, Path], jobs: int, say: Callable[[str], None], quiet: bool) -> None:
+    """Train every run of ``todo`` (kind -> config), at most ``jobs`` at a time, each after the run it builds on.
+
+    Side by side, each trainer runs in its own process with an equal share of the cores as torch threads
+    and no progress bar (they would interleave); one at a time, in this process.
+    """
+    if jobs == 1 or len(todo) <= 1:
+        for i, (kind, train_cfg) in enumerate(todo.items()):
+            say(f"[2/4] training {kind} ({i + 1}/{len(todo)})")
+            _train_one(kind, data, runs[kind], train_cfg, runs.get(BASES.get(kind, "")), quiet, None)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    waiting, running = dict(todo), {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            for kind in [k for k in waiting if BASES.get(k) not in waiting and BASES.get(k) not in running.values()]:
+                if len(running) == jobs:
+                    break
+                say(f"[2/4] training {kind} (side by side, {threads} thread(s) each)")
+                running[pool.submit(_train_one, kind, data, runs[kind], waiting.pop(kind), runs.get(BASES.get(kind, "")), True,
+                                    threads)] = kind
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                say(f"[2/4] trained {running.pop(future)}")
+                future.result()  # re-raises a trainer's error here
 
 
 def _checkpoint_step(run: Path) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dehaze.engine import EngineOptions, predict_field
+from dehaze.engine import EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import RunInfo, load_model, read_run
@@ -145,7 +145,7 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
     out_paths = {names[0]: Path(output)} if len(names) == 1 and strategy != "all" else {n: Path(output) / f"{n}.zarr" for n in names}
     if strategy == "all":
         Path(output).mkdir(parents=True, exist_ok=True)
-    bundle = replace(runs.bundle, alpha=alpha, sample=samples is not None and samples > 1)
+    bundle = prepare_bundle(replace(runs.bundle, alpha=alpha, sample=samples is not None and samples > 1), opts)
     return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts, overwrite, show_progress)
             for name in names]
 

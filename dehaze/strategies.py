@@ -143,6 +143,7 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
 
     z = hvae.encode(x, sample=bundle.sample)
     z0_prev: Latents | None = None
+    decoded: torch.Tensor | None = None  # decode(z0_prev), when the callback asked for it
     for t, s in zip(schedule, schedule[1:]):
         t, s = int(t), int(s)
         z0 = restorer(z, torch.full((x.shape[0],), float(t), device=x.device))
@@ -150,8 +151,10 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
             z0 = reencode(z0)
         if combine_r and z0_prev is not None:
             z0 = _mix(z0, z0_prev, bundle.alpha)
+        decoded = None
         if callback:
-            callback(float(t), hvae.decode(z0))
+            decoded = hvae.decode(z0)
+            callback(float(t), decoded)
         if cold and s >= 1 and t + 1 <= n_steps:
             z_next = [zt - a + b for zt, a, b in zip(z, degrade(z0, t), degrade(z0, s))]
         else:
@@ -161,7 +164,8 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
         if s >= 1 and combine_d:
             z_next = _mix(z_next, z, bundle.alpha)
         z, z0_prev = z_next, z0
-    x0 = hvae.decode(z)
+    # the last step (to 0) leaves z = z_hat_0 itself: reuse its decode when the callback already made it
+    x0 = decoded if (decoded is not None and z is z0_prev) else hvae.decode(z)
     if callback:
         callback(0.0, x0)
     return x0

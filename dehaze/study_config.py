@@ -23,6 +23,9 @@ class StudyConfig(StrictModel):
     simulation_set: list[str] = Field([], description="dotted.key=value overrides of the manifest")
     trainers: dict[Literal["unet", "pixel", "hdn", "hvae", "latent", "degradation"], dict[str, Any]] = Field(
         default_factory=dict, description="per trainer: partial training config merged onto its defaults")
+    test_fields: int = Field(0, ge=0, description="fields of a held-out test ladder (same manifest, seed + 1000) that "
+                             "predictions and the report use; 0: the training ladder itself (its validation fields included)")
+    jobs: int = Field(1, ge=1, description="trainers run side by side (independent ones first; torch threads split between them)")
     samples: int = Field(4, ge=1, description="posterior samples K for the sampling strategies")
     alpha: float = Field(0.5, ge=0, le=1, description="running-combination weight")
     tile: int = Field(256, ge=16)

@@ -231,6 +231,51 @@ def test_k_samples_mean_and_std(loaded, tiles):
     assert np.abs(mean - m1).max() > 0  # sampled, not the posterior-mean encoding
 
 
+# ---- fast paths ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_fast_paths_agree_with_the_plain_fp32_run(loaded, tiles):
+    """channels-last is exact; bf16 autocast (CPU here) stays within 2 % of the values (bf16 keeps 8 bits of
+    mantissa: ~0.4 % per rounding; these barely trained models have a nearly flat output); skipping the
+    intermediate decodes (no callback: units whose trajectory is not recorded) changes nothing."""
+    import copy
+
+    images, schedule = tiles[:, 0].numpy(), schedule_for(STRATEGIES["latent-cold"], T)
+    fn = STRATEGIES["latent-cold"].fn
+    results = {}
+    for name, opts in {"plain": EngineOptions(channels_last=False, precision="fp32"),
+                       "channels_last": EngineOptions(channels_last=True, precision="fp32"),
+                       "bf16": EngineOptions(channels_last=True, precision="bf16")}.items():
+        bundle = engine_mod.prepare_bundle(copy.deepcopy(loaded.bundle), opts)
+        conv = next(m for m in bundle.hvae.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == opts.channels_last
+        results[name] = run_tiles(fn, bundle, images, schedule, opts, CPU, T + 1, True)
+    plain, cl, bf16 = results["plain"], results["channels_last"], results["bf16"]
+    span = np.ptp(plain[0])
+    np.testing.assert_allclose(cl[0], plain[0], atol=1e-5 * span)
+    np.testing.assert_allclose(cl[2], plain[2], atol=1e-5 * span)
+    assert np.abs(bf16[0] - plain[0]).max() <= 0.02 * np.abs(plain[0]).max() and not np.array_equal(bf16[0], plain[0])
+    # no callback, no intermediate decodes: the same final estimate, bit for bit
+    x = torch.from_numpy(images)[:, None]
+    seen = []
+    with_cb = fn(loaded.bundle, x, schedule, callback=lambda t, e: seen.append(t))
+    assert torch.equal(fn(loaded.bundle, x, schedule), with_cb) and seen == schedule
+    _, _, no_traj = run_tiles(fn, loaded.bundle, images, schedule, EngineOptions(), CPU, T + 1, False)
+    assert no_traj is None
+
+
+def test_tile_geometry_keeps_half_of_every_tile():
+    from dehaze.tiling import tile_geometry
+
+    pad_h, pad_w, th, tw, rows, cols = tile_geometry(100, 300, tile=64, margin=32, multiple=16)
+    assert (pad_h, pad_w, th, tw) == (112, 304, 64, 64)
+    for spans, length in ((rows, pad_h), (cols, pad_w)):
+        assert spans[0][1] == 0 and spans[-1][2] == length  # the kept parts partition the axis
+        assert all(hi - lo >= 16 for _, lo, hi in spans[:-1])  # margin capped at tile / 4: a step of 32 px
+        assert all(b[1] == a[2] for a, b in zip(spans, spans[1:]))
+    assert tile_geometry(40, 40, tile=64, margin=32, multiple=16)[2:4] == (48, 48)  # one tile: no margin
+    assert tile_geometry(40, 40, tile=64, margin=32, multiple=16)[4] == [(0, 0, 48)]
+
+
 # ---- resume ---------------------------------------------------------------------------------------------
 def test_killed_latent_predict_resumes_to_the_same_result(cli, setup, tmp_path, monkeypatch):
     ladder, runs = setup

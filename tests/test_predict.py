@@ -103,6 +103,7 @@ def test_predict_bad_input(cli, setup, tmp_path):
         ([tmp_path / "norun", "--input", ladder], "not a dehaze run directory"),
         ([runs["unet"], "--input", tmp_path / "missing.zarr"], "missing.zarr"),
         ([runs["unet"], "--input", ladder, "--device", "tpu"], "--device"),
+        ([runs["unet"], "--input", ladder, "--precision", "fp8"], "--precision fp8"),
     ]
     if not torch.cuda.is_available():
         cases.append(([runs["unet"], "--input", ladder, "--device", "cuda"], "CUDA"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -176,9 +177,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_manifest_dict):
     _assert_same(_arrays(ref), _arrays(out))
 
 
-def test_study_runs_the_whole_pipeline(cli, tmp_path):
-    """`dehaze study` (what `dehaze demo` runs with bigger settings): simulate, train all six models,
-    predict with every strategy, evaluate; a rerun finds every stage done."""
+@pytest.mark.parametrize("jobs,test_fields", [(1, 0), (2, 1)])
+def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
+    """`dehaze study` (what `dehaze demo` runs with bigger settings): simulate, train all six models (one
+    at a time, or two side by side in worker processes, each after the run it builds on), predict with
+    every strategy on the training ladder or on a held-out test ladder, evaluate; a rerun finds every
+    stage done."""
     tiny = {"batch_size": 2, "patch_size": 16, "steps": 3, "data": {"val_patches": 2}}
     cfg = {
         "simulation": "default",
@@ -191,7 +195,7 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path):
             "latent": {**tiny, "model": {"width": 4, "time_embed_dim": 8}},
             "degradation": {**tiny, "model": {"width": 4, "pool_size": 2}},
         },
-        "samples": 2, "tile": 32, "device": "cpu",
+        "samples": 2, "tile": 32, "device": "cpu", "jobs": jobs, "test_fields": test_fields,
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -203,6 +207,13 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path):
         assert (report / name).stat().st_size > 1000, name
     assert (tmp_path / "out" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "out" / "predictions").glob("*.zarr"))) == 11
+    for kind in cfg["trainers"]:
+        assert (tmp_path / "out" / "runs" / kind / "checkpoint.pt").is_file(), kind
+    scored = json.loads((report / "metrics.json").read_text())["truth_store"]
+    assert Path(scored).name == ("test.zarr" if test_fields else "ladder.zarr")
+    if test_fields:  # held out: another seed, its own fields
+        train, test = open_ladder(tmp_path / "out" / "ladder.zarr"), open_ladder(tmp_path / "out" / "test.zarr")
+        assert len(test.fields) == 1 and test.meta.manifest["seed"] == train.meta.manifest["seed"] + 1000
     again = cli("study", path, "-o", tmp_path / "out", "-q")
     assert again.exit_code == 0 and "already" not in again.stderr
 
