@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -143,11 +145,20 @@ def ingest(
         return IngestReport(plan, "complete", done, warnings=warnings)
 
     # --- read, check and register everything before creating the store ---
+    # Fields side by side (threads: reading, FFTs and filters release the GIL); warnings kept per field and
+    # reported in field order, so the output does not depend on which thread finished first.
+    def read_and_register(pos: Position) -> tuple[FieldData, list[str]]:
+        said: list[str] = []
+        return _register(pos, _read_position(pos, plan.spatial_axes), manifest, said.append), said
+
     fields: list[FieldData] = []
     bar = progress_bar(total=len(plan.positions), desc="reading and registering", unit="field", disable=not show_progress)
-    for pos in plan.positions:
-        fields.append(_register(pos, _read_position(pos, plan.spatial_axes), manifest, _warn))
-        bar.update(1)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(plan.positions), os.cpu_count() or 1))) as pool:
+        for registered, said in pool.map(read_and_register, plan.positions):
+            fields.append(registered)
+            for msg in said:
+                _warn(msg)
+            bar.update(1)
     bar.close()
     hy = min(f.box[1] - f.box[0] for f in fields)
     hx = min(f.box[3] - f.box[2] for f in fields)
