@@ -48,22 +48,17 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
-import datetime as dt
 import io
 import json
 import os
-import platform
 import pstats
-import re
 import shlex
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -82,7 +77,7 @@ from dehaze.normalization import Normalization  # noqa: E402
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder  # noqa: E402
 from dehaze.strategies import STRATEGIES, ModelBundle, schedule_for  # noqa: E402
 from dehaze.tiling import tile_geometry  # noqa: E402
-from dehaze.tiling import tile_spans  # noqa: E402
+from machine import machine_info  # noqa: E402
 from dehaze.train_config import HVAE_PRESETS  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -95,40 +90,6 @@ FIELD = "field_000"
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "zarr": zarr.__version__,
-        "numcodecs": version("numcodecs"),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = re.findall(r"^model name\s*:\s*(.+)$", fh.read(), flags=re.M)
-        if names:
-            info["cpu_model"] = names[0]
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def load1() -> float:

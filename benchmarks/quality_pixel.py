@@ -26,17 +26,16 @@ figure of ``dehaze evaluate``, one-shot methods as a line at their mean) and ``q
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
+
+from machine import machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -90,27 +89,6 @@ def run_parallel(cmds: dict[str, list[str]], log: list[dict]) -> dict[str, float
                 other.kill()
             raise SystemExit(f"train {kind} failed (exit {rc}): {text}")
     return wall
-
-
-def machine_info() -> dict:
-    import numpy as np
-    import torch
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = None
-    try:
-        cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model,
-            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "zarr": version("zarr"), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def final_val_psnr(run_dir: Path) -> list[dict]:

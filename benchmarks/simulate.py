@@ -37,18 +37,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # microsim's per-plane pinhole progr
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
-import datetime as dt  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -65,6 +62,8 @@ from simulation.forward import PlaneConvolver  # noqa: E402
 from simulation.ladder import plan_ladder, simulate_field  # noqa: E402
 from simulation.optics import fftconvolve_same_2d, objective_for, pinhole_disk, vectorial_planes  # noqa: E402
 from simulation.sample import render_truth  # noqa: E402
+
+from machine import machine_info  # noqa: E402
 
 logging.getLogger("microsim").setLevel(logging.WARNING)
 
@@ -89,38 +88,6 @@ def unit(a: np.ndarray) -> np.ndarray:
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict:
-    import torch
-
-    info = {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": version("scipy"),
-        "microsim": version("microsim"),
-        "torch": torch.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = re.findall(r"^model name\s*:\s*(.+)$", fh.read(), flags=re.M)
-        if names:
-            info["cpu_model"] = names[0]
-    except OSError:
-        pass
-    return info
 
 
 def gpu_info() -> str | dict:

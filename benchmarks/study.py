@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-import zarr
 
 from dehaze.cli import run_study
 from dehaze.study_config import StudyConfig
+
+from machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,15 +68,6 @@ def settings(kind: str) -> StudyConfig:
     })
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
-            "python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "zarr": zarr.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group()
@@ -111,7 +100,7 @@ def main() -> None:
                            "scored on 2 held-out fields of another seed)", "gpu": "reference-sized GPU run (scored on 8 held-out fields)",
                     "quick": "smoke run (tiny models): numbers are not meaningful"}[kind],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
+        "machine": machine_info(),
         "wall_s": round(wall_s, 1),
         "target": report["target"],
         "study_config": cfg.model_dump(mode="json"),

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dehaze.models import build_model
 from dehaze.train_config import HDNModel
+
+from machine import machine_info
 
 
 def sync(device: torch.device) -> None:
@@ -90,16 +91,6 @@ def step_flops(v: Variant) -> int:
         v.loss().backward()
     v.opt.zero_grad(set_to_none=True)
     return counter.get_total_flops()
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
-    return info
 
 
 def main() -> None:
@@ -158,7 +149,7 @@ def main() -> None:
         "fast_path": fast, "ratio": round(ips[fast] / ips["eager_fp32"], 3),
         "compile_kept": fast.endswith("_compiled"), "compile_time_s": compile_s,
         "all_times_s": {n: [round(t, 4) for t in ts] for n, ts in times.items()},
-        "machine": {**machine_info(device), "load_average_1min_at_start": load_start},
+        "machine": machine_info(load_average_1min_at_start=load_start),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.is_file() else {}

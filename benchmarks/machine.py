@@ -1,0 +1,56 @@
+"""What every benchmark records about the machine it ran on (one place for it).
+
+Imported by the scripts next to it (``python benchmarks/<script>.py`` puts this folder on ``sys.path``).
+Heavy packages are imported only if already loaded or installed, so a numpy-only benchmark stays light.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import socket
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("numpy", "scipy", "torch", "zarr", "numcodecs", "tifffile", "microsim", "dask")
+
+
+def version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str | None:
+    try:
+        return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """Host, OS, CPU, package versions, torch threads and GPU (when torch is loaded), 1-min load, UTC date."""
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        **{name: version(name) for name in PACKAGES},
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
+        if torch.cuda.is_available():
+            info["cuda"] = torch.version.cuda
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    info["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return {**info, **extra}
