@@ -404,11 +404,17 @@ def step_stats_from_samples(samples_per_step: list[np.ndarray], haze: list[float
     """Aggregate statistics per step from (possibly subsampled) camera values of all fields."""
     out = []
     for t, values in enumerate(samples_per_step):
-        v = np.asarray(values, dtype=np.float64).ravel()
-        p01, p999 = np.percentile(v, [0.1, 99.9])
+        v = np.asarray(values).ravel()  # native dtype: no float64 copy of millions of values
+        # float64 accumulators for the moments; percentiles (linear interpolation, as np.percentile) from one
+        # partial sort of a float32 copy (exact for uint16 and float32 camera values)
+        work = v.astype(np.float32)
+        pos = np.array([0.001, 0.999]) * (len(work) - 1)
+        lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
+        work.partition(sorted({*lo, *hi}))
+        p01, p999 = (work[lo] + (pos - lo) * (work[hi] - work[lo])).astype(np.float64)
         out.append(
             StepStats(
-                mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()),
+                mean=float(v.mean(dtype=np.float64)), std=float(v.std(dtype=np.float64)), min=float(v.min()), max=float(v.max()),
                 p01=float(p01), p999=float(p999), haze_index=None if haze is None else haze[t],
             )
         )
