@@ -308,14 +308,16 @@ def train_all(todo: dict[str, Any], data: Path, runs: dict[str, Path], jobs: int
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = os.cpu_count() or 1
     waiting, running = dict(todo), {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while waiting or running:
-            for kind in [k for k in waiting if BASES.get(k) not in waiting and BASES.get(k) not in running.values()]:
-                if len(running) == jobs:
-                    break
-                say(f"[2/4] training {kind} (side by side, {threads} thread(s) each)")
+            ready = [k for k in waiting if BASES.get(k) not in waiting and BASES.get(k) not in running.values()]
+            ready = ready[: jobs - len(running)]
+            # the cores are shared among what runs now: a trainer left alone (the latent chain) gets them all
+            threads = max(1, cores // max(1, len(running) + len(ready)))
+            for kind in ready:
+                say(f"[2/4] training {kind} ({len(running) + 1} side by side, {threads} thread(s))")
                 running[pool.submit(_train_one, kind, data, runs[kind], waiting.pop(kind), runs.get(BASES.get(kind, "")), True,
                                     threads)] = kind
             done, _ = wait(running, return_when=FIRST_COMPLETED)
