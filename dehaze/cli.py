@@ -157,6 +157,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (tiles x samples) per forward pass.")] = 8,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the posterior samples.")] = 0,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (also on CPU: fast with AVX512-BF16/AMX).")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks (worth it on GPU; minutes of compilation on CPU).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -166,7 +167,7 @@ def predict(
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    opts = EngineOptions(tile=tile, margin=margin, batch_size=batch_size, seed=seed, precision=precision)
+    opts = EngineOptions(tile=tile, margin=margin, batch_size=batch_size, seed=seed, precision=precision, compile=compile_)
     stores = run_predict(list(runs), input_path, output, strategy=strategy, device=device, step=step, samples=samples,
                          alpha=alpha, opts=opts, overwrite=overwrite, show_progress=not quiet)
     for store in stores:
@@ -315,9 +316,10 @@ def train_all(todo: dict[str, Any], data: Path, runs: dict[str, Path], jobs: int
             ready = [k for k in waiting if BASES.get(k) not in waiting and BASES.get(k) not in running.values()]
             ready = ready[: jobs - len(running)]
             # the cores are shared among what runs now: a trainer left alone (the latent chain) gets them all
-            threads = max(1, cores // max(1, len(running) + len(ready)))
+            at_once = len(running) + len(ready)
+            threads = max(1, cores // max(1, at_once))
             for kind in ready:
-                say(f"[2/4] training {kind} ({len(running) + 1} side by side, {threads} thread(s))")
+                say(f"[2/4] training {kind} ({at_once} at a time, {threads} torch thread(s) for it)")
                 running[pool.submit(_train_one, kind, data, runs[kind], waiting.pop(kind), runs.get(BASES.get(kind, "")), True,
                                     threads)] = kind
             done, _ = wait(running, return_when=FIRST_COMPLETED)

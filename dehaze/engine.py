@@ -3,8 +3,8 @@
 Work is cut into units = (input step h, z plane, tile row). For each unit the engine reads only the rows
 the tile row needs (bounded memory for arbitrarily large images), cuts overlapping tiles, batches tiles
 and K posterior samples together (B*K images per forward pass), runs the strategy (channels-last tensors;
-bf16 autocast on GPU, and on CPU when asked; no torch.compile yet), keeps each tile's inner crop, and writes
-the finished rows:
+bf16 autocast on GPU, and on CPU when asked; torch.compile when asked), keeps each tile's inner crop, and
+writes the finished rows:
 
 * ``0``          (h, [z,] y, x)    the estimate of x_0 from each input step: mean over the K samples
 * ``std``        (h, [z,] y, x)    per-pixel standard deviation over the K samples (0 when K = 1)
@@ -47,6 +47,10 @@ class EngineOptions:
     # AVX512-BF16/AMX; results differ from fp32 by ~0.3 % of the signal); "fp32": no autocast anywhere
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True  # NHWC tensors: oneDNN/cuDNN convolutions without layout reorders; exact
+    # torch.compile the networks (and the HVAE's encode/decode): pays on GPU; on CPU inductor needs minutes
+    # to compile these models. compile_backend "eager" only traces (a check that the models compile).
+    compile: bool = False
+    compile_backend: str = "inductor"
     trajectory: bool = True
     seed: int = 0
 
@@ -67,13 +71,23 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+COMPILED_METHODS = ("encode", "decode", "sample_posterior")  # entry points strategies call besides forward
+
+
 def prepare_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
-    """Put the bundle's networks in the engine's memory format (in place; returns the bundle)."""
+    """Put the bundle's networks in the engine's memory format, compiled if asked (in place; returns the bundle)."""
     fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
     for f in fields(bundle):
         model = getattr(bundle, f.name)
-        if isinstance(model, torch.nn.Module):
-            model.to(memory_format=fmt)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        model.to(memory_format=fmt)
+        if opts.compile and not getattr(model, "_dehaze_compiled", False):
+            model.compile(backend=opts.compile_backend)  # forward, in place
+            for name in COMPILED_METHODS:
+                if hasattr(model, name):
+                    setattr(model, name, torch.compile(getattr(model, name), backend=opts.compile_backend))
+            model._dehaze_compiled = True
     return bundle
 
 

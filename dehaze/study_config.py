@@ -40,10 +40,10 @@ def quickstart() -> StudyConfig:
     # two trainers side by side (one core each beats two threads on one small network) and a report on 2
     # held-out fields of another seed (the trainers saw none of them)
     return StudyConfig(jobs=2, test_fields=2, trainers={
-        "unet": {**_CPU_COMMON, **small, "steps": 300, "optim": {"lr": 2e-3}},
-        "pixel": {**_CPU_COMMON, **small, "steps": 300, "optim": {"lr": 2e-3}},
-        "hdn": {**_CPU_COMMON, **vae, "steps": 250},
-        "hvae": {**_CPU_COMMON, **vae, "steps": 250},
-        "latent": {**_CPU_COMMON, "model": {"width": 16, "time_embed_dim": 16}, "steps": 200, "optim": {"lr": 1e-3}},
-        "degradation": {**_CPU_COMMON, "model": {"width": 16, "lambda_sup": 1.0}, "steps": 150},
+        "unet": {**_CPU_COMMON, **small, "steps": 600, "optim": {"lr": 2e-3}},
+        "pixel": {**_CPU_COMMON, **small, "steps": 600, "optim": {"lr": 2e-3}},
+        "hdn": {**_CPU_COMMON, **vae, "steps": 500},
+        "hvae": {**_CPU_COMMON, **vae, "steps": 500},
+        "latent": {**_CPU_COMMON, "model": {"width": 16, "time_embed_dim": 16}, "steps": 400, "optim": {"lr": 1e-3}},
+        "degradation": {**_CPU_COMMON, "model": {"width": 16, "lambda_sup": 1.0}, "steps": 300},
     })
