@@ -324,8 +324,9 @@ def train_all(todo: dict[str, Any], data: Path, runs: dict[str, Path], jobs: int
                                     threads)] = kind
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                say(f"[2/4] trained {running.pop(future)}")
-                future.result()  # re-raises a trainer's error here
+                kind = running.pop(future)
+                future.result()  # re-raises a trainer's error here (the pool waits for the other one to stop)
+                say(f"[2/4] trained {kind}")
 
 
 def _checkpoint_step(run: Path) -> int:
