@@ -229,3 +229,18 @@ def test_study_config_errors(cli, tmp_path):
     path.write_text("trainers: {latent: {}}\n")
     result = cli("study", path, "-o", tmp_path / "out3", "-q")
     assert result.exit_code == 2 and "hvae" in result.stderr and not (tmp_path / "out3").exists()
+
+
+def test_study_trainer_error_in_a_worker_process_is_one_line(cli, tmp_path):
+    """A user mistake found only when a trainer starts (patch larger than the fields), with trainers side
+    by side in worker processes: the worker's error comes back as the usual one line and exit code 2."""
+    tiny = {"batch_size": 2, "steps": 2, "data": {"val_patches": 2}}
+    cfg = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
+           "trainers": {"unet": {**tiny, "patch_size": 64, "model": {"base_channels": 4, "depth": 2}},
+                        "pixel": {**tiny, "patch_size": 16, "model": {"base_channels": 4, "depth": 2}}},
+           "jobs": 2, "device": "cpu"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = cli("study", path, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 2 and "patch" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
