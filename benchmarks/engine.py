@@ -352,7 +352,7 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-SIDES = {  # name: (runner, what it is)
+SIDES = {  # name: what it is (run_side runs it)
     "engine": "predict_field: tiles x samples batched, channels-last, fp32 on CPU (bf16 autocast on CUDA)",
     "engine_bf16": "the engine with bf16 autocast on CPU (--precision bf16)",
     "naive": "per tile, per sample, batch of 1, fp32; the trajectory callback on every plane",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from dehaze.strategies import ModelBundle, Strategy
 from dehaze.tiling import tile_geometry
 
 ScheduleFn = Callable[[int], Sequence[float]]
-PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class EngineOptions:
     samples: int = 1  # K posterior samples per input
     # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16": bf16 autocast on CPU too (fast where the CPU has
     # AVX512-BF16/AMX; results differ from fp32 by ~0.3 % of the signal); "fp32": no autocast anywhere
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     channels_last: bool = True  # NHWC tensors: oneDNN/cuDNN convolutions without layout reorders; exact
     # torch.compile the networks (and the HVAE's encode/decode): pays on GPU; on CPU inductor needs minutes
     # to compile these models. compile_backend "eager" only traces (a check that the models compile).
@@ -104,7 +105,7 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
     traj = np.full((n_levels, *tiles.shape), np.nan, dtype=np.float32) if record else None
 
     def callback(t: float, estimate: torch.Tensor) -> None:
-        if traj is not None and float(t).is_integer() and 0 <= int(t) < n_levels:
+        if float(t).is_integer() and 0 <= int(t) < n_levels:  # passed only when recording: traj is set
             traj[int(t)] = estimate.float().reshape(len(tiles), k, *tiles.shape[1:]).mean(1).cpu().numpy()
 
     with _autocast(device, opts.precision):

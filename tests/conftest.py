@@ -26,6 +26,16 @@ TINY = {
 }
 
 
+def simulate_tiny_ladder(path: Path, n_fields: int, shape_yx: list[int], nz: int = 6) -> Path:
+    """The TINY manifest (4 steps) with ``n_fields`` fields of ``shape_yx``, simulated to ``path``."""
+    from dehaze.manifests import SimulationManifest
+    from simulation.ladder import simulate_ladder
+
+    m = SimulationManifest.model_validate({**TINY, "n_fields": n_fields, "volume": {"field_shape_yx": shape_yx, "nz": nz}})
+    simulate_ladder(m, path, show_progress=False)
+    return path
+
+
 @pytest.fixture
 def tiny_manifest_dict() -> dict:
     return yaml.safe_load(yaml.safe_dump(TINY))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 from acq_data import ome_xml, write_ome
 from scipy import ndimage
 

@@ -13,15 +13,13 @@ import zarr
 
 from dehaze import engine as engine_mod
 from dehaze.engine import EngineOptions, predict_field, run_tiles
-from dehaze.manifests import SimulationManifest
 from dehaze.normalization import Normalization
 from dehaze.predict import allowed_strategies, load_runs
 from dehaze.store import DatasetMeta, create_ladder, open_ladder
 from dehaze.strategies import STRATEGIES, latent_loop, pixel_indi, schedule_for
 from dehaze.tiling import tile_spans
 from dehaze.train_config import TrainConfig
-from simulation.ladder import simulate_ladder
-from tests.conftest import TINY
+from tests.conftest import simulate_tiny_ladder
 from training.loop import train
 
 CPU = torch.device("cpu")
@@ -43,8 +41,7 @@ def setup(tmp_path_factory):
     """A ladder of 2 fields of 64x96 (4 steps) and every kind of run, tiny and briefly trained."""
     root = tmp_path_factory.mktemp("engine")
     ladder = root / "ladder.zarr"
-    m = SimulationManifest.model_validate({**TINY, "n_fields": 2, "volume": {"field_shape_yx": [64, 96], "nz": 6}})
-    simulate_ladder(m, ladder, show_progress=False)
+    simulate_tiny_ladder(ladder, 2, [64, 96])
     runs = {}
     for kind, model in MODELS.items():
         cfg = TrainConfig.model_validate({"model": {"kind": kind, **model}, "steps": 8, "batch_size": 2, "patch_size": 32,

@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from dehaze.manifests import SimulationManifest
 from dehaze.models import build_model
 from dehaze.models.hvae import HVAE, free_bits_kl, gaussian_kl, soft_clamp
 from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, load_model
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, hdn_posterior, one_shot_hdn
 from dehaze.train_config import HDNModel, HVAEModel, TrainConfig, default_config
-from simulation.ladder import simulate_ladder
-from tests.conftest import TINY
+from tests.conftest import simulate_tiny_ladder
 from training.loop import train
 
 TINY_NET = {"latent_channels": 3, "blocks_per_level": 1, "filters": 8}
@@ -36,8 +34,7 @@ def tiny_cfg(kind: str, **over) -> TrainConfig:
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hvae") / "ladder.zarr"
-    m = SimulationManifest.model_validate({**TINY, "n_fields": 3, "volume": {"field_shape_yx": [32, 40], "nz": 6}})
-    simulate_ladder(m, out, show_progress=False)
+    simulate_tiny_ladder(out, 3, [32, 40])
     return out
 
 

@@ -12,14 +12,12 @@ import pytest
 import torch
 
 from dehaze.latents import ensure_latent_cache, file_sha256
-from dehaze.manifests import SimulationManifest
 from dehaze.models import build_model
 from dehaze.models.latent import LatentCycleGAN, LatentNet
 from dehaze.runs import CHECKPOINT_FILE, load_checkpoint, load_model, read_run
 from dehaze.store import LatentCache, open_latent_cache
 from dehaze.train_config import TrainConfig
-from simulation.ladder import simulate_ladder
-from tests.conftest import TINY
+from tests.conftest import simulate_tiny_ladder
 from training import tasks as tasks_mod
 from training.latent_tasks import weighted_latent_mse
 from training.loop import train
@@ -45,8 +43,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny ladder (4 fields of 32x32, 4 steps) and the chain hvae <- latent <- degradation trained on it."""
     root = tmp_path_factory.mktemp("latent")
     ladder = root / "ladder.zarr"
-    m = SimulationManifest.model_validate({**TINY, "n_fields": 4, "volume": {"field_shape_yx": [32, 32], "nz": 6}})
-    simulate_ladder(m, ladder, show_progress=False)
+    simulate_tiny_ladder(ladder, 4, [32, 32])
     train("hvae", [ladder], root / "hvae", tiny_cfg("hvae", steps=8), show_progress=False)
     train("latent", [ladder], root / "latent", tiny_cfg("latent"), base_run=root / "hvae", show_progress=False)
     train("degradation", [ladder], root / "degradation", tiny_cfg("degradation"), base_run=root / "latent", show_progress=False)

@@ -8,13 +8,11 @@ import tifffile
 import torch
 
 from dehaze import engine as engine_mod
-from dehaze.manifests import SimulationManifest
 from dehaze.runs import load_model
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, indi_schedule, pixel_indi
 from dehaze.train_config import TrainConfig
-from simulation.ladder import simulate_ladder
-from tests.conftest import TINY
+from tests.conftest import simulate_tiny_ladder
 from training.loop import train
 
 
@@ -22,8 +20,7 @@ from training.loop import train
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     ladder = root / "ladder.zarr"
-    m = SimulationManifest.model_validate({**TINY, "n_fields": 2, "volume": {"field_shape_yx": [72, 88], "nz": 6}})
-    simulate_ladder(m, ladder, show_progress=False)
+    simulate_tiny_ladder(ladder, 2, [72, 88])
     runs = {}
     for kind in ("unet", "pixel"):
         cfg = TrainConfig.model_validate({"model": {"kind": kind, "base_channels": 4, "depth": 2}, "steps": 15, "batch_size": 2,

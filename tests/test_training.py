@@ -21,7 +21,7 @@ from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, load_checkpoint
 from dehaze.store import open_ladder
 from dehaze.train_config import TrainConfig
 from simulation.ladder import simulate_ladder
-from tests.conftest import TINY
+from tests.conftest import TINY, simulate_tiny_ladder
 from training import tasks as tasks_mod
 from training.data import LadderPatches, StepSampler, split_fields
 from training.loop import train
@@ -40,8 +40,7 @@ def tiny_cfg(kind: str = "unet", **over) -> TrainConfig:
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "ladder.zarr"
-    m = SimulationManifest.model_validate({**TINY, "n_fields": 4, "volume": {"field_shape_yx": [32, 32], "nz": 6}})
-    simulate_ladder(m, out, show_progress=False)
+    simulate_tiny_ladder(out, 4, [32, 32])
     return out
 
 
