@@ -5,10 +5,12 @@ Stages (one field of T+1 steps, shapes (h, [z,] y, x)):
 1. :func:`acquisition.discover.discover` reads metadata only: files, steps, fields, pinhole values (sorted,
    cleanest first), shapes and pixel sizes, all checked.
 2. Every field is read and checked (NaN/inf planes), registered to its cleanest step
-   (:mod:`acquisition.register`), shifted, and its brightness per step measured.
+   (:mod:`acquisition.register`) and shifted; fields side by side in threads.
 3. Only when everything has been read and checked is the store created; fields are cropped to one common
-   valid area and written with their shifts (extra ``shifts``, (h, 2) float32 px) and registration figures
-   (field info). If writing fails, a store this run created is removed (an existing one is never touched).
+   valid area, their brightness per step measured, and written (side by side) with their shifts (extra
+   ``shifts``, (h, 2) float32 px) and registration figures (field info). The per-step statistics come from
+   the arrays in memory. If writing fails, a store this run created is removed (an existing one is never
+   touched).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from acquisition.manifest import AcquisitionManifest
 from acquisition.register import RegistrationResult, apply_shifts, register_steps, valid_box
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
-from dehaze.store import DatasetMeta, LadderStore, create_ladder, ensure_writable_parent, field_name, finalize_with_step_stats, open_ladder
+from dehaze.store import DatasetMeta, LadderStore, create_ladder, ensure_writable_parent, field_name, finalize_with_step_stats, open_ladder, stats_samples
 
 
 @dataclass
@@ -48,6 +51,7 @@ class IngestReport:
     store: LadderStore | None = None
     residual_px: list[float] = field(default_factory=list)  # per field
     warnings: list[str] = field(default_factory=list)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage (discover, register, write, statistics)
 
 
 def _read_position(pos: Position, spatial_axes: list[str]) -> np.ndarray:
@@ -89,6 +93,35 @@ def _register(pos: Position, image: np.ndarray, m: AcquisitionManifest, warn: Ca
     if box[1] - box[0] < 16 or box[3] - box[2] < 16:
         raise UserError(f"{pos.steps[0].label}: steps drift by up to {np.abs(result.shifts).max():.0f} px: the common area is under 16 px; check the series")
     return FieldData(pos, apply_shifts(image, result.shifts, cfg.resample), result, box)
+
+
+def _field_record(f: FieldData, crop: tuple[int, int, int, int], brightness: tuple[list[float], list[float]],
+                  m: AcquisitionManifest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A written field's extras (``shifts``, (h, 2) float32 px) and info (sources, crop, brightness, registration)."""
+    info: dict[str, Any] = {
+        "position": f.position.key,
+        "sources": [st.label for st in f.position.steps],
+        "acquisition_order": [st.order for st in f.position.steps],
+        "crop_yx": list(crop),
+        "brightness_mean_adu": brightness[0],
+        "brightness_p999_adu": brightness[1],
+    }
+    reg = f.registration
+    if reg is None:
+        return {}, info
+    info["registration"] = {
+        "reference_step": m.registration.reference_step,
+        "shifts_px": reg.shifts.round(4).tolist(),
+        "confidence_psr": [None if not np.isfinite(c) else round(float(c), 2) for c in reg.confidence],
+        "residual_px": round(reg.residual_px, 4),
+        "resample": m.registration.resample,
+    }
+    return {"shifts": reg.shifts.astype(np.float32)}, info
+
+
+def _workers(n_fields: int) -> int:
+    """Threads for per-field work: reading, FFTs, filters and compression release the GIL."""
+    return max(1, min(n_fields, os.cpu_count() or 1))
 
 
 def _identity(m: AcquisitionManifest, plan: Plan) -> tuple[dict[str, Any], str]:
@@ -134,7 +167,17 @@ def ingest(
         if warn is not None:
             warn(msg)
 
+    clock = time.perf_counter()
+    stage_s: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stage_s[stage] = round(now - clock, 4)
+        clock = now
+
     plan = discover(source, manifest)
+    lap("discover")
     for w in plan.warnings:
         _warn(w)
     if dry_run:
@@ -145,7 +188,7 @@ def ingest(
         return IngestReport(plan, "complete", done, warnings=warnings)
 
     # --- read, check and register everything before creating the store ---
-    # Fields side by side (threads: reading, FFTs and filters release the GIL); warnings kept per field and
+    # Fields side by side (threads, see _workers); warnings kept per field and
     # reported in field order, so the output does not depend on which thread finished first.
     def read_and_register(pos: Position) -> tuple[FieldData, list[str]]:
         said: list[str] = []
@@ -153,24 +196,20 @@ def ingest(
 
     fields: list[FieldData] = []
     bar = progress_bar(total=len(plan.positions), desc="reading and registering", unit="field", disable=not show_progress)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(plan.positions), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=_workers(len(plan.positions))) as pool:
         for registered, said in pool.map(read_and_register, plan.positions):
             fields.append(registered)
             for msg in said:
                 _warn(msg)
             bar.update(1)
     bar.close()
+    lap("read and register")
     hy = min(f.box[1] - f.box[0] for f in fields)
     hx = min(f.box[3] - f.box[2] for f in fields)
     crops = [(f.box[0], f.box[0] + hy, f.box[2], f.box[2] + hx) for f in fields]
 
-    # --- intensities (on the common area), dataset metadata ---
-    offset = manifest.offset_adu
-    per_field = [step_brightness(f.image[..., y0:y1, x0:x1], offset) for f, (y0, y1, x0, x1) in zip(fields, crops)]
-    mean_b = list(np.mean([b for b, _ in per_field], axis=0))
-    mean_p = list(np.mean([p for _, p in per_field], axis=0))
+    # --- the store (created only now: everything has been read and checked) ---
     pinhole = plan.pinhole_um if plan.pinhole_um is not None else plan.pinhole_au
-    bleach = bleaching(mean_b, pinhole, [st.order for st in plan.positions[0].steps])  # type: ignore[arg-type]
     meta = DatasetMeta(
         source="acquisition",
         manifest=record,
@@ -182,42 +221,40 @@ def ingest(
         spatial_axes=plan.spatial_axes,
         pixel_size_um=plan.pixel_size_um,
         fields=[field_name(i) for i in range(len(fields))],
-        normalization=normalization(offset, [float(x) for x in mean_b], [float(x) for x in mean_p], bleach),
     )
-
-    # --- write (the store this run created is removed if anything fails) ---
     # overwrite=True is safe here: _check_output refused other stores unless --overwrite was given, and an
     # interrupted store of this same ingestion is simply rebuilt (ingestion is quick; no partial resume).
     replaced = out.exists() and any(out.iterdir())
     store, _ = create_ladder(out, meta, overwrite=True)
+
+    # --- per field, side by side: crop to the common area, brightness, statistics sample, write ---
+    offset = manifest.offset_adu
+
+    def crop_measure_write(i: int) -> tuple[tuple[list[float], list[float]], list[np.ndarray]]:
+        f, (y0, y1, x0, x1) = fields[i], crops[i]
+        image = np.ascontiguousarray(f.image[..., y0:y1, x0:x1])
+        brightness = step_brightness(image, offset)
+        store.write_field(field_name(i), image, *_field_record(f, crops[i], brightness, manifest))
+        return brightness, stats_samples(image, len(fields))
+
     try:
         bar = progress_bar(total=len(fields), desc="writing", unit="field", disable=not show_progress)
-        for i, (f, (y0, y1, x0, x1)) in enumerate(zip(fields, crops)):
-            reg = f.registration
-            info: dict[str, Any] = {
-                "position": f.position.key,
-                "sources": [st.label for st in f.position.steps],
-                "acquisition_order": [st.order for st in f.position.steps],
-                "crop_yx": [y0, y1, x0, x1],
-                "brightness_mean_adu": per_field[i][0],
-                "brightness_p999_adu": per_field[i][1],
-            }
-            extras = {}
-            if reg is not None:
-                extras["shifts"] = reg.shifts.astype(np.float32)
-                info["registration"] = {
-                    "reference_step": manifest.registration.reference_step,
-                    "shifts_px": reg.shifts.round(4).tolist(),
-                    "confidence_psr": [None if not np.isfinite(c) else round(float(c), 2) for c in reg.confidence],
-                    "residual_px": round(reg.residual_px, 4),
-                    "resample": manifest.registration.resample,
-                }
-            store.write_field(field_name(i), np.ascontiguousarray(f.image[..., y0:y1, x0:x1]), extras, info)
-            bar.update(1)
+        per_field, samples = [], []
+        with ThreadPoolExecutor(max_workers=_workers(len(fields))) as pool:
+            for brightness, sample in pool.map(crop_measure_write, range(len(fields))):
+                per_field.append(brightness)
+                samples.append(sample)
+                bar.update(1)
         bar.close()
-        finalize_with_step_stats(store)
+        lap("crop, measure and write")
+        # --- intensities over all fields: what loaders apply ---
+        mean_b = [float(x) for x in np.mean([b for b, _ in per_field], axis=0)]
+        mean_p = [float(x) for x in np.mean([p for _, p in per_field], axis=0)]
+        bleach = bleaching(mean_b, pinhole, [st.order for st in plan.positions[0].steps])  # type: ignore[arg-type]
+        finalize_with_step_stats(store, samples, normalization=normalization(offset, mean_b, mean_p, bleach))
+        lap("statistics")
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
     residuals = [f.registration.residual_px if f.registration else 0.0 for f in fields]
-    return IngestReport(plan, "replaced" if replaced else "new", store, residuals, warnings)
+    return IngestReport(plan, "replaced" if replaced else "new", store, residuals, warnings, stage_s)

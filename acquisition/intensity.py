@@ -20,9 +20,9 @@ def step_brightness(steps: np.ndarray, offset_adu: float) -> tuple[list[float], 
     """(mean, p99.9) above the offset per step of (h, [z,] y, x) camera values."""
     means, peaks = [], []
     for t in range(steps.shape[0]):
-        v = steps[t].astype(np.float64) - offset_adu
-        means.append(float(v.mean()))
-        peaks.append(float(np.percentile(v[..., ::2, ::2], PEAK_PERCENTILE)))
+        # statistics of the raw values, then the offset (no float64 copy of the whole step)
+        means.append(float(steps[t].mean(dtype=np.float64)) - offset_adu)
+        peaks.append(float(np.percentile(steps[t][..., ::2, ::2], PEAK_PERCENTILE)) - offset_adu)
     return means, peaks
 
 

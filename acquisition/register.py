@@ -280,6 +280,16 @@ def _convolve4(a: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
+def _shift_whole(a: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
+    """([z,] y, x) moved by whole pixels (dy, dx): out[p] = a[p - shift], edge values repeated; values untouched.
+    Index gathers along each axis: ~10x quicker than ndimage.shift(order=0), which interpolates."""
+    out = a
+    for axis, k in zip((-2, -1), shift_px):
+        n = a.shape[axis]
+        out = np.take(out, np.clip(np.arange(n) - int(k), 0, n - 1), axis=axis)
+    return out
+
+
 def apply_shifts(steps: np.ndarray, shifts: np.ndarray, mode: str = "subpixel") -> np.ndarray:
     """Shift every step (h, [z,] y, x) by its (dy, dx), keeping the dtype (rounded and clipped for integers).
 
@@ -288,12 +298,11 @@ def apply_shifts(steps: np.ndarray, shifts: np.ndarray, mode: str = "subpixel") 
     """
     out = np.empty_like(steps)
     info = np.iinfo(steps.dtype) if np.issubdtype(steps.dtype, np.integer) else None
-    lead = (0,) * (steps.ndim - 3)
     for t in range(steps.shape[0]):
         s = np.asarray(shifts[t], dtype=np.float64) if mode == "subpixel" else np.round(shifts[t])
         whole = np.floor(s + 1e-9)
         frac = s - whole
-        moved = ndimage.shift(steps[t], (*lead, *whole), order=0, mode="nearest")
+        moved = _shift_whole(steps[t], whole)
         if np.all(frac < 1e-9):
             out[t] = moved
             continue

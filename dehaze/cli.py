@@ -201,6 +201,7 @@ def ingest(
         typer.echo(f"{output}: already complete for these files and manifest; nothing to do (use --overwrite to rebuild)")
     else:
         typer.echo("registration residual (px RMS) per field: " + ", ".join(f"{r:.3f}" for r in report.residual_px))
+        typer.echo("seconds: " + ", ".join(f"{stage} {s:.2f}" for stage, s in report.stage_s.items()))
     assert report.store is not None
     typer.echo(describe_ladder(report.store))
 

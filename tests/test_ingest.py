@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from acquisition.ingest import ingest
 from acquisition.manifest import AcquisitionManifest
 from dehaze.cli import app
-from dehaze.store import check_ladder, open_ladder
+from dehaze.store import check_ladder, open_ladder, stats_samples, step_stats_from_samples
 
 runner = CliRunner()
 
@@ -104,6 +104,14 @@ def test_plain_tiff_folder_with_pattern_and_positions(tmp_path):
     assert store.meta.pixel_size_um == {"y": 0.08, "x": 0.08}
     shapes = {store.image(f).shape for f in store.fields}
     assert len(shapes) == 1  # one common crop for every field
+    # the statistics taken from the arrays in memory are those of the store as written
+    recomputed = step_stats_from_samples(
+        [np.concatenate([stats_samples(store.image(f), 2)[t] for f in store.fields]) for t in range(4)]
+    )
+    assert store.meta.step_stats == recomputed
+    # field order and brightness per field do not depend on which thread finished first
+    b = [store.field_meta(f).info["brightness_mean_adu"] for f in store.fields]
+    assert store.meta.normalization["brightness_mean_adu"] == pytest.approx(np.mean(b, axis=0).tolist())
     # rerunning the same ingestion is a no-op
     assert ingest(folder, out, m, show_progress=False).state == "complete"
 

@@ -11,7 +11,7 @@ import zarr
 
 from dehaze.errors import UserError
 from dehaze.manifests import SimulationManifest
-from dehaze.store import check_ladder, open_ladder
+from dehaze.store import check_ladder, open_ladder, step_stats_from_samples
 from simulation.ladder import simulate_ladder
 
 
@@ -130,3 +130,15 @@ def test_incomplete_store_is_reported_as_such(cli, tmp_path, tiny_store):
     with pytest.raises(UserError, match="incomplete"):
         open_ladder(partial)
     assert cli("info", partial).exit_code == 0  # info still describes an unfinished store
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_step_stats_match_numpy(dtype):
+    """Integer samples are summarised from a histogram, floats by a partial sort: both as numpy would."""
+    rng = np.random.default_rng(3)
+    values = (rng.poisson(300, 100_003) - (20 if dtype == np.int32 else 0)).astype(dtype)
+    (s,) = step_stats_from_samples([values])
+    v64 = values.astype(np.float64)
+    assert (s.min, s.max) == (v64.min(), v64.max())
+    assert s.mean == pytest.approx(v64.mean(), rel=1e-12) and s.std == pytest.approx(v64.std(), rel=1e-9)
+    assert [s.p01, s.p999] == pytest.approx(np.percentile(v64, [0.1, 99.9]), rel=1e-12)
