@@ -83,3 +83,19 @@ def test_skimage_cross_check(simulated):
     ours = register_steps(steps, Registration()).shifts
     theirs = np.array([skreg.phase_cross_correlation(steps[0], steps[t], upsample_factor=50)[0] for t in range(4)])
     assert _rms(ours, DRIFT) <= _rms(theirs, DRIFT) + 0.05
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (30, 27)])
+def test_half_spectrum_dft_matches_inverse_fft(shape):
+    """The direct DFT of a half spectrum (used to refine peaks) gives the inverse FFT's values at whole lags,
+    for even and odd sizes (the Hermitian weighting of the missing half)."""
+    from scipy import fft as sfft
+
+    from acquisition.register import _upsampled_correlation
+
+    rng = np.random.default_rng(0)
+    half = sfft.rfft2(rng.normal(size=shape)).astype(np.complex128)
+    full = sfft.irfft2(half, s=shape) * np.prod(shape)  # the DFT helper does not divide by the size
+    grid, offsets = _upsampled_correlation(half, shape, np.array([3.0, -2.0]), step=1.0, reach=2.0)
+    lag_y, lag_x = (3 + offsets).astype(int), (-2 + offsets).astype(int)
+    assert np.allclose(grid, full[np.ix_(lag_y % shape[0], lag_x % shape[1])], atol=1e-9)
