@@ -1,16 +1,20 @@
-"""Ingest a microscope pinhole series into a ladder store: discover -> read and check -> register -> write.
+"""Ingest a microscope pinhole series into a ladder store: discover -> read, check, register -> write.
 
 Stages (one field of T+1 steps, shapes (h, [z,] y, x)):
 
 1. :func:`acquisition.discover.discover` reads metadata only: files, steps, fields, pinhole values (sorted,
    cleanest first), shapes and pixel sizes, all checked.
-2. Every field is read and checked (NaN/inf planes), registered to its cleanest step
-   (:mod:`acquisition.register`) and shifted; fields side by side in threads.
-3. Only when everything has been read and checked is the store created; fields are cropped to one common
-   valid area, their brightness per step measured, and written (side by side) with their shifts (extra
-   ``shifts``, (h, 2) float32 px) and registration figures (field info). The per-step statistics come from
-   the arrays in memory. If writing fails, a store this run created is removed (an existing one is never
-   touched).
+2. Every field is read and checked (NaN/inf planes) and registered to its cleanest step
+   (:mod:`acquisition.register`); only its shifts are kept, and its raw pixels while they fit in
+   ``cache_mb`` (beyond that, stage 3 reads the field again): memory stays bounded for any number of fields.
+3. Only when every field has been read and checked is the store created, with each field's plan (sources,
+   shifts, the crop common to all fields) in its metadata. Then each field is shifted, cropped, measured
+   (brightness per step) and written with its shifts (extra ``shifts``, (h, 2) float32 px) and
+   registration figures. The per-step statistics come from the arrays in memory.
+
+Fields go side by side in threads (reading, FFTs, filters and compression release the GIL). An interrupted
+ingestion (Ctrl-C) keeps the fields it finished: the same command resumes from the plans in the store. If
+writing fails otherwise, a store this run created is removed (an existing one is never touched).
 """
 
 from __future__ import annotations
@@ -20,38 +24,74 @@ import json
 import os
 import shutil
 import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from acquisition.discover import Plan, Position, discover
 from acquisition.intensity import bleaching, normalization, step_brightness
 from acquisition.manifest import AcquisitionManifest
-from acquisition.register import RegistrationResult, apply_shifts, register_steps, valid_box
+from acquisition.register import apply_shifts, register_steps, valid_box
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.store import DatasetMeta, LadderStore, create_ladder, ensure_writable_parent, field_name, finalize_with_step_stats, open_ladder, stats_samples
 
 
-@dataclass
-class FieldData:
-    position: Position
-    image: np.ndarray  # (h, [z,] y, x) registered, raw dtype, not yet cropped
-    registration: RegistrationResult | None
-    box: tuple[int, int, int, int]  # valid y0, y1, x0, x1
+CACHE_MB = 2048  # raw pixels kept in memory between registration and writing (beyond: read again)
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 @dataclass
 class IngestReport:
     plan: Plan
-    state: str  # "dry-run", "new", "replaced" (an interrupted or --overwrite store), "complete" (nothing to do)
+    state: str  # "dry-run", "new", "replaced" (an --overwrite store), "resumed" (an interrupted one), "complete"
     store: LadderStore | None = None
     residual_px: list[float] = field(default_factory=list)  # per field
     warnings: list[str] = field(default_factory=list)
     stage_s: dict[str, float] = field(default_factory=dict)  # wall seconds per stage (discover, register, write, statistics)
+
+
+class _RawCache:
+    """Raw field arrays read while registering, handed to the writer, up to a byte budget (thread-safe)."""
+
+    def __init__(self, budget_mb: float) -> None:
+        self._budget = budget_mb * 1e6
+        self._used = 0
+        self._arrays: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def offer(self, index: int, raw: np.ndarray) -> None:
+        with self._lock:
+            if self._used + raw.nbytes <= self._budget:
+                self._arrays[index] = raw
+                self._used += raw.nbytes
+
+    def take(self, index: int) -> np.ndarray | None:
+        with self._lock:
+            raw = self._arrays.pop(index, None)
+            self._used -= 0 if raw is None else raw.nbytes
+            return raw
+
+
+def _in_threads(fn: Callable[[_In], _Out], items: Iterable[_In], n_items: int) -> Iterator[_Out]:
+    """``map(fn, items)`` over a few threads (see :func:`_workers`), results in order. On an error or
+    Ctrl-C, fields not yet started are dropped (those running finish: no half-written field)."""
+    pool = ThreadPoolExecutor(max_workers=_workers(n_items))
+    try:
+        yield from pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _workers(n_fields: int) -> int:
+    """Threads for per-field work: reading, FFTs, filters and compression release the GIL."""
+    return max(1, min(n_fields, os.cpu_count() or 1))
 
 
 def _read_position(pos: Position, spatial_axes: list[str]) -> np.ndarray:
@@ -74,11 +114,13 @@ def _read_position(pos: Position, spatial_axes: list[str]) -> np.ndarray:
     return np.stack(planes)
 
 
-def _register(pos: Position, image: np.ndarray, m: AcquisitionManifest, warn: Callable[[str], None]) -> FieldData:
+def _register(pos: Position, image: np.ndarray, m: AcquisitionManifest, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """The field's registration record (shifts, confidence, residual, valid box), None when disabled;
+    an unregistrable step or a too small common area is a UserError."""
     cfg = m.registration
     ny, nx = image.shape[-2:]
     if not cfg.enabled:
-        return FieldData(pos, image, None, (0, ny, 0, nx))
+        return None
     result = register_steps(image, cfg)
     for t, c in enumerate(result.confidence):
         if c < cfg.min_confidence:
@@ -92,36 +134,35 @@ def _register(pos: Position, image: np.ndarray, m: AcquisitionManifest, warn: Ca
     box = valid_box(result.shifts, (ny, nx))
     if box[1] - box[0] < 16 or box[3] - box[2] < 16:
         raise UserError(f"{pos.steps[0].label}: steps drift by up to {np.abs(result.shifts).max():.0f} px: the common area is under 16 px; check the series")
-    return FieldData(pos, apply_shifts(image, result.shifts, cfg.resample), result, box)
+    return {
+        "reference_step": cfg.reference_step,
+        "shifts_px": result.shifts.tolist(),  # full precision: a resumed run shifts the remaining fields alike
+        "confidence_psr": [None if not np.isfinite(c) else round(float(c), 2) for c in result.confidence],
+        "residual_px": round(result.residual_px, 4),
+        "resample": cfg.resample,
+        "valid_yx": list(box),
+    }
 
 
-def _field_record(f: FieldData, crop: tuple[int, int, int, int], brightness: tuple[list[float], list[float]],
-                  m: AcquisitionManifest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A written field's extras (``shifts``, (h, 2) float32 px) and info (sources, crop, brightness, registration)."""
-    info: dict[str, Any] = {
-        "position": f.position.key,
-        "sources": [st.label for st in f.position.steps],
-        "acquisition_order": [st.order for st in f.position.steps],
+def _field_plan(pos: Position, registration: dict[str, Any] | None, crop: tuple[int, int, int, int]) -> dict[str, Any]:
+    """What the store records of a field before its pixels: sources, registration, the crop (y0, y1, x0, x1)."""
+    plan: dict[str, Any] = {
+        "position": pos.key,
+        "sources": [st.label for st in pos.steps],
+        "acquisition_order": [st.order for st in pos.steps],
         "crop_yx": list(crop),
-        "brightness_mean_adu": brightness[0],
-        "brightness_p999_adu": brightness[1],
     }
-    reg = f.registration
-    if reg is None:
-        return {}, info
-    info["registration"] = {
-        "reference_step": m.registration.reference_step,
-        "shifts_px": reg.shifts.round(4).tolist(),
-        "confidence_psr": [None if not np.isfinite(c) else round(float(c), 2) for c in reg.confidence],
-        "residual_px": round(reg.residual_px, 4),
-        "resample": m.registration.resample,
-    }
-    return {"shifts": reg.shifts.astype(np.float32)}, info
+    if registration is not None:
+        plan["registration"] = registration
+    return plan
 
 
-def _workers(n_fields: int) -> int:
-    """Threads for per-field work: reading, FFTs, filters and compression release the GIL."""
-    return max(1, min(n_fields, os.cpu_count() or 1))
+def _shift_and_crop(raw: np.ndarray, plan: dict[str, Any]) -> np.ndarray:
+    """A field's raw (h, [z,] y, x) values registered (as its plan says) and cropped to the common area."""
+    reg = plan.get("registration")
+    image = raw if reg is None else apply_shifts(raw, np.asarray(reg["shifts_px"]), reg["resample"])
+    y0, y1, x0, x1 = plan["crop_yx"]
+    return np.ascontiguousarray(image[..., y0:y1, x0:x1])
 
 
 def _identity(m: AcquisitionManifest, plan: Plan) -> tuple[dict[str, Any], str]:
@@ -132,7 +173,8 @@ def _identity(m: AcquisitionManifest, plan: Plan) -> tuple[dict[str, Any], str]:
 
 
 def _check_output(out: Path, sha: str, overwrite: bool) -> LadderStore | None:
-    """Before any pixel is read: the finished store of this very ingestion (or None); refuse to clobber others."""
+    """Before any pixel is read: an existing store of this very ingestion (finished, or interrupted with
+    every field planned: resumable), or None; refuse to clobber other stores."""
     if not out.exists():
         ensure_writable_parent(out)
         return None
@@ -142,7 +184,10 @@ def _check_output(out: Path, sha: str, overwrite: bool) -> LadderStore | None:
         raise UserError(f"{out}: exists and is not a dehaze ladder store; choose another output path")
     existing = open_ladder(out, require_complete=False)
     if existing.meta.manifest_sha256 == sha:
-        return existing if existing.meta.status == "complete" and not overwrite else None
+        if overwrite:
+            return None
+        planned = all(f in existing.root and "crop_yx" in existing.field_meta(f).info for f in existing.fields)
+        return existing if existing.meta.status == "complete" or planned else None
     if not overwrite:
         raise UserError(f"{out}: holds a store made from other files or another manifest; pass --overwrite to replace it or choose another output path")
     return None
@@ -157,6 +202,7 @@ def ingest(
     overwrite: bool = False,
     show_progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    cache_mb: float = CACHE_MB,
 ) -> IngestReport:
     """Ingest the pinhole series at ``source`` into the ladder store ``out`` (see the module docstring)."""
     out = Path(out)
@@ -183,33 +229,91 @@ def ingest(
     if dry_run:
         return IngestReport(plan, "dry-run", warnings=warnings)
     record, sha = _identity(manifest, plan)
-    done = _check_output(out, sha, overwrite)
-    if done is not None:
-        return IngestReport(plan, "complete", done, warnings=warnings)
+    existing = _check_output(out, sha, overwrite)
+    if existing is not None and existing.meta.status == "complete":
+        return IngestReport(plan, "complete", existing, warnings=warnings)
+    names = [field_name(i) for i in range(len(plan.positions))]
+    cache = _RawCache(cache_mb)
+    if existing is not None:  # interrupted: every field's plan is in the store
+        store, state = existing, "resumed"
+        plans = [store.field_meta(name).info for name in names]
+    else:
+        plans = _register_all(plan, manifest, cache, _warn, show_progress)
+        lap("read and register")
+        state = "replaced" if out.exists() and any(out.iterdir()) else "new"
+        store = _create_store(out, plan, record, sha, plans)
 
-    # --- read, check and register everything before creating the store ---
-    # Fields side by side (threads, see _workers); warnings kept per field and
-    # reported in field order, so the output does not depend on which thread finished first.
-    def read_and_register(pos: Position) -> tuple[FieldData, list[str]]:
+    # --- per field, side by side: shift, crop, measure, write (fields already written are read back) ---
+    offset = manifest.offset_adu
+    done = store.completed_fields()
+
+    def write(i: int) -> tuple[tuple[list[float], list[float]], list[np.ndarray]]:
+        if names[i] in done:
+            info = store.field_meta(names[i]).info
+            return (info["brightness_mean_adu"], info["brightness_p999_adu"]), stats_samples(store.image(names[i]), len(names))
+        raw = cache.take(i)
+        image = _shift_and_crop(_read_position(plan.positions[i], plan.spatial_axes) if raw is None else raw, plans[i])
+        brightness = step_brightness(image, offset)
+        reg = plans[i].get("registration")
+        extras = {} if reg is None else {"shifts": np.asarray(reg["shifts_px"], dtype=np.float32)}
+        info = {**plans[i], "brightness_mean_adu": brightness[0], "brightness_p999_adu": brightness[1]}
+        store.write_field(names[i], image, extras, info)
+        return brightness, stats_samples(image, len(names))
+
+    try:
+        bar = progress_bar(total=len(names), initial=len(done), desc="writing", unit="field", disable=not show_progress)
+        per_field, samples = [], []
+        for name, (brightness, sample) in zip(names, _in_threads(write, range(len(names)), len(names) - len(done))):
+            per_field.append(brightness)
+            samples.append(sample)
+            bar.update(0 if name in done else 1)
+        bar.close()
+        lap("shift, crop, measure and write")
+        # --- intensities over all fields: what loaders apply ---
+        mean_b = [float(x) for x in np.mean([b for b, _ in per_field], axis=0)]
+        mean_p = [float(x) for x in np.mean([p for _, p in per_field], axis=0)]
+        pinhole = plan.pinhole_um if plan.pinhole_um is not None else plan.pinhole_au
+        bleach = bleaching(mean_b, pinhole, [st.order for st in plan.positions[0].steps])  # type: ignore[arg-type]
+        finalize_with_step_stats(store, samples, normalization=normalization(offset, mean_b, mean_p, bleach))
+        lap("statistics")
+    except KeyboardInterrupt:
+        raise  # finished fields are kept; the same command resumes
+    except BaseException:
+        if state != "resumed":
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    residuals = [p["registration"]["residual_px"] if "registration" in p else 0.0 for p in plans]
+    return IngestReport(plan, state, store, residuals, warnings, stage_s)
+
+
+def _register_all(plan: Plan, m: AcquisitionManifest, cache: _RawCache, warn: Callable[[str], None],
+                  show_progress: bool) -> list[dict[str, Any]]:
+    """Read, check and register every field (side by side); each field's plan (see :func:`_field_plan`),
+    all cropped to the area common to every field. Warnings are reported in field order."""
+
+    def read_and_register(i: int) -> tuple[dict[str, Any] | None, tuple[int, int], list[str]]:
         said: list[str] = []
-        return _register(pos, _read_position(pos, plan.spatial_axes), manifest, said.append), said
+        raw = _read_position(plan.positions[i], plan.spatial_axes)
+        registration = _register(plan.positions[i], raw, m, said.append)
+        cache.offer(i, raw)
+        return registration, raw.shape[-2:], said
 
-    fields: list[FieldData] = []
+    registrations, boxes = [], []
     bar = progress_bar(total=len(plan.positions), desc="reading and registering", unit="field", disable=not show_progress)
-    with ThreadPoolExecutor(max_workers=_workers(len(plan.positions))) as pool:
-        for registered, said in pool.map(read_and_register, plan.positions):
-            fields.append(registered)
-            for msg in said:
-                _warn(msg)
-            bar.update(1)
+    for registration, (ny, nx), said in _in_threads(read_and_register, range(len(plan.positions)), len(plan.positions)):
+        registrations.append(registration)
+        boxes.append(tuple(registration["valid_yx"]) if registration else (0, ny, 0, nx))
+        for msg in said:
+            warn(msg)
+        bar.update(1)
     bar.close()
-    lap("read and register")
-    hy = min(f.box[1] - f.box[0] for f in fields)
-    hx = min(f.box[3] - f.box[2] for f in fields)
-    crops = [(f.box[0], f.box[0] + hy, f.box[2], f.box[2] + hx) for f in fields]
+    hy = min(b[1] - b[0] for b in boxes)
+    hx = min(b[3] - b[2] for b in boxes)
+    return [_field_plan(pos, reg, (b[0], b[0] + hy, b[2], b[2] + hx)) for pos, reg, b in zip(plan.positions, registrations, boxes)]
 
-    # --- the store (created only now: everything has been read and checked) ---
-    pinhole = plan.pinhole_um if plan.pinhole_um is not None else plan.pinhole_au
+
+def _create_store(out: Path, plan: Plan, record: dict[str, Any], sha: str, plans: list[dict[str, Any]]) -> LadderStore:
+    """The store with every field planned (metadata only, not complete): what a resumed run needs."""
     meta = DatasetMeta(
         source="acquisition",
         manifest=record,
@@ -220,41 +324,15 @@ def ingest(
         pinhole_units_source=plan.units_source,
         spatial_axes=plan.spatial_axes,
         pixel_size_um=plan.pixel_size_um,
-        fields=[field_name(i) for i in range(len(fields))],
+        fields=[field_name(i) for i in range(len(plans))],
     )
     # overwrite=True is safe here: _check_output refused other stores unless --overwrite was given, and an
-    # interrupted store of this same ingestion is simply rebuilt (ingestion is quick; no partial resume).
-    replaced = out.exists() and any(out.iterdir())
+    # interrupted store of this ingestion without every field planned is simply rebuilt
     store, _ = create_ladder(out, meta, overwrite=True)
-
-    # --- per field, side by side: crop to the common area, brightness, statistics sample, write ---
-    offset = manifest.offset_adu
-
-    def crop_measure_write(i: int) -> tuple[tuple[list[float], list[float]], list[np.ndarray]]:
-        f, (y0, y1, x0, x1) = fields[i], crops[i]
-        image = np.ascontiguousarray(f.image[..., y0:y1, x0:x1])
-        brightness = step_brightness(image, offset)
-        store.write_field(field_name(i), image, *_field_record(f, crops[i], brightness, manifest))
-        return brightness, stats_samples(image, len(fields))
-
     try:
-        bar = progress_bar(total=len(fields), desc="writing", unit="field", disable=not show_progress)
-        per_field, samples = [], []
-        with ThreadPoolExecutor(max_workers=_workers(len(fields))) as pool:
-            for brightness, sample in pool.map(crop_measure_write, range(len(fields))):
-                per_field.append(brightness)
-                samples.append(sample)
-                bar.update(1)
-        bar.close()
-        lap("crop, measure and write")
-        # --- intensities over all fields: what loaders apply ---
-        mean_b = [float(x) for x in np.mean([b for b, _ in per_field], axis=0)]
-        mean_p = [float(x) for x in np.mean([p for _, p in per_field], axis=0)]
-        bleach = bleaching(mean_b, pinhole, [st.order for st in plan.positions[0].steps])  # type: ignore[arg-type]
-        finalize_with_step_stats(store, samples, normalization=normalization(offset, mean_b, mean_p, bleach))
-        lap("statistics")
+        for i, field_plan in enumerate(plans):
+            store.plan_field(field_name(i), field_plan)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    residuals = [f.registration.residual_px if f.registration else 0.0 for f in fields]
-    return IngestReport(plan, "replaced" if replaced else "new", store, residuals, warnings, stage_s)
+    return store

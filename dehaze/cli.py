@@ -183,15 +183,18 @@ def ingest(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the files, steps, pinholes, shapes and pixel sizes found; write nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from other files or another manifest.")] = False,
     set_: SetOption = None,
+    cache_mb: Annotated[Optional[float], typer.Option("--cache-mb", min=0, help="Raw pixels kept in memory between registration and writing, MB (default 2 GB); fields beyond it are read twice.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Ingest a microscope pinhole series (same field, several pinholes) into a registered ladder store."""
+    from acquisition.ingest import CACHE_MB
     from acquisition.ingest import ingest as run_ingest
     from acquisition.manifest import load_acquisition_manifest
     from dehaze.store import describe_ladder
 
     m = load_acquisition_manifest(manifest, set_ or [])
     report = run_ingest(source, output, m, dry_run=dry_run, overwrite=overwrite, show_progress=not quiet,
+                        cache_mb=CACHE_MB if cache_mb is None else cache_mb,
                         warn=lambda msg: typer.echo(f"dehaze: warning: {msg}", err=True))
     if report.state == "dry-run":
         typer.echo(report.plan.describe())
@@ -200,6 +203,8 @@ def ingest(
     if report.state == "complete":
         typer.echo(f"{output}: already complete for these files and manifest; nothing to do (use --overwrite to rebuild)")
     else:
+        if report.state == "resumed":
+            typer.echo(f"{output}: resumed an interrupted ingestion (fields already written were kept)")
         typer.echo("registration residual (px RMS) per field: " + ", ".join(f"{r:.3f}" for r in report.residual_px))
         typer.echo("seconds: " + ", ".join(f"{stage} {s:.2f}" for stage, s in report.stage_s.items()))
     assert report.store is not None

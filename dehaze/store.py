@@ -178,7 +178,7 @@ class LadderStore:
         if image.ndim != n_axes or image.shape[0] != self.meta.n_steps:
             raise ValueError(f"{field}: image shape {image.shape} does not match axes {self.meta.axes} with {self.meta.n_steps} steps")
         group = self.root.require_group(field)
-        group.attrs.put({"dehaze": FieldMeta(complete=False).model_dump(mode="json")})
+        group.attrs.put({"dehaze": FieldMeta(complete=False, info=info or {}).model_dump(mode="json")})
         _write_array(group, IMAGE_ARRAY, image)
         for name, arr in (extras or {}).items():
             _write_array(group, name, arr)
@@ -188,6 +188,12 @@ class LadderStore:
                 "dehaze": FieldMeta(complete=True, extras=sorted(extras or {}), info=info or {}).model_dump(mode="json"),
             }
         )
+
+    def plan_field(self, field: str, info: dict[str, Any]) -> None:
+        """Record a field's ``info`` before its pixels (it stays incomplete): what a resumed writer needs."""
+        if field not in self.meta.fields:
+            raise ValueError(f"{field} is not a field of this store")
+        self.root.require_group(field).attrs.put({"dehaze": FieldMeta(complete=False, info=info).model_dump(mode="json")})
 
     # ---- incremental writing (the inference engine streams tile rows) -------------------------------
     def begin_field(self, field: str, arrays: dict[str, tuple[tuple[int, ...], str]]) -> zarr.Group:

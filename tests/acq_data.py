@@ -143,3 +143,13 @@ def write_lif(path: Path, images: list[tuple[str, np.ndarray, dict[str, str]]], 
         out += b"\x70\x00\x00\x00" + (len(body) + len(data)).to_bytes(4, "little") + body + data
     path.write_bytes(bytes(out))
     return path
+
+
+def write_position_folder(folder: Path, n_positions: int = 2) -> Path:
+    """Plain TIFFs ``pos{p}_ph{pinhole}um.tif`` for several fields of view, files in shuffled order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for pos in range(n_positions):
+        series = hazy_steps(seed=3 * pos)
+        for i in [2, 0, 3, 1]:
+            tifffile.imwrite(folder / f"pos{pos}_ph{PINHOLES_UM[i]:g}um.tif", series[i])
+    return folder

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from acq_data import PINHOLES_UM, SHIFTS, hazy_steps, ome_xml, write_ome, write_ome_channels
+from acq_data import PINHOLES_UM, SHIFTS, hazy_steps, ome_xml, write_ome, write_ome_channels, write_position_folder
 from typer.testing import CliRunner
 
 from acquisition.ingest import ingest
@@ -88,12 +88,7 @@ def test_imagej_hyperstack_with_manifest_list(tmp_path, steps):
 
 
 def test_plain_tiff_folder_with_pattern_and_positions(tmp_path):
-    folder = tmp_path / "tiffs"
-    folder.mkdir()
-    for pos in range(2):
-        series = hazy_steps(seed=0 if pos == 0 else 3)
-        for i in [2, 0, 3, 1]:
-            tifffile.imwrite(folder / f"pos{pos}_ph{PINHOLES_UM[i]:g}um.tif", series[i])
+    folder = write_position_folder(tmp_path / "tiffs")
     m = AcquisitionManifest(pinhole_pattern=r"ph([\d.]+)um", position_pattern=r"pos(\d+)", pixel_size_um=0.08)
     out = tmp_path / "ladder.zarr"
     report = ingest(folder, out, m, show_progress=False)
