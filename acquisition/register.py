@@ -95,6 +95,7 @@ def _crop(plane: np.ndarray, cfg: Registration, offset: tuple[int, int] = (0, 0)
     return np.pad(plane, pad, mode="edge")[y0 + pad[0][0] : y0 + pad[0][0] + wy, x0 + pad[1][0] : x0 + pad[1][0] + wx]
 
 
+_FFT_WORKERS = 1  # the caller runs fields side by side in threads; a 256^2 FFT gains nothing from more
 TAPER = 0.3  # fraction of a Tukey window's width that tapers (a full Hann window biases blurred steps)
 
 
@@ -119,7 +120,7 @@ def _window(shape: tuple[int, int]) -> np.ndarray:
 def _spectrum(crop: np.ndarray) -> np.ndarray:
     """Half spectrum (rfft2, complex64, (ny, nx // 2 + 1)) of the mean-free crop times a Tukey window (no edge
     artefacts). The image is real, so the other half is its mirror: half the work of a full FFT."""
-    return sfft.rfft2((crop - crop.mean(dtype=np.float64)).astype(np.float32) * _window(crop.shape), workers=-1)
+    return sfft.rfft2((crop - crop.mean(dtype=np.float64)).astype(np.float32) * _window(crop.shape), workers=_FFT_WORKERS)
 
 
 @functools.lru_cache(maxsize=8)
@@ -222,7 +223,7 @@ def _whitened_cross(ref_f: np.ndarray, mov_f: np.ndarray, cfg: Registration, sha
 
 def _phase_correlation(ref_f: np.ndarray, mov_f: np.ndarray, cfg: Registration, shape: tuple[int, int]) -> Match:
     """Band-passed phase correlation of two half spectra: whole-pixel peak and its PSR confidence."""
-    corr = sfft.irfft2(_whitened_cross(ref_f, mov_f, cfg, shape), s=shape, workers=-1)
+    corr = sfft.irfft2(_whitened_cross(ref_f, mov_f, cfg, shape), s=shape, workers=_FFT_WORKERS)
     ny, nx = shape
     max_shift = cfg.max_shift_px if cfg.max_shift_px is not None else min(ny, nx) / 4
     # only shifts within max_shift are candidates
@@ -318,51 +319,61 @@ def _keys_weights(frac: float) -> np.ndarray:
     return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
 
 
-def _convolve4(a: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
-    """out[i] = w0 a[i-2] + w1 a[i-1] + w2 a[i] + w3 a[i+1] along ``axis`` (edge values repeated)."""
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (2, 1)
-    p = np.pad(a, pad, mode="edge")
-    n = a.shape[axis]
-    take = lambda k: p[(slice(None),) * (a.ndim + axis) + (slice(k, k + n),)]  # noqa: E731
+ROWS_PER_BLOCK = 32  # rows shifted at a time: the float32 work stays in the CPU cache (~3x quicker at 2048^2)
+
+
+def _source_index(n: int, whole: float, first: int, stop: int) -> np.ndarray:
+    """Input index read for positions ``first .. stop-1`` of a line of ``n`` moved by ``whole`` px: the
+    position clamped to the line (a filter tap beyond the edge repeats it), then moved, clamped again."""
+    return np.clip(np.clip(np.arange(first, stop), 0, n - 1) - int(whole), 0, n - 1)
+
+
+def _tap_sum(a: np.ndarray, w: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """out[i] = w0 a[i] + w1 a[i+1] + w2 a[i+2] + w3 a[i+3] for i < n along ``axis`` (a holds n + 3 values)."""
+    take = lambda k: a[(slice(None),) * (a.ndim + axis) + (slice(k, k + n),)]  # noqa: E731
     out = take(0) * np.float32(w[0])
     for k in range(1, 4):
         out += take(k) * np.float32(w[k])
     return out
 
 
-def _shift_whole(a: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
-    """([z,] y, x) moved by whole pixels (dy, dx): out[p] = a[p - shift], edge values repeated; values untouched.
-    Index gathers along each axis: ~10x quicker than ndimage.shift(order=0), which interpolates."""
-    out = a
-    for axis, k in zip((-2, -1), shift_px):
-        n = a.shape[axis]
-        out = np.take(out, np.clip(np.arange(n) - int(k), 0, n - 1), axis=axis)
-    return out
-
-
-def apply_shifts(steps: np.ndarray, shifts: np.ndarray, mode: str = "subpixel") -> np.ndarray:
-    """Shift every step (h, [z,] y, x) by its (dy, dx), keeping the dtype (rounded and clipped for integers).
-
-    Output pixel p reads input p - shift: whole pixels by indexing (values untouched), the fraction by
-    separable 4-tap cubic convolution (interpolating: integer shifts change nothing).
-    """
-    out = np.empty_like(steps)
-    info = np.iinfo(steps.dtype) if np.issubdtype(steps.dtype, np.integer) else None
-    for t in range(steps.shape[0]):
-        s = np.asarray(shifts[t], dtype=np.float64) if mode == "subpixel" else np.round(shifts[t])
-        whole = np.floor(s + 1e-9)
-        frac = s - whole
-        moved = _shift_whole(steps[t], whole)
-        if np.all(frac < 1e-9):
-            out[t] = moved
+def _shift_plane(plane: np.ndarray, shift_px: np.ndarray, out: np.ndarray) -> None:
+    """One (y, x) plane moved by (dy, dx) px into ``out``: output pixel p reads input p - shift, edge values
+    repeated. Whole pixels by index gathers (values untouched); the fraction by separable 4-tap cubic
+    convolution reading positions i-2 .. i+1 (interpolating: integer shifts change nothing), integers
+    rounded and clipped. Done ROWS_PER_BLOCK rows at a time."""
+    ny, nx = plane.shape
+    whole = np.floor(shift_px + 1e-9)
+    frac = shift_px - whole
+    wy, wx = (_keys_weights(f) if f >= 1e-9 else None for f in frac)
+    cols = _source_index(nx, whole[1], -2, nx + 1) if wx is not None else _source_index(nx, whole[1], 0, nx)
+    info = np.iinfo(plane.dtype) if np.issubdtype(plane.dtype, np.integer) else None
+    for r0 in range(0, ny, ROWS_PER_BLOCK):
+        r1 = min(ny, r0 + ROWS_PER_BLOCK)
+        rows = _source_index(ny, whole[0], r0 - 2, r1 + 1) if wy is not None else _source_index(ny, whole[0], r0, r1)
+        block = np.take(np.take(plane, rows, axis=0), cols, axis=1)  # two 1-D gathers: 4x quicker than one 2-D
+        if wy is None and wx is None:
+            out[r0:r1] = block
             continue
-        work = moved.astype(np.float32)
-        for axis, f in zip((-2, -1), frac):
-            if f >= 1e-9:
-                work = _convolve4(work, _keys_weights(f), axis)
+        work = block.astype(np.float32)
+        if wy is not None:
+            work = _tap_sum(work, wy, -2, r1 - r0)
+        if wx is not None:
+            work = _tap_sum(work, wx, -1, nx)
         if info is not None:
             np.rint(work, out=work)
             np.clip(work, info.min, info.max, out=work)
-        out[t] = work
+        out[r0:r1] = work
+
+
+def apply_shifts(steps: np.ndarray, shifts: np.ndarray, mode: str = "subpixel") -> np.ndarray:
+    """Every step of (h, [z,] y, x) moved by its (dy, dx) px (see :func:`_shift_plane`), keeping the dtype.
+    ``mode`` "integer": shifts rounded to whole pixels (raw values untouched)."""
+    out = np.empty_like(steps)
+    ny, nx = steps.shape[-2:]
+    for t in range(steps.shape[0]):
+        s = np.asarray(shifts[t], dtype=np.float64) if mode == "subpixel" else np.round(shifts[t])
+        planes_out = out[t].reshape(-1, ny, nx)  # a view: out is contiguous
+        for plane, plane_out in zip(steps[t].reshape(-1, ny, nx), planes_out):
+            _shift_plane(plane, s, plane_out)
     return out

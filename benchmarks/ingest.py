@@ -2,7 +2,7 @@
 
 Data: a folder of OME-TIFFs as a confocal writes them, one file per (field, pinhole step), with known drift
 and haze. ``ratio = t_tifffile_read / t_ingest`` (>= 0.5 is the goal): ingestion includes discovery,
-reading, NaN checks, registration, sub-pixel resampling, Blosc-zstd compression and the statistics.
+reading, NaN checks, registration, sub-pixel resampling, Blosc-lz4 compression and the statistics.
 The registration error against the known drift is recorded too.
 
     PYTHONPATH=. python benchmarks/ingest.py [--size 512] [--fields 4] [--steps 5] [--repeat 3]
