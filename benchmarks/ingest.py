@@ -1,11 +1,16 @@
-"""Ingestion throughput against reading the same files with tifffile alone (one run, one ratio).
+"""Ingestion throughput against reading the same files with tifffile alone, side by side in one run.
 
 Data: a folder of OME-TIFFs as a confocal writes them, one file per (field, pinhole step), with known drift
 and haze. ``ratio = t_tifffile_read / t_ingest`` (>= 0.5 is the goal): ingestion includes discovery,
-reading, NaN checks, registration, sub-pixel resampling, Blosc-lz4 compression and the statistics.
-The registration error against the known drift is recorded too.
+reading, NaN checks, registration, sub-pixel resampling, Blosc-lz4 compression and the statistics. Each
+case alternates the two sides ``--repeat`` times (best of each, warm page cache). The cases: image sizes
+(registration's cost per step is fixed by its 256^2 window, the rest grows with the pixels) times input
+compression (uncompressed files read at memory-copy speed; zlib is what many exporters write). The
+registration error against the known drift is recorded too.
 
-    PYTHONPATH=. python benchmarks/ingest.py [--size 512] [--fields 4] [--steps 5] [--repeat 3]
+    PYTHONPATH=. python benchmarks/ingest.py [--cases 512x4 2048x2] [--inputs none zlib] [--steps 5] [--repeat 3]
+
+(``SIZExFIELDS``: square images of SIZE px, FIELDS fields of view.)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -49,65 +55,78 @@ def make_series(folder: Path, size: int, fields: int, steps: int, seed: int = 0,
     return drift
 
 
+def run_case(work: Path, size: int, fields: int, steps: int, compression: str, repeat: int) -> dict[str, Any]:
+    """One case: write the series, then alternate tifffile reads and ingestions; the best of each."""
+    src = work / f"series_{size}_{compression}"
+    src.mkdir()
+    drift = make_series(src, size, fields, steps, compression=None if compression == "none" else compression)
+    files = sorted(src.glob("*.ome.tif"))
+    nbytes = sum(tifffile.imread(p).nbytes for p in files)  # also warms the page cache
+    manifest = AcquisitionManifest(position_pattern=r"fov(\d+)")
+    out = work / f"ladder_{size}_{compression}.zarr"
+    t_read, t_ingest, stages = [], [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for p in files:
+            tifffile.imread(p)
+        t_read.append(time.perf_counter() - t0)
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        report = ingest(src, out, manifest, show_progress=False)
+        t_ingest.append(time.perf_counter() - t0)
+        stages.append(report.stage_s)
+    store = open_ladder(out)
+    errors = np.concatenate([store.extra(f, "shifts")[...] - drift[i] for i, f in enumerate(store.fields)])
+    read, ing = min(t_read), min(t_ingest)
+    return {
+        "data": {"layout": "OME-TIFF, one file per field and step", "fields": fields, "steps": steps, "shape_yx": [size, size],
+                 "dtype": "uint16", "input_compression": compression, "files": len(files), "mbytes": round(nbytes / 1e6, 2)},
+        "tifffile_read_s": round(read, 4),
+        "ingest_s": round(ing, 4),
+        "ratio": round(read / ing, 3),
+        "goal_ratio": 0.5,
+        "ingest_mb_per_s": round(nbytes / 1e6 / ing, 2),
+        "tifffile_mb_per_s": round(nbytes / 1e6 / read, 2),
+        "registration_error_px_rms": round(float(np.sqrt(np.mean(np.sum(errors**2, axis=1)))), 4),
+        "registration_residual_px": [store.field_meta(f).info["registration"]["residual_px"] for f in store.fields],
+        "all_times_s": {"tifffile": [round(t, 4) for t in t_read], "ingest": [round(t, 4) for t in t_ingest]},
+        "stages_s_of_fastest_run": stages[int(np.argmin(t_ingest))],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--fields", type=int, default=4)
+    ap.add_argument("--cases", nargs="+", default=["512x4", "2048x2"], help="SIZExFIELDS: square images of SIZE px, FIELDS fields")
+    ap.add_argument("--inputs", nargs="+", default=["none", "zlib"], choices=["none", "zlib", "lzw"], help="how the acquisition files are compressed")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--input-compression", default="none", choices=["none", "zlib", "lzw"], help="how the acquisition files are compressed")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest_cpu.json")
     args = ap.parse_args()
+    cases = []
+    for case in args.cases:
+        size, _, fields = case.partition("x")
+        if not (size.isdigit() and fields.isdigit()):
+            ap.error(f"--cases {case}: write SIZExFIELDS, e.g. 512x4")
+        cases.append((int(size), int(fields)))
     work = Path(tempfile.mkdtemp(prefix="dehaze-bench-ingest-"))
+    results = {}
     try:
-        src = work / "series"
-        src.mkdir()
-        comp = None if args.input_compression == "none" else args.input_compression
-        drift = make_series(src, args.size, args.fields, args.steps, compression=comp)
-        files = sorted(src.glob("*.ome.tif"))
-        nbytes = sum(tifffile.imread(p).nbytes for p in files)  # also warms the page cache
-        manifest = AcquisitionManifest(position_pattern=r"fov(\d+)")
-        t_read, t_ingest, stages = [], [], []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            for p in files:
-                tifffile.imread(p)
-            t_read.append(time.perf_counter() - t0)
-            out = work / "ladder.zarr"
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            report = ingest(src, out, manifest, show_progress=False)
-            t_ingest.append(time.perf_counter() - t0)
-            stages.append(report.stage_s)
-        store = open_ladder(work / "ladder.zarr")
-        errors = np.concatenate([store.extra(f, "shifts")[...] - drift[i] for i, f in enumerate(store.fields)])
-        rms = float(np.sqrt(np.mean(np.sum(errors**2, axis=1))))
-        read, ing = min(t_read), min(t_ingest)
-        result = {
-            "benchmark": "ingest throughput vs tifffile.imread of the same files",
-            "command": "PYTHONPATH=. python benchmarks/ingest.py " + " ".join(sys.argv[1:]),
-            "data": {"layout": "OME-TIFF, one file per field and step", "fields": args.fields, "steps": args.steps,
-                     "shape_yx": [args.size, args.size], "dtype": "uint16", "input_compression": args.input_compression, "files": len(files), "mbytes": round(nbytes / 1e6, 2)},
-            "tifffile_read_s": round(read, 4),
-            "ingest_s": round(ing, 4),
-            "ratio": round(read / ing, 3),
-            "goal_ratio": 0.5,
-            "ingest_mb_per_s": round(nbytes / 1e6 / ing, 2),
-            "tifffile_mb_per_s": round(nbytes / 1e6 / read, 2),
-            "registration_error_px_rms": round(rms, 4),
-            "registration_residual_px": [store.field_meta(f).info["registration"]["residual_px"] for f in store.fields],
-            "all_times_s": {"tifffile": [round(t, 4) for t in t_read], "ingest": [round(t, 4) for t in t_ingest]},
-            "stages_s_of_fastest_run": stages[int(np.argmin(t_ingest))],
-            "machine": machine_info(),
-        }
+        for size, fields in cases:
+            for compression in args.inputs:
+                r = run_case(work, size, fields, args.steps, compression, args.repeat)
+                results[f"{size}px_x{fields}_{compression}"] = r
+                print(f"{size}^2 x {fields} fields x {args.steps} steps, input {compression:>4}: tifffile {r['tifffile_read_s']:.3f} s, "
+                      f"ingest {r['ingest_s']:.3f} s, ratio {r['ratio']:.3f} (goal 0.5), registration error {r['registration_error_px_rms']:.4f} px RMS")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    record = {
+        "benchmark": "ingest throughput vs tifffile.imread of the same files",
+        "command": "PYTHONPATH=. python benchmarks/ingest.py " + " ".join(sys.argv[1:]),
+        "cases": results,
+        "machine": machine_info(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(args.out.read_text()) if args.out.exists() else {}
-    runs = runs if isinstance(runs, dict) and "runs" in runs else {"runs": {}}
-    runs["runs"][f"input_{args.input_compression}"] = result
-    args.out.write_text(json.dumps(runs, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
