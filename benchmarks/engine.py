@@ -77,7 +77,7 @@ from dehaze.normalization import Normalization  # noqa: E402
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder  # noqa: E402
 from dehaze.strategies import STRATEGIES, ModelBundle, schedule_for  # noqa: E402
 from dehaze.tiling import tile_geometry  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 from dehaze.train_config import HVAE_PRESETS  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -723,9 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"goal {goal:.0f}x on CPU, {key}, {name}: {ratio:.2f}x {'met' if ratio >= goal else 'NOT met'}")
     print(f"total {record['total_benchmark_s']:.1f} s")
     out = args.out or RESULTS_DIR / ("engine_cpu_quick.json" if args.quick else "engine_cpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, record)
     return 0
 
 

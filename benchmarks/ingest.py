@@ -16,7 +16,6 @@ registration error against the known drift is recorded too.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from acquisition.ingest import ingest  # noqa: E402
 from acquisition.manifest import AcquisitionManifest  # noqa: E402
 from dehaze.store import open_ladder  # noqa: E402
 
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 
 
 def make_series(folder: Path, size: int, fields: int, steps: int, seed: int = 0, compression: str | None = None) -> np.ndarray:
@@ -125,8 +124,7 @@ def main() -> None:
         "cases": results,
         "machine": machine_info(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(args.out, record)
 
 
 if __name__ == "__main__":

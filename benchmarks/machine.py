@@ -7,6 +7,7 @@ Heavy packages are imported only if already loaded or installed, so a numpy-only
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import socket
@@ -54,3 +55,11 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
     info["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return {**info, **extra}
+
+
+def write_result(path: Path, record: dict[str, Any]) -> Path:
+    """Write a benchmark's record as indented JSON (folders made as needed) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import machine_info
+from machine import machine_info, write_result
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "workdir": str(work),
     }
     out = args.output or (work / "quality_pixel_quick.json" if args.quick else RESULTS_DIR / "quality_pixel_cpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(out, record)
     png = out.with_suffix(".png")
     shutil.copyfile(report / "psnr_per_step.png", png)
     # the report's figure draws one-shot methods as a line at their mean; this one shows every step

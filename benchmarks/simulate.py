@@ -38,7 +38,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # microsim's per-plane pinhole progr
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import pstats  # noqa: E402
 import re  # noqa: E402
@@ -63,7 +62,7 @@ from simulation.ladder import plan_ladder, simulate_field  # noqa: E402
 from simulation.optics import fftconvolve_same_2d, objective_for, pinhole_disk, vectorial_planes  # noqa: E402
 from simulation.sample import render_truth  # noqa: E402
 
-from machine import machine_info  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 
 logging.getLogger("microsim").setLevel(logging.WARNING)
 
@@ -427,9 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     out = args.out or RESULTS_DIR / f"simulate_{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname()) or 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_result(out, record)
     return 0
 
 
