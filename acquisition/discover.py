@@ -87,7 +87,6 @@ class Plan:
             lines.append(f"  {t:>4}  {um:>10}  {au:>10}  {step.label}")
         for pos in self.positions:
             lines.append(f"  field {pos.key or '(single)'}: " + ", ".join(s.label for s in pos.steps))
-        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 

@@ -139,6 +139,7 @@ def test_dry_run_writes_nothing(tmp_path, steps):
     assert res.exit_code == 0, res.output
     assert "4 steps" in res.output and "(64, 64)" in res.output and "x=0.1" in res.output
     assert "40" in res.output and "320" in res.output and "[C=1]" in res.output
+    assert res.output.count("Airy units unknown") == 1  # a warning is said once (on stderr)
     assert not out.exists()
 
 
