@@ -424,7 +424,10 @@ def summarize(values: np.ndarray) -> tuple[float, float, float, float, float, fl
     pos = np.array(_PERCENTILES) * (len(values) - 1)
     lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
     if values.dtype.kind in "ui" and int(hi_v) - int(lo_v) < _HISTOGRAM_MAX_BINS:
-        counts = np.bincount((values - lo_v).astype(np.intp, copy=False))
+        # offsets from the minimum: in the native type for unsigned values (never negative), in int64 for
+        # signed ones (int16 spanning more than 32767 would wrap)
+        offsets = values - lo_v if values.dtype.kind == "u" else values.astype(np.int64) - int(lo_v)
+        counts = np.bincount(offsets.astype(np.intp, copy=False))
         levels = np.arange(len(counts), dtype=np.float64) + float(lo_v)
         mean = float(counts @ levels) / len(values)
         std = float(np.sqrt(counts @ (levels - mean) ** 2 / len(values)))

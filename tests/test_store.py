@@ -132,11 +132,13 @@ def test_incomplete_store_is_reported_as_such(cli, tmp_path, tiny_store):
     assert cli("info", partial).exit_code == 0  # info still describes an unfinished store
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
-def test_step_stats_match_numpy(dtype):
-    """Integer samples are summarised from a histogram, floats by a partial sort: both as numpy would."""
+@pytest.mark.parametrize("dtype,low,high", [(np.uint16, 0, 65535), (np.int16, -30000, 30000), (np.int32, -20, 900),
+                                             (np.uint8, 0, 255), (np.float32, 0, 1000)])
+def test_step_stats_match_numpy(dtype, low, high):
+    """Integer samples are summarised from a histogram, floats by a partial sort: both as numpy would, over
+    the dtype's whole range (an int16 spanning more than 32767 must not wrap)."""
     rng = np.random.default_rng(3)
-    values = (rng.poisson(300, 100_003) - (20 if dtype == np.int32 else 0)).astype(dtype)
+    values = np.concatenate([rng.poisson(300, 100_000) % (high - low) + low, [low, high, high]]).astype(dtype)
     (s,) = step_stats_from_samples([values])
     v64 = values.astype(np.float64)
     assert (s.min, s.max) == (v64.min(), v64.max())
