@@ -6,7 +6,8 @@ Stages (one field of T+1 steps, shapes (h, [z,] y, x)):
    cleanest first), shapes and pixel sizes, all checked.
 2. Every field is read and checked (NaN/inf planes) and registered to its cleanest step
    (:mod:`acquisition.register`); only its shifts are kept, and its raw pixels while they fit in
-   ``cache_mb`` (beyond that, stage 3 reads the field again): memory stays bounded for any number of fields.
+   ``cache_mb`` (beyond that, stage 3 reads the field again): memory is that budget plus a few fields per
+   thread, for any number of fields.
 3. Only when every field has been read and checked is the store created, with each field's plan (sources,
    shifts, the crop common to all fields) in its metadata. Then each field is shifted, cropped, measured
    (brightness per step) and written with its shifts (extra ``shifts``, (h, 2) float32 px) and
@@ -19,6 +20,7 @@ writing fails otherwise, a store this run created is removed (an existing one is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -81,7 +83,8 @@ class _RawCache:
 
 def _in_threads(fn: Callable[[_In], _Out], items: Iterable[_In], n_items: int) -> Iterator[_Out]:
     """``map(fn, items)`` over a few threads (see :func:`_workers`), results in order. On an error or
-    Ctrl-C, fields not yet started are dropped (those running finish: no half-written field)."""
+    Ctrl-C, fields not yet started are dropped (those running finish: no half-written field). Use it under
+    ``contextlib.closing``, so that this happens before the caller cleans up, wherever the error arose."""
     pool = ThreadPoolExecutor(max_workers=_workers(n_items))
     try:
         yield from pool.map(fn, items)
@@ -263,10 +266,11 @@ def ingest(
     try:
         bar = progress_bar(total=len(names), initial=len(done), desc="writing", unit="field", disable=not show_progress)
         per_field, samples = [], []
-        for name, (brightness, sample) in zip(names, _in_threads(write, range(len(names)), len(names) - len(done))):
-            per_field.append(brightness)
-            samples.append(sample)
-            bar.update(0 if name in done else 1)
+        with contextlib.closing(_in_threads(write, range(len(names)), len(names) - len(done))) as results:
+            for name, (brightness, sample) in zip(names, results):
+                per_field.append(brightness)
+                samples.append(sample)
+                bar.update(0 if name in done else 1)
         bar.close()
         lap("shift, crop, measure and write")
         # --- intensities over all fields: what loaders apply ---
@@ -300,12 +304,13 @@ def _register_all(plan: Plan, m: AcquisitionManifest, cache: _RawCache, warn: Ca
 
     registrations, boxes = [], []
     bar = progress_bar(total=len(plan.positions), desc="reading and registering", unit="field", disable=not show_progress)
-    for registration, (ny, nx), said in _in_threads(read_and_register, range(len(plan.positions)), len(plan.positions)):
-        registrations.append(registration)
-        boxes.append(tuple(registration["valid_yx"]) if registration else (0, ny, 0, nx))
-        for msg in said:
-            warn(msg)
-        bar.update(1)
+    with contextlib.closing(_in_threads(read_and_register, range(len(plan.positions)), len(plan.positions))) as results:
+        for registration, (ny, nx), said in results:
+            registrations.append(registration)
+            boxes.append(tuple(registration["valid_yx"]) if registration else (0, ny, 0, nx))
+            for msg in said:
+                warn(msg)
+            bar.update(1)
     bar.close()
     hy = min(b[1] - b[0] for b in boxes)
     hx = min(b[3] - b[2] for b in boxes)

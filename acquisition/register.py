@@ -77,8 +77,9 @@ def prepare(step: np.ndarray, cfg: Registration) -> np.ndarray:
     region = []
     for n in plane.shape:
         w = min(n, cfg.window_px)
-        m = min(margin, (n - w) // 2)  # symmetric, so the central window stays central (see _crop)
-        region.append(slice((n - w) // 2 - m, (n - w) // 2 + w + m))
+        # symmetric, so the central window stays central (see _crop); the whole axis when it is too short
+        fits = (n - w) // 2 >= margin
+        region.append(slice((n - w) // 2 - margin, (n - w) // 2 + w + margin) if fits else slice(0, n))
     plane = plane[tuple(region)]
     haze = ndimage.uniform_filter(ndimage.uniform_filter(plane, width, mode="nearest"), width, mode="nearest")
     return plane - haze
@@ -144,33 +145,36 @@ def _lags(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _half_columns(nx: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frequencies (cycles/px) of the half spectrum's columns, the Nyquist one negative as in fftfreq, and the
-    weight that makes a sum over the half equal the real part of the sum over the whole spectrum: 2 for a
-    column whose mirror is missing, 1 for the zero (and Nyquist) column, which hold both signs already."""
-    kx = sfft.rfftfreq(nx)
-    weight = np.full(len(kx), 2.0)
+def _half_columns(nx: int) -> np.ndarray:
+    """Weight that makes a sum over the half spectrum's columns equal the real part of the sum over the whole
+    spectrum: 2 for a column whose mirror is missing, 1 for the zero (and Nyquist) column, which hold both
+    signs already."""
+    weight = np.full(nx // 2 + 1, 2.0)
     weight[0] = 1.0
     if nx % 2 == 0:
-        kx[-1] = -0.5
         weight[-1] = 1.0
-    kx.flags.writeable = weight.flags.writeable = False
-    return kx, weight
+    weight.flags.writeable = False
+    return weight
 
 
 def _upsampled_correlation(half: np.ndarray, shape: tuple[int, int], centre: np.ndarray, step: float,
                            reach: float) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse DFT of the half spectrum ``half`` of a real ``shape`` correlation, on a grid of step ``step`` px
-    within ±reach px of ``centre``.
+    """The real correlation whose half spectrum (rfft2) is ``half``, interpolated by its DFT on a grid of step
+    ``step`` px within ±reach px of ``centre``; returns it and the grid offsets.
 
     Direct matrix products (n_fine x ny) @ (ny x nx/2) @ (nx/2 x n_fine): cheap because the fine grid is
-    small. Returns the (real) correlation on the grid and the grid offsets.
+    small. A Nyquist row or column (even sizes) stands for +1/2 and -1/2 cycles/px alike, so it enters as
+    cos(pi y): the interpolant is real and symmetric, and exact at whole lags.
     """
     offsets = np.arange(-reach, reach + 1e-9, step)
-    kx, weight = _half_columns(shape[1])
-    rows = np.exp(2j * math.pi * np.outer(centre[0] + offsets, sfft.fftfreq(shape[0]))).astype(half.dtype)
-    cols = (np.exp(2j * math.pi * np.outer(kx, centre[1] + offsets)) * weight[:, None]).astype(half.dtype)
-    return (rows @ half @ cols).real, offsets
+    ys, xs = centre[0] + offsets, centre[1] + offsets
+    rows = np.exp(2j * math.pi * np.outer(ys, sfft.fftfreq(shape[0])))
+    cols = np.exp(2j * math.pi * np.outer(sfft.rfftfreq(shape[1]), xs)) * _half_columns(shape[1])[:, None]
+    if shape[0] % 2 == 0:
+        rows[:, shape[0] // 2] = np.cos(math.pi * ys)
+    if shape[1] % 2 == 0:
+        cols[-1] = np.cos(math.pi * xs)
+    return (rows.astype(half.dtype) @ half @ cols.astype(half.dtype)).real, offsets
 
 
 def _refine_peak(half: np.ndarray, shape: tuple[int, int], peak: np.ndarray, upsample: int) -> np.ndarray:

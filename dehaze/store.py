@@ -417,8 +417,7 @@ def summarize(values: np.ndarray) -> tuple[float, float, float, float, float, fl
     """(mean, std, min, max, p01, p999) of a 1-D sample; percentiles interpolated linearly, as np.percentile.
 
     Integer camera values (the usual case) go through one bincount: exact, and ~10x quicker than a partial
-    sort of a million values. Others: float64 accumulators for the moments and one partial sort of a float32
-    copy (exact for float32 camera values).
+    sort of a million values. Others: float64 accumulators for the moments and one partial sort.
     """
     lo_v, hi_v = values.min(), values.max()
     pos = np.array(_PERCENTILES) * (len(values) - 1)
@@ -436,7 +435,8 @@ def summarize(values: np.ndarray) -> tuple[float, float, float, float, float, fl
         at_lo, at_hi = order_stat(lo), order_stat(hi)
     else:
         mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
-        work = values.astype(np.float32)
+        # float32 is exact for float32 and 16-bit camera values; wider ones keep float64
+        work = values.astype(np.float64 if values.dtype.itemsize > 4 or values.dtype.kind in "iu" else np.float32)
         work.partition(sorted({*lo, *hi}))
         at_lo, at_hi = work[lo].astype(np.float64), work[hi].astype(np.float64)
     p01, p999 = at_lo + (pos - lo) * (at_hi - at_lo)

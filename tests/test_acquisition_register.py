@@ -85,17 +85,33 @@ def test_skimage_cross_check(simulated):
     assert _rms(ours, DRIFT) <= _rms(theirs, DRIFT) + 0.05
 
 
-@pytest.mark.parametrize("shape", [(32, 32), (30, 27)])
-def test_half_spectrum_dft_matches_inverse_fft(shape):
-    """The direct DFT of a half spectrum (used to refine peaks) gives the inverse FFT's values at whole lags,
-    for even and odd sizes (the Hermitian weighting of the missing half)."""
+@pytest.mark.parametrize("shape", [(16, 16), (16, 15), (15, 16), (15, 15)])
+def test_half_spectrum_dft_is_the_fourier_interpolant(shape):
+    """The direct DFT of a half spectrum (used to refine peaks) equals Fourier interpolation of the real
+    signal (scipy.signal.resample, Nyquist split in two) at whole and half-pixel lags, for even and odd sizes."""
     from scipy import fft as sfft
+    from scipy import signal
 
     from acquisition.register import _upsampled_correlation
 
-    rng = np.random.default_rng(0)
-    half = sfft.rfft2(rng.normal(size=shape)).astype(np.complex128)
-    full = sfft.irfft2(half, s=shape) * np.prod(shape)  # the DFT helper does not divide by the size
-    grid, offsets = _upsampled_correlation(half, shape, np.array([3.0, -2.0]), step=1.0, reach=2.0)
-    lag_y, lag_x = (3 + offsets).astype(int), (-2 + offsets).astype(int)
-    assert np.allclose(grid, full[np.ix_(lag_y % shape[0], lag_x % shape[1])], atol=1e-9)
+    a = np.random.default_rng(0).normal(size=shape)
+    twice = signal.resample(signal.resample(a, 2 * shape[0], axis=0), 2 * shape[1], axis=1)
+    grid, offsets = _upsampled_correlation(sfft.rfft2(a), shape, np.array([3.0, 5.0]), step=0.5, reach=1.5)
+    rows, cols = (2 * (3 + offsets)).astype(int) % (2 * shape[0]), (2 * (5 + offsets)).astype(int) % (2 * shape[1])
+    assert np.allclose(grid / np.prod(shape), twice[np.ix_(rows, cols)], atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(257, 300), (300, 301), (512, 512), (600, 459)])
+def test_prepare_on_a_region_equals_the_whole_plane(shape):
+    """prepare filters only the region the matches read: what _crop takes from it at every offset a match
+    can use is what filtering the whole plane gives."""
+    from acquisition.register import _crop, _haze_width, _max_offset_px, prepare
+
+    cfg = Registration()
+    plane = np.random.default_rng(1).poisson(200, shape).astype(np.float32)
+    width = _haze_width(cfg)
+    whole = plane - ndimage.uniform_filter(ndimage.uniform_filter(plane, width, mode="nearest"), width, mode="nearest")
+    prepared = prepare(plane.astype(np.uint16), cfg)
+    reach = _max_offset_px(cfg)
+    for offset in [(0, 0), (reach, -reach), (-reach, reach), (7, 3)]:
+        assert np.allclose(_crop(prepared, cfg, offset), _crop(whole, cfg, offset), atol=1e-3)

@@ -144,3 +144,10 @@ def test_step_stats_match_numpy(dtype, low, high):
     assert (s.min, s.max) == (v64.min(), v64.max())
     assert s.mean == pytest.approx(v64.mean(), rel=1e-12) and s.std == pytest.approx(v64.std(), rel=1e-9)
     assert [s.p01, s.p999] == pytest.approx(np.percentile(v64, [0.1, 99.9]), rel=1e-12)
+
+
+def test_step_stats_keep_wide_integers_exact():
+    """Integers spanning too many values for a histogram are summarised in float64 (float32 would round)."""
+    values = np.random.default_rng(4).integers(0, 2**31, 40_001).astype(np.uint32)
+    (s,) = step_stats_from_samples([values])
+    assert [s.p01, s.p999] == pytest.approx(np.percentile(values.astype(np.float64), [0.1, 99.9]), rel=1e-12)
