@@ -45,7 +45,7 @@ def settings(kind: str) -> StudyConfig:
     if kind == "quick":
         common = {"batch_size": 4, "patch_size": 32, "log": {"val_every": 50, "ckpt_every": 50}}
         sim = ["n_fields=3", "volume.field_shape_yx=[96, 96]", "volume.nz=16"]
-        return StudyConfig(simulation="paper-like", simulation_set=sim, samples=2, tile=96, test_fields=1, jobs=2, trainers={
+        return StudyConfig(simulation="paper-like", simulation_set=sim, samples=2, test_fields=1, jobs=2, trainers={
             "unet": {**common, "steps": 40, "model": {"base_channels": 8, "depth": 2}},
             "pixel": {**common, "steps": 40, "model": {"base_channels": 8, "depth": 2}},
             "hdn": {**common, "steps": 30, "model": {"preset": "tiny"}},

@@ -152,7 +152,7 @@ def predict(
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Running-combination weight of the latent-combine strategies.")] = 0.5,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     step: Annotated[Optional[int], typer.Option("--step", min=0, help="Step of a single-image TIFF input.")] = None,
-    tile: Annotated[int, typer.Option("--tile", min=16, help="Tile size in pixels.")] = 256,
+    tile: Annotated[Optional[int], typer.Option("--tile", min=16, help="Tile size in pixels (default: 256; for HDN its training patch size, the only size a ladder VAE is right at).")] = None,
     margin: Annotated[int, typer.Option("--margin", min=0, help="Overlap kept away from each tile border.")] = 32,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (tiles x samples) per forward pass.")] = 8,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the posterior samples.")] = 0,

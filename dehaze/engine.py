@@ -38,9 +38,12 @@ Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = get_args(Precision)
 
 
+DEFAULT_TILE = 256  # px; a strategy may choose its own (dehaze.predict.engine_tile)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    tile: int = 256
+    tile: int | None = None  # px; None: the strategy's own choice, else DEFAULT_TILE
     margin: int = 32
     batch_size: int = 8  # images (tiles x samples) per forward pass
     samples: int = 1  # K posterior samples per input
@@ -123,7 +126,8 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
     """Predict one field (h, [z,] H, W) of ``source`` into ``out`` (see the module docstring)."""
     n_steps, planes = source.shape[0], list(np.ndindex(*source.shape[1:-2]))
     height, width = source.shape[-2:]
-    pad_h, pad_w, th, tw, rows, cols = tile_geometry(height, width, opts.tile, opts.margin, multiple)
+    tile = DEFAULT_TILE if opts.tile is None else opts.tile
+    pad_h, pad_w, th, tw, rows, cols = tile_geometry(height, width, tile, opts.margin, multiple)
     arrays = {"0": (tuple(source.shape), "float32"), "std": (tuple(source.shape), "float32")}
     if opts.trajectory:
         arrays["trajectory"] = ((n_steps, *source.shape[1:]), "float32")

@@ -28,7 +28,7 @@ class StudyConfig(StrictModel):
     jobs: int = Field(1, ge=1, description="trainers run side by side (independent ones first; torch threads split between them)")
     samples: int = Field(4, ge=1, description="posterior samples K for the sampling strategies")
     alpha: float = Field(0.5, ge=0, le=1, description="running-combination weight")
-    tile: int = Field(256, ge=16)
+    tile: int | None = Field(None, ge=16, description="engine tile in px (default: 256; HDN: its training patch size)")
     target: Literal["camera", "noise_free"] = Field("noise_free", description="x_0 the report scores against")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from dehaze import engine as engine_mod
-from dehaze.engine import EngineOptions, predict_field, run_tiles
+from dehaze.engine import DEFAULT_TILE, EngineOptions, predict_field, run_tiles
 from dehaze.normalization import Normalization
 from dehaze.predict import allowed_strategies, load_runs
 from dehaze.store import DatasetMeta, create_ladder, open_ladder
@@ -86,6 +86,8 @@ def test_every_strategy_runs_on_tiny_models(cli, setup, tmp_path):
         assert store.meta.prediction.method == name
         k = 2 if (spec.samples or spec.schedule == "ladder") else 1
         assert store.meta.prediction.strategy["samples"] == k
+        # the engine's tile: HDN's training patch size (a ladder VAE is right only there), else the default
+        assert store.meta.prediction.strategy["tile"] == (32 if name == "one-shot-hdn" else DEFAULT_TILE), name
         for f in store.fields:
             image, std = store.image(f)[...], store.extra(f, "std")[...]
             assert image.shape == std.shape == (T + 1, 64, 96) and image.dtype == std.dtype == np.float32, name

@@ -189,3 +189,14 @@ def test_hvae_trains_from_the_cli_and_bad_keys_exit_2(cli, ladder, tmp_path):
     result = _train_cli(cli, "hdn", ladder, tmp_path / "bad", "--set", "model.levels=5")  # 16 px patches: at most 4 levels
     assert result.exit_code == 2 and "patch_size=16" in result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_hdn_tiles_at_its_patch_size_unless_told(cli, ladder, tmp_path):
+    """One-shot HDN runs on tiles of its training patch size by default (16 px here); --tile overrides."""
+    run = tmp_path / "hdn"
+    assert _train_cli(cli, "hdn", ladder, run).exit_code == 0
+    for extra, tile in (((), 16), (("--tile", "32"), 32)):
+        out = tmp_path / f"p{tile}.zarr"
+        result = cli("predict", run, "--input", ladder, "-o", out, "--samples", "2", "-q", *extra)
+        assert result.exit_code == 0, result.stderr
+        assert open_ladder(out).meta.prediction.strategy["tile"] == tile

@@ -33,7 +33,9 @@ Choices (documented here once):
   track BatchNorm statistics); instead the value half of each gate starts small (×0.1), so each block
   starts close to the identity.
 * **Learned top prior**: p(z_n) = N(mu, exp(logvar)) with one learned (mu, logvar) per latent channel,
-  shared by all positions, so any input size works.
+  shared by all positions, so the model runs at any input size. It is *right* only near the training patch
+  size, though: the deepest levels learn the borders of a 2x2 or 4x4 latent map. Prediction therefore tiles
+  HDN inputs at that size (:func:`dehaze.predict.engine_tile`).
 * **Bounded log-variances**: every latent log-variance (priors and posteriors) goes through the soft clamp
   ``LATENT_LOGVAR_BOUND * tanh(v / LATENT_LOGVAR_BOUND)``: the range is (-8, 8), i.e. a standard deviation
   in (0.018, 54.6); near 0 the map is the identity.
