@@ -234,7 +234,8 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     """Simulate, train every model, predict with every strategy, evaluate; returns the report folder.
 
     Each stage keeps its outputs in ``output`` and is skipped when already complete, so an interrupted
-    study resumes where it stopped (training runs continue with --resume semantics).
+    study resumes where it stopped (training runs continue with --resume semantics). A prediction made
+    with other settings (samples, alpha, tile, or retrained runs) is made again.
     """
     from dehaze.config import build_model
     from dehaze.evaluate import evaluate as run_evaluate
@@ -277,7 +278,7 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     opts = EngineOptions(tile=cfg.tile, seed=0)
     stores = run_predict([runs[k] for k in ("unet", "pixel", "hdn", "degradation") if k in runs], test.path,
                          output / "predictions", strategy="all", device=cfg.device, samples=cfg.samples, alpha=cfg.alpha,
-                         opts=opts, show_progress=not quiet)
+                         opts=opts, replace_stale=True, show_progress=not quiet)  # the study owns its folder
     say("[4/4] evaluating")
     report = run_evaluate([s.path for s in stores], test.path, output / "report", target=cfg.target)
     _print_psnr_table(report)

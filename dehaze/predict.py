@@ -114,11 +114,13 @@ def allowed_strategies(runs: LoadedRuns) -> list[str]:
 
 def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, *, strategy: str | None = None,
             device: str = "auto", step: int | None = None, samples: int | None = None, alpha: float = 0.5,
-            opts: EngineOptions = EngineOptions(), overwrite: bool = False, show_progress: bool = True) -> list[LadderStore]:
+            opts: EngineOptions = EngineOptions(), overwrite: bool = False, replace_stale: bool = False,
+            show_progress: bool = True) -> list[LadderStore]:
     """Predict x_0 from every step of every field with the given runs; one prediction store per strategy.
 
     ``samples`` (K) defaults to the HDN run's ``mmse_samples`` for one-shot-hdn and to 1 (posterior
-    means, deterministic) for the latent strategies.
+    means, deterministic) for the latent strategies. ``overwrite``/``replace_stale``: see
+    :func:`dehaze.store.create_ladder`.
     """
     dev = pick_device(device)
     runs = load_runs(run_dirs, dev)
@@ -146,7 +148,8 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
     if strategy == "all":
         Path(output).mkdir(parents=True, exist_ok=True)
     bundle = prepare_bundle(replace(runs.bundle, alpha=alpha, sample=samples is not None and samples > 1), opts)
-    return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts, overwrite, show_progress)
+    return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts,
+                         overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
             for name in names]
 
 
@@ -165,7 +168,8 @@ def engine_tile(spec: StrategySpec, primary: RunInfo, tile: int | None) -> int:
 
 
 def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, src: InputLadder, output: Path,
-                 device: torch.device, samples: int | None, opts: EngineOptions, overwrite: bool, show_progress: bool) -> LadderStore:
+                 device: torch.device, samples: int | None, opts: EngineOptions, *, overwrite: bool,
+                 replace_stale: bool, show_progress: bool) -> LadderStore:
     primary = runs.infos[spec.primary]
     delta = getattr(primary.config.model, "sample_delta", 1.0)
     if spec.samples:  # one-shot-hdn: K posterior draws make the MMSE and std
@@ -184,7 +188,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         fields=src.fields, prediction=PredictionInfo(method=name, run_dirs=run_list, input_store=str(src.path),
                                                      input_sha256=src.sha256, strategy=strategy_info),
     )
-    out, state = create_ladder(output, meta, overwrite=overwrite)
+    out, state = create_ladder(output, meta, overwrite=overwrite, replace_stale=replace_stale)
     if state == "complete":
         return out
     multiple = max(int(getattr(getattr(bundle, kind), "multiple", 1)) for kind in spec.needs)

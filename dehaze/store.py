@@ -287,12 +287,15 @@ def ensure_writable_parent(path: Path) -> None:
         raise UserError(f"{path}: cannot write in {parent} ({exc.strerror}); choose another output path") from None
 
 
-def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False) -> tuple[LadderStore, str]:
+def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False,
+                  replace_stale: bool = False) -> tuple[LadderStore, str]:
     """Create a store, or reopen an interrupted one made from the same manifest.
 
     Returns ``(store, state)`` with state ``"new"``, ``"resumed"`` or ``"complete"``. An existing store
-    from another manifest is refused unless ``overwrite``; a path that is not a ladder store is never
-    deleted (nothing the user had is lost).
+    from another manifest is refused unless ``overwrite`` (which also rebuilds one of the same manifest) or
+    ``replace_stale`` (for a writer that owns the folder, e.g. a study: a store of the same manifest is
+    reopened, one of another is replaced). A path that is not a ladder store is never deleted (nothing the
+    user had is lost).
     """
     path = Path(path)
     if path.exists():
@@ -307,7 +310,7 @@ def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = Fals
             if same and not overwrite:
                 state = "complete" if existing.meta.status == "complete" else "resumed"
                 return existing, state
-            if not overwrite:
+            if not (overwrite or replace_stale):
                 raise UserError(
                     f"{path}: holds a store made from a different manifest; pass --overwrite to replace it or choose another output path"
                 )

@@ -216,6 +216,13 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
         assert len(test.fields) == 1 and test.meta.manifest["seed"] == train.meta.manifest["seed"] + 1000
     again = cli("study", path, "-o", tmp_path / "out", "-q")
     assert again.exit_code == 0 and "already" not in again.stderr
+    if jobs == 1:  # other prediction settings: the predictions are made again, the training runs kept
+        mtime = (tmp_path / "out" / "runs" / "unet" / "checkpoint.pt").stat().st_mtime_ns
+        again = cli("study", path, "-o", tmp_path / "out", "-q", "--set", "samples=3")
+        assert again.exit_code == 0, again.stderr
+        hdn = open_ladder(tmp_path / "out" / "predictions" / "one-shot-hdn.zarr")
+        assert hdn.meta.prediction.strategy["samples"] == 3
+        assert (tmp_path / "out" / "runs" / "unet" / "checkpoint.pt").stat().st_mtime_ns == mtime
 
 
 def test_study_config_errors(cli, tmp_path):

@@ -151,3 +151,23 @@ def test_step_stats_keep_wide_integers_exact():
     values = np.random.default_rng(4).integers(0, 2**31, 40_001).astype(np.uint32)
     (s,) = step_stats_from_samples([values])
     assert [s.p01, s.p999] == pytest.approx(np.percentile(values.astype(np.float64), [0.1, 99.9]), rel=1e-12)
+
+
+def test_replace_stale_reopens_the_same_and_replaces_another(tmp_path):
+    """A writer that owns its folder (the study): the same manifest's store is reopened, another's replaced;
+    without the flag another's store is refused."""
+    from dehaze.store import DatasetMeta, create_ladder
+
+    def meta(sha):
+        return DatasetMeta(source="simulation", manifest={}, manifest_sha256=sha, n_steps=2, pinhole_au=[1.0, 2.0],
+                           spatial_axes=["y", "x"], pixel_size_um={"y": 0.1, "x": 0.1}, fields=["field_000"])
+
+    path = tmp_path / "s.zarr"
+    store, state = create_ladder(path, meta("a"))
+    store.write_field("field_000", np.ones((2, 4, 4), np.uint16))
+    store.finalize(step_stats=step_stats_from_samples([np.ones(4)] * 2))
+    assert create_ladder(path, meta("a"), replace_stale=True)[1] == "complete"
+    with pytest.raises(UserError, match="different manifest"):
+        create_ladder(path, meta("b"))
+    store, state = create_ladder(path, meta("b"), replace_stale=True)
+    assert state == "new" and store.meta.manifest_sha256 == "b" and open_ladder(path, require_complete=False).completed_fields() == set()
