@@ -80,6 +80,10 @@ def main() -> None:
         parser.error("--gpu needs a CUDA device")
     cfg = settings(kind)
     work = args.work or Path(f"/tmp/dehaze-study-{kind}")
+    # what an earlier run in this folder already finished (run_study skips it): wall_s then covers the rest
+    reused = sorted(kind for kind, part in cfg.trainers.items()
+                    if (work / "runs" / kind / "checkpoint.pt").is_file() and part.get("steps") is not None
+                    and int(torch.load(work / "runs" / kind / "checkpoint.pt", weights_only=True)["step"]) >= part["steps"])
     t0 = time.perf_counter()
     report_dir = run_study(cfg, work, quiet=False)
     wall_s = time.perf_counter() - t0
@@ -102,6 +106,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
         "wall_s": round(wall_s, 1),
+        "trainers_reused_from_an_earlier_run": reused,
         "target": report["target"],
         "study_config": cfg.model_dump(mode="json"),
         "reference_from_the_study": {"unet_db": 31.7, "hdn_db": 32.9, "latent_start_db": 31.5,
