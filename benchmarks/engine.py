@@ -285,17 +285,15 @@ def flops_per_image(bundle: ModelBundle, job: Job, th: int, tw: int) -> dict[str
     return out
 
 
-def run_flops(bundle: ModelBundle, job: Job, height: int, width: int, trajectory_everywhere: bool = False) -> float:
-    """Total FLOPs the engine spends on one (8, height, width) field (tiles x K images, fixed schedule): the
-    intermediate decodes on the recorded plane only, or on every plane (``trajectory_everywhere``, naive)."""
+def run_flops(bundle: ModelBundle, job: Job, height: int, width: int) -> tuple[float, float]:
+    """Total FLOPs spent on one (8, height, width) field (tiles x K images, fixed schedule; NaN otherwise):
+    (the engine: intermediate decodes on the recorded plane only, the naive loop: decodes on every plane)."""
+    if job.schedule != "fixed":
+        return float("nan"), float("nan")
     _, _, th, tw, rows, cols = tile_geometry(height, width, job.tile, job.margin, bundle.hvae.multiple)
     per = flops_per_image(bundle, job, th, tw)
     images = len(rows) * len(cols) * job.samples
-    if job.schedule != "fixed":
-        return float("nan")
-    if trajectory_everywhere:
-        return images * N_PLANES * per["trajectory"]
-    return images * ((N_PLANES - 1) * per["plain"] + per["trajectory"])
+    return images * ((N_PLANES - 1) * per["plain"] + per["trajectory"]), images * N_PLANES * per["trajectory"]
 
 
 # ------------------------------------------------------------------------------------------ comparisons
@@ -392,8 +390,7 @@ def side_by_side(bundle: ModelBundle, source: zarr.Array, job: Job, repeats: int
     med = {s: median(v) for s, v in times.items()}
     med_cpu = {s: median(v) for s, v in cpu.items()}
     _, _, th, tw, rows, cols = tile_geometry(height, width, job.tile, job.margin, bundle.hvae.multiple)
-    flops_engine = run_flops(bundle, job, height, width)
-    flops_all_decodes = run_flops(bundle, job, height, width, trajectory_everywhere=True)
+    flops_engine, flops_all_decodes = run_flops(bundle, job, height, width)
     flops = {s: flops_all_decodes if s == "naive" else flops_engine for s in sides}
     engines = [s for s in sides if s.startswith("engine")]
     naives = [s for s in sides if s.startswith("naive")]
@@ -493,9 +490,9 @@ def profile_call(fn: Callable[[], Any], top: int = 15) -> dict[str, Any]:
     fn()
     prof.disable()
     wall = time.perf_counter() - t0
-    stats = pstats.Stats(prof)
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
     text = buf.getvalue()
     text = text[text.find("   ncalls"):] if "   ncalls" in text else text
     # cumulative time of the engine's parts (seconds, under the profiler)
@@ -554,7 +551,7 @@ def cuda_section(args: argparse.Namespace, tmp: Path, device: torch.device) -> d
             torch.cuda.reset_peak_memory_stats(device)
         _, wall, _ = run_engine(bundle, src, job, tmp / f"gpu_mem_{size}_out.zarr")
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        flops = run_flops(bundle, job, size, size)
+        flops, _ = run_flops(bundle, job, size, size)
         mpx = N_PLANES * size * size / 1e6
         res["memory"][str(size)] = {"wall_s": wall, "mpx_per_s": mpx / wall, "achieved_tflop_per_s": flops / wall / 1e12,
                                     "tflop": flops / 1e12, "peak_memory_allocated_gib": None if peak is None else peak / 2**30}

@@ -187,7 +187,7 @@ def profile_zarr_run(store: Path, args: argparse.Namespace, workdir: Path, top: 
     cfg = make_cfg(args, 0, "cpu")
     prof = cProfile.Profile()
     prof.enable()
-    timed_train(store, cfg, False, workdir, [900])[0]
+    timed_train(store, cfg, False, workdir, [900])
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)

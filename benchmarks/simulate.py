@@ -207,9 +207,8 @@ def run_ours(manifest: SimulationManifest, workers: int, n_fields: int, profile:
         del plan
         clear_microsim_caches()
         prof = cProfile.Profile(time.process_time)
-        prof.runcall(plan_ladder, manifest, fft_workers=workers)
+        plan = prof.runcall(plan_ladder, manifest, fft_workers=workers)
         profiles["plan"] = profile_text(prof)
-        plan = plan_ladder(manifest, fft_workers=workers)
         prof = cProfile.Profile(time.process_time)
         prof.runcall(simulate_field, plan, 0)
         profiles["field"] = profile_text(prof)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dehaze.cli import run_study
+from dehaze.cli import _checkpoint_step, run_study
 from dehaze.study_config import StudyConfig
 
 from machine import machine_info
@@ -82,8 +82,7 @@ def main() -> None:
     work = args.work or Path(f"/tmp/dehaze-study-{kind}")
     # what an earlier run in this folder already finished (run_study skips it): wall_s then covers the rest
     reused = sorted(kind for kind, part in cfg.trainers.items()
-                    if (work / "runs" / kind / "checkpoint.pt").is_file() and part.get("steps") is not None
-                    and int(torch.load(work / "runs" / kind / "checkpoint.pt", weights_only=True)["step"]) >= part["steps"])
+                    if part.get("steps") is not None and _checkpoint_step(work / "runs" / kind) >= part["steps"])
     t0 = time.perf_counter()
     report_dir = run_study(cfg, work, quiet=False)
     wall_s = time.perf_counter() - t0

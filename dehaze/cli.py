@@ -162,11 +162,9 @@ def predict(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Predict x_0 from every step of a ladder store (or TIFF) with trained runs."""
-    from dehaze.engine import PRECISIONS, EngineOptions
+    from dehaze.engine import EngineOptions
     from dehaze.predict import predict as run_predict
 
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     opts = EngineOptions(tile=tile, margin=margin, batch_size=batch_size, seed=seed, precision=precision, compile=compile_)
     stores = run_predict(list(runs), input_path, output, strategy=strategy, device=device, step=step, samples=samples,
                          alpha=alpha, opts=opts, overwrite=overwrite, show_progress=not quiet)

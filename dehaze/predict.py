@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dehaze.engine import DEFAULT_TILE, EngineOptions, predict_field, prepare_bundle
+from dehaze.engine import DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import RunInfo, load_model, read_run
@@ -123,6 +123,8 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
     :func:`dehaze.store.create_ladder`.
     """
     dev = pick_device(device)
+    if opts.precision not in PRECISIONS:
+        raise UserError(f"--precision {opts.precision}: choose one of {', '.join(PRECISIONS)}")
     runs = load_runs(run_dirs, dev)
     allowed = allowed_strategies(runs)
     if strategy == "all":
@@ -141,13 +143,14 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
         if name not in allowed:
             missing = [k for k in STRATEGIES[name].needs if getattr(runs.bundle, k) is None]
             raise UserError(f"--strategy {name}: needs a trained {' and '.join(missing)} run; these runs allow: {', '.join(allowed) or 'none'}")
-    if samples is not None and samples > 1 and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
+    sampled = (samples or 1) > 1
+    if sampled and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
         raise UserError(f"--samples {samples}: {', '.join(names)} are deterministic; samples apply to hdn and latent strategies")
     src = open_input(input_path, step)
     out_paths = {names[0]: Path(output)} if len(names) == 1 and strategy != "all" else {n: Path(output) / f"{n}.zarr" for n in names}
     if strategy == "all":
         Path(output).mkdir(parents=True, exist_ok=True)
-    bundle = prepare_bundle(replace(runs.bundle, alpha=alpha, sample=samples is not None and samples > 1), opts)
+    bundle = prepare_bundle(replace(runs.bundle, alpha=alpha, sample=sampled), opts)
     return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts,
                          overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
             for name in names]

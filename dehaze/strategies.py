@@ -151,7 +151,6 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
             z0 = reencode(z0)
         if combine_r and z0_prev is not None:
             z0 = _mix(z0, z0_prev, bundle.alpha)
-        decoded = None
         if callback:
             decoded = hvae.decode(z0)
             callback(float(t), decoded)

@@ -209,9 +209,7 @@ def pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: float, 
 
 def folded_pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: float, dx_um: float) -> np.ndarray:
     """Quadrant ``[n//2:, n//2:]`` of :func:`pinhole_disk` (n odd), cropped to the disk's support."""
-    radius = pinhole_au * 0.61 * em_wavelength_um / na / dx_um
-    x = np.arange(n - n // 2, dtype=np.float64)
-    quadrant = (np.hypot(x[:, None], x[None, :]) <= radius).astype(np.float64)
+    quadrant = pinhole_disk(n, pinhole_au, em_wavelength_um, na, dx_um)[n // 2 :, n // 2 :]
     h = int(np.count_nonzero(quadrant[0]))  # the centre row reaches furthest
     return quadrant[:h, :h]
 
