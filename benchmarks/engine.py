@@ -50,7 +50,6 @@ import copy
 import cProfile
 import io
 import json
-import os
 import pstats
 import shlex
 import shutil
@@ -77,7 +76,7 @@ from dehaze.normalization import Normalization  # noqa: E402
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder  # noqa: E402
 from dehaze.strategies import STRATEGIES, ModelBundle, schedule_for  # noqa: E402
 from dehaze.tiling import tile_geometry  # noqa: E402
-from machine import machine_info, write_result  # noqa: E402
+from machine import load1, machine_info, sync, write_result  # noqa: E402
 from dehaze.train_config import HVAE_PRESETS  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -90,18 +89,6 @@ FIELD = "field_000"
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def load1() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median(xs: Sequence[float]) -> float:

@@ -34,6 +34,20 @@ def cpu_model() -> str | None:
         return None
 
 
+def load1() -> float:
+    """1-minute load average (NaN where the OS has none): how shared the machine was while timing."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def sync(device: Any) -> None:
+    """Wait for the GPU's queued work before reading a clock (a no-op on CPU)."""
+    if device.type == "cuda":
+        sys.modules["torch"].cuda.synchronize(device)
+
+
 def machine_info(**extra: Any) -> dict[str, Any]:
     """Host, OS, CPU, package versions, torch threads and GPU (when torch is loaded), 1-min load, UTC date."""
     info: dict[str, Any] = {
@@ -52,7 +66,7 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         if torch.cuda.is_available():
             info["cuda"] = torch.version.cuda
     if hasattr(os, "getloadavg"):
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+        info["load_average_1min"] = round(load1(), 2)
     info["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return {**info, **extra}
 

@@ -41,12 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dehaze.models import build_model
 from dehaze.train_config import HDNModel
 
-from machine import machine_info
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from machine import machine_info, sync
 
 
 class Variant:
