@@ -168,13 +168,30 @@ def _upsampled_correlation(half: np.ndarray, shape: tuple[int, int], centre: np.
     """
     offsets = np.arange(-reach, reach + 1e-9, step)
     ys, xs = centre[0] + offsets, centre[1] + offsets
-    rows = np.exp(2j * math.pi * np.outer(ys, sfft.fftfreq(shape[0])))
-    cols = np.exp(2j * math.pi * np.outer(sfft.rfftfreq(shape[1]), xs)) * _half_columns(shape[1])[:, None]
+    # e^(2 pi i (centre + offset) f) = e^(2 pi i centre f) e^(2 pi i offset f): the offsets' part is the same
+    # at every call (cached), the centre's is one vector
+    fy, fx = sfft.fftfreq(shape[0]), sfft.rfftfreq(shape[1])
+    rows = _offset_phases(shape[0], step, reach, False) * np.exp(2j * math.pi * centre[0] * fy)
+    cols = _offset_phases(shape[1], step, reach, True) * np.exp(2j * math.pi * centre[1] * fx)[:, None]
     if shape[0] % 2 == 0:
         rows[:, shape[0] // 2] = np.cos(math.pi * ys)
     if shape[1] % 2 == 0:
         cols[-1] = np.cos(math.pi * xs)
     return (rows.astype(half.dtype) @ half @ cols.astype(half.dtype)).real, offsets
+
+
+@functools.lru_cache(maxsize=32)
+def _offset_phases(n: int, step: float, reach: float, half: bool) -> np.ndarray:
+    """e^(2 pi i offset f) for the grid offsets of :func:`_upsampled_correlation` and the frequencies f of an
+    axis of n: (offsets, n) for a whole axis, or (n // 2 + 1, offsets) times the half-spectrum column weights
+    for the half axis. Read-only (callers multiply into new arrays)."""
+    offsets = np.arange(-reach, reach + 1e-9, step)
+    if half:
+        phases = np.exp(2j * math.pi * np.outer(sfft.rfftfreq(n), offsets)) * _half_columns(n)[:, None]
+    else:
+        phases = np.exp(2j * math.pi * np.outer(offsets, sfft.fftfreq(n)))
+    phases.flags.writeable = False
+    return phases
 
 
 def _refine_peak(half: np.ndarray, shape: tuple[int, int], peak: np.ndarray, upsample: int) -> np.ndarray:
@@ -220,8 +237,10 @@ def _whitened_cross(ref_f: np.ndarray, mov_f: np.ndarray, cfg: Registration, sha
     """Cross-power half spectrum of two crops' spectra, whitened (cfg.whitening) and band-passed."""
     cross = ref_f * np.conj(mov_f)
     magnitude = np.abs(cross)
-    cross /= (magnitude + 1e-12 * magnitude.max() + 1e-30) ** np.float32(cfg.whitening)
-    cross *= _band(shape, tuple(cfg.band_px))
+    magnitude += 1e-12 * magnitude.max() + 1e-30
+    # one real weight, band / magnitude^whitening, then one complex product (not a division and a product)
+    weight = np.sqrt(magnitude, out=magnitude) if cfg.whitening == 0.5 else np.power(magnitude, np.float32(cfg.whitening), out=magnitude)
+    cross *= np.divide(_band(shape, tuple(cfg.band_px)), weight, out=weight)
     return cross
 
 
