@@ -204,7 +204,13 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
     """Build the ingestion :class:`Plan` of SOURCE from file metadata and the manifest (no pixels read)."""
     source = Path(source)
     files = list_files(source, m.files)
-    series = [s for f in files for s in read_series(f)]
+    series: list[SeriesInfo] = []
+    in_sets: set[Path] = set()  # files of multi-file OME-TIFF sets already read (any member reads the whole set)
+    for f in files:
+        if f.resolve() not in in_sets:
+            found = read_series(f)
+            in_sets |= {p.resolve() for s in found for p in s.set_files}
+            series += found
     axis = _step_axis(series, m)
     if m.pinhole_pattern is not None and axis is not None:
         raise UserError(f"{source}: pinhole_pattern parses one value per file, but the steps lie along {axis}; give a pinhole_um list instead")

@@ -31,6 +31,7 @@ class SeriesInfo:
     magnification: float | None = None
     position_hint: str = ""  # a field-of-view key the format itself gives (LIF mosaic tile)
     n_series_in_file: int = 1
+    set_files: tuple[Path, ...] = ()  # every file of a multi-file OME-TIFF set this series spans (else empty)
 
     @property
     def label(self) -> str:

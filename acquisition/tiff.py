@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from acquisition.ome import ChannelMeta, parse_ome_xml
+from acquisition.ome import ChannelMeta, ImageMeta, parse_ome_xml
 from acquisition.series import SeriesInfo, to_tczyx
 from acquisition.units import length_to_um
 from dehaze.errors import UserError
@@ -78,6 +78,26 @@ def _resolution_um(tif: tifffile.TiffFile, path: Path) -> dict[str, float]:
     return out
 
 
+def _set_members(path: Path, images: list[ImageMeta]) -> tuple[Path, ...]:
+    """The files of the multi-file OME-TIFF set ``path`` belongs to (Bio-Formats, Micro-Manager: one file per
+    channel or position, each with the whole OME-XML), each checked present and complete; () for one file.
+
+    tifffile reads the whole set from any member, and fills a missing member with zeros (a log line only),
+    so a missing or truncated member is refused here, by name.
+    """
+    names = [n for meta in images for n in meta.files]
+    if not names or set(names) == {path.name}:
+        return ()
+    members = tuple(dict.fromkeys(path.parent / n for n in names))
+    for member in members:
+        if not member.is_file():
+            raise UserError(f"{member}: missing: the OME-XML of {path} lists it among the {len(members)} files of its set; copy the whole set into {path.parent}")
+        if member != path:
+            with _open(member) as tif:
+                _check_complete(tif, member)
+    return members
+
+
 def _shape(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, ...]:
     """(T, C, Z, Y, X) shape of a series without reading it (a zero-stride stand-in array)."""
     return to_tczyx(np.broadcast_to(np.zeros((), np.uint8), shape), axes, str(path)).shape
@@ -93,6 +113,7 @@ def read_tiff_series(path: Path) -> list[SeriesInfo]:
         out = []
         if tif.is_ome:
             images = parse_ome_xml(tif.ome_metadata or "", str(path))
+            members = _set_members(path, images)
             for i, s in enumerate(series):
                 meta = images[i] if i < len(images) else images[0]
                 data_shape = _shape(s.shape, s.axes, path)
@@ -101,7 +122,7 @@ def read_tiff_series(path: Path) -> list[SeriesInfo]:
                         path=path, index=i, name=meta.name or f"series {i}", kind="ome-tiff", shape=data_shape,
                         dtype=s.dtype, read=_reader(path, i, s.axes), channels=meta.channels,
                         pixel_size_um=meta.pixel_size_um, na=meta.na, magnification=meta.magnification,
-                        n_series_in_file=len(series),
+                        n_series_in_file=len(series), set_files=members,
                     )
                 )
             return out

@@ -57,6 +57,7 @@ def ome_xml(
     image_names: list[str] | None = None,
     na: float = 1.4,
     magnification: float = 63.0,
+    channel_files: list[str] | None = None,
 ) -> str:
     """OME-XML as a confocal's software writes it: Instrument/Objective, Channel@PinholeSize, TiffData."""
     unit = f' PhysicalSizeXUnit="{pixel_unit}" PhysicalSizeYUnit="{pixel_unit}"' if pixel_unit else ""
@@ -72,12 +73,18 @@ def ome_xml(
         )
         n_planes = len(channels) * size_z * size_t
         name = image_names[i] if image_names else f"Image{i}"
+        if channel_files:  # a multi-file set: channel c is the first plane of file c, named with its UUID
+            tiff_data = "".join(f'<TiffData FirstC="{c}" IFD="0" PlaneCount="1"><UUID FileName="{f}">urn:uuid:{uuid.uuid4()}</UUID></TiffData>'
+                                for c, f in enumerate(channel_files))
+        else:
+            tiff_data = f'<TiffData IFD="{ifd}" PlaneCount="{n_planes}"/>'
+
         images.append(
             f'<Image ID="Image:{i}" Name="{name}"><AcquisitionDate>2024-05-01T10:0{i}:00</AcquisitionDate>'
             f'<ObjectiveSettings ID="Objective:0:0" RefractiveIndex="1.515"/>'
             f'<Pixels ID="Pixels:{i}" DimensionOrder="XYCZT" Type="uint16" SizeX="{size_yx[1]}" SizeY="{size_yx[0]}" '
             f'SizeC="{len(channels)}" SizeZ="{size_z}" SizeT="{size_t}" PhysicalSizeX="{pixel_um}" PhysicalSizeY="{pixel_um}"{unit} '
-            f'PhysicalSizeZ="{z_um}" BigEndian="false">{chs}<TiffData IFD="{ifd}" PlaneCount="{n_planes}"/></Pixels></Image>'
+            f'PhysicalSizeZ="{z_um}" BigEndian="false">{chs}{tiff_data}</Pixels></Image>'
         )
         ifd += n_planes
     return (
@@ -105,6 +112,15 @@ def write_ome_channels(path: Path, steps: list[np.ndarray], pinholes: list[float
     chans = [{"pinhole": pinholes[i], "unit": unit, "name": f"PH {pinholes[i]}"} for i in order]
     data = np.stack([steps[i] for i in order])
     return write_ome(path, data, ome_xml(chans, data.shape[-2:]))
+
+
+def write_ome_set(folder: Path, steps: list[np.ndarray], pinholes: list[float]) -> list[Path]:
+    """A multi-file OME-TIFF set as Bio-Formats and Micro-Manager write it: one file per channel (pinhole step),
+    each holding the whole OME-XML, whose TiffData point at every file of the set by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"series_C{c}.ome.tif" for c in range(len(steps))]
+    xml = ome_xml([{"pinhole": p, "name": f"PH {p}"} for p in pinholes], steps[0].shape, channel_files=names)
+    return [write_ome(folder / name, img[None], xml) for name, img in zip(names, steps)]
 
 
 def write_lif(path: Path, images: list[tuple[str, np.ndarray, dict[str, str]]], pixel_m: float = 1e-7) -> Path:

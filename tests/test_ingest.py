@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from acq_data import PINHOLES_UM, SHIFTS, hazy_steps, ome_xml, write_ome, write_ome_channels, write_position_folder
+from acq_data import PINHOLES_UM, SHIFTS, hazy_steps, ome_xml, write_ome, write_ome_channels, write_ome_set, write_position_folder
 from typer.testing import CliRunner
 
 from acquisition.ingest import ingest
@@ -57,6 +57,17 @@ def test_ome_one_file_channels_in_any_order(tmp_path, steps):
     norm = store.meta.normalization
     assert norm["kind"] == "offset_percentile" and len(norm["brightness_mean_adu"]) == 4
     assert norm["brightness_mean_adu"][3] > norm["brightness_mean_adu"][0]  # brightness grows with the pinhole
+
+
+def test_multi_file_ome_set_is_one_series(tmp_path, steps):
+    # Bio-Formats / Micro-Manager: one file per channel, each with the whole OME-XML; tifffile reads the set
+    # from any member, so the folder is one field of four steps, not four copies of it
+    files = write_ome_set(tmp_path / "src", steps, PINHOLES_UM)
+    res = _cli("ingest", str(tmp_path / "src"), "-o", str(tmp_path / "l.zarr"))
+    assert res.exit_code == 0, res.output
+    store = _assert_store(tmp_path / "l.zarr")
+    assert store.meta.pinhole_um == PINHOLES_UM
+    assert all(src.startswith(str(files[0])) for src in store.field_meta(store.fields[0]).info["sources"])
 
 
 def test_ome_file_per_step_nm_unit_and_calibration(tmp_path, steps):

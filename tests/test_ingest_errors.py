@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from acq_data import PINHOLES_UM, hazy_steps, ome_xml, write_ome, write_ome_channels
+from acq_data import PINHOLES_UM, hazy_steps, ome_xml, write_ome, write_ome_channels, write_ome_set
 from typer.testing import CliRunner
 
 from dehaze.cli import app
@@ -48,6 +48,16 @@ def test_truncated_file(tmp_path, steps):
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) - 2000])
     _fails(tmp_path, folder, "step2.ome.tif", "truncated")
+
+
+def test_multi_file_ome_set_member_missing_or_truncated(tmp_path, steps):
+    # tifffile would fill a missing member with zeros (a log line only): refused by the member's name
+    files = write_ome_set(tmp_path / "src", steps, PINHOLES_UM)
+    data = files[3].read_bytes()
+    files[3].write_bytes(data[: len(data) - 2000])
+    _fails(tmp_path, files[0], "series_C3.ome.tif", "truncated")
+    files[3].unlink()
+    _fails(tmp_path, files[0], "series_C3.ome.tif", "missing", "copy the whole set")
 
 
 def test_corrupt_file(tmp_path, steps):
