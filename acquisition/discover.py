@@ -21,6 +21,7 @@ from dehaze.errors import UserError
 
 _AXIS = {"channel": "C", "time": "T", "z": "Z"}
 REL_TOL = 1e-3  # pixel sizes and pinhole values closer than this are equal
+MAX_PLAUSIBLE_PIXEL_UM = 20.0  # a larger lateral pixel from file metadata is a dpi tag, not a calibration
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _has_channel_pinholes(s: SeriesInfo) -> bool:
 def _step_axis(series: list[SeriesInfo], m: AcquisitionManifest) -> str | None:
     if m.step_axis != "auto":
         return None if m.step_axis == "file" else _AXIS[m.step_axis]
+    if m.channel is not None:  # one channel chosen: the steps cannot be the channels
+        return None
     if any(_has_channel_pinholes(s) for s in series) or (len(series) == 1 and series[0].shape[1] > 1):
         return "C"
     return None
@@ -167,7 +170,10 @@ def _assign_pinholes(positions: dict[str, list[Step]], m: AcquisitionManifest) -
         for pos, steps in positions.items():
             if len(steps) != len(values):
                 names = ", ".join(s.label for s in steps[:3]) + (" ..." if len(steps) > 3 else "")
-                raise UserError(f"manifest {key} has {len(values)} values but {names} holds {len(steps)} steps{f' (field {pos})' if pos else ''}")
+                nt, _, nz, _, _ = steps[0].series.shape
+                hint = next((f"; if the steps lie along {name}, set step_axis: {name}" for name, n in (("z", nz), ("time", nt))
+                             if n == len(values) and m.step_axis == "auto"), "")
+                raise UserError(f"manifest {key} has {len(values)} values but {names} holds {len(steps)} steps{f' (field {pos})' if pos else ''}{hint}")
             for step, v in zip(steps, values):
                 setattr(step, key, float(v))
         return f"manifest ({key} in source order)"
@@ -194,6 +200,14 @@ def _assign_pinholes(positions: dict[str, list[Step]], m: AcquisitionManifest) -
                 )
             kinds.add(step.series.kind)
     return "file metadata (" + ", ".join(sorted(kinds)) + ")"
+
+
+def _prefer(manifest: float | None, from_file: float | None, key: str, where: str, warnings: list[str]) -> float | None:
+    """The manifest's value where given (an explicit choice wins), else the file's; a warning when both are
+    given and differ (said once per key)."""
+    if manifest is not None and from_file is not None and not _close(manifest, from_file) and not any(f"manifest {key}" in w for w in warnings):
+        warnings.append(f"{where}: manifest {key} {manifest:g} replaces the file's {from_file:g}")
+    return manifest if manifest is not None else from_file
 
 
 def _close(a: float, b: float) -> bool:
@@ -232,16 +246,22 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
             group.append(st)
     units_source = _assign_pinholes(positions, m)
 
-    # --- optics and calibration ---
-    em = next((c.em_wavelength_nm for s in series for c in s.channels if c.em_wavelength_nm), None) or m.em_wavelength_nm
-    na = next((s.na for s in series if s.na), None) or m.na
-    calibrated = m.um_per_au is not None or (m.magnification_at_pinhole is not None and em is not None and na is not None)
+    # --- optics and calibration: the manifest's values win over the files' (a warning where they differ) ---
+    warnings: list[str] = []
+    all_steps = [st for steps in positions.values() for st in steps]
+    file_na = next((s.na for s in series if s.na), None)
+    na = _prefer(m.na, file_na, "na", all_steps[0].label, warnings)
+    # the emission wavelength of the channel each step reads (a two-dye file: the chosen dye's, not channel 0's)
+    em_of = {id(st): _prefer(m.em_wavelength_nm, st.series.channel(st.channel).em_wavelength_nm, "em_wavelength_nm", st.label, warnings)
+             for st in all_steps}
+    em = em_of[id(all_steps[0])]
+    calibrated = m.um_per_au is not None or (m.magnification_at_pinhole is not None and na is not None and None not in em_of.values())
     if m.magnification_at_pinhole is not None and not calibrated:
         raise UserError("magnification_at_pinhole needs em_wavelength_nm and na (the files do not give them): add them to the manifest")
-    for steps in positions.values():
-        for st in steps:
-            if st.pinhole_au is None and st.pinhole_um is not None and calibrated:
-                st.pinhole_au = pinhole_um_to_au(st.pinhole_um, um_per_au=m.um_per_au, magnification_at_pinhole=m.magnification_at_pinhole, em_wavelength_nm=em, na=na)
+    for st in all_steps:
+        if st.pinhole_au is None and st.pinhole_um is not None and calibrated:
+            st.pinhole_au = pinhole_um_to_au(st.pinhole_um, um_per_au=m.um_per_au, magnification_at_pinhole=m.magnification_at_pinhole,
+                                             em_wavelength_nm=em_of[id(st)], na=na)
     if calibrated and units_source.startswith(("file", "manifest (pinhole_um")):
         cal = f"um_per_au={m.um_per_au}" if m.um_per_au else f"magnification_at_pinhole={m.magnification_at_pinhole}, 1 AU = 1.22*{em:g} nm/{na:g}"
         units_source += f"; AU from manifest calibration ({cal})"
@@ -267,7 +287,9 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
             missing = [v for v in ref_values if not any(_close(v, w) for w in values)]
             extra = [v for v in values if not any(_close(v, w) for w in ref_values)]
             what = f"missing {sort_key} {missing}" if missing else f"extra {sort_key} {extra}"
-            raise UserError(f"field {pos.key}: {what} compared with field {ref.key} ({pos.steps[0].label})")
+            hint = ("; the steps were taken along channels because they have different pinhole sizes: if the channels are dyes, "
+                    "choose one with channel: N" if axis == "C" and m.step_axis == "auto" else "")
+            raise UserError(f"field {pos.key}: {what} compared with field {ref.key} ({pos.steps[0].label}){hint}")
     if len(ref.steps) < 2:
         raise UserError(f"{source}: found only one pinhole step ({ref.steps[0].label}); a ladder needs at least two")
 
@@ -279,13 +301,15 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
         for st in pos.steps:
             if st.spatial_shape != shape:
                 raise UserError(f"{st.label}: shape {st.spatial_shape} differs from {ref.steps[0].label} {shape}")
+            if st.series.dtype != ref.steps[0].series.dtype:  # an 8-bit export among 16-bit steps: values not comparable
+                raise UserError(f"{st.label}: data type {st.series.dtype} differs from {ref.steps[0].label} {ref.steps[0].series.dtype}; "
+                                "export every step with the same bit depth")
             px = dict(st.series.pixel_size_um)
-            if "x" not in px and m.pixel_size_um is not None:
-                px["x"] = px["y"] = m.pixel_size_um
             if "x" in px:
                 px.setdefault("y", px["x"])
-            if "z" in spatial_axes and "z" not in px and m.z_step_um is not None:
-                px["z"] = m.z_step_um
+            for a, value in (("x", m.pixel_size_um), ("y", m.pixel_size_um), ("z", m.z_step_um if "z" in spatial_axes else None)):
+                if value is not None:
+                    px[a] = _prefer(value, px.get(a), "pixel_size_um" if a != "z" else "z_step_um", st.label, warnings)
             for a in spatial_axes:
                 if px.get(a) is None:
                     what = "pixel_size_um" if a != "z" else "z_step_um"
@@ -296,7 +320,9 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
             elif not all(_close(px[a], px_ref[a]) for a in spatial_axes):
                 raise UserError(f"{st.label}: pixel size {px} µm differs from {ref.steps[0].label} {px_ref} µm")
     assert px_ref is not None
-    warnings = []
+    if m.pixel_size_um is None and max(px_ref["x"], px_ref["y"]) > MAX_PLAUSIBLE_PIXEL_UM:
+        warnings.append(f"{ref.steps[0].label}: pixel size {px_ref['x']:g} µm from the file's metadata is implausible for a microscope "
+                        "(a screen or print resolution?); give pixel_size_um in an acquisition manifest")
     pinhole_au = [st.pinhole_au for st in ref.steps]
     if any(v is None for v in pinhole_au):
         warnings.append("pinhole sizes in Airy units unknown: give magnification_at_pinhole (with em_wavelength_nm, na) or um_per_au to record them")

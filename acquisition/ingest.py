@@ -169,9 +169,10 @@ def _shift_and_crop(raw: np.ndarray, plan: dict[str, Any]) -> np.ndarray:
 
 
 def _identity(m: AcquisitionManifest, plan: Plan) -> tuple[dict[str, Any], str]:
-    """The manifest recorded in the store, and its hash (manifest + source files' names, sizes, mtimes)."""
-    files = [{"name": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in plan.files]
-    record = {"acquisition": m.model_dump(mode="json"), "source": str(plan.source), "files": files}
+    """The manifest recorded in the store, and its hash (manifest + source files' absolute paths, sizes,
+    mtimes: the same files however the command spells their paths)."""
+    files = [{"name": str(p.resolve()), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in plan.files]
+    record = {"acquisition": m.model_dump(mode="json"), "source": str(plan.source.resolve()), "files": files}
     return record, hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 

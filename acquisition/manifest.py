@@ -71,13 +71,13 @@ class AcquisitionManifest(StrictModel):
         "auto", description="where the steps are: one per file/series, or along an axis of each file (auto: channels with distinct pinholes)"
     )
     channel: int | None = Field(None, ge=0, description="channel to use when the steps are not along channels")
-    # --- calibration and optics (fallbacks for what the metadata lacks) ---
+    # --- calibration and optics (override the files' values when given: a warning says where they differ) ---
     magnification_at_pinhole: PositiveFloat | None = Field(None, description="total magnification sample -> pinhole plane")
     um_per_au: PositiveFloat | None = Field(None, description="size of 1 Airy unit at the pinhole plane, µm")
     em_wavelength_nm: PositiveFloat | None = None
     na: PositiveFloat | None = None
-    pixel_size_um: PositiveFloat | None = Field(None, description="lateral pixel size if the files lack it")
-    z_step_um: PositiveFloat | None = Field(None, description="z step if the files lack it")
+    pixel_size_um: PositiveFloat | None = Field(None, description="lateral pixel size, µm (needed when the files lack it; wins over theirs)")
+    z_step_um: PositiveFloat | None = Field(None, description="z step, µm (needed when the files lack it; wins over theirs)")
     offset_adu: float = Field(0.0, ge=0, description="camera/detector offset subtracted by loaders before normalising")
     registration: Registration = Field(default_factory=Registration)
 

@@ -54,11 +54,12 @@ def _resolution_um(tif: tifffile.TiffFile, path: Path) -> dict[str, float]:
         return {}
     unit_code = int(getattr(tags.get("ResolutionUnit"), "value", 1) or 1)
     ij = tif.imagej_metadata or {}
-    if unit_code == 1 and ij.get("unit"):  # ImageJ: unit in its metadata, resolution tags in px/unit
-        unit = {"micron": "µm", "\\u00B5m": "µm", "pixel": None}.get(str(ij["unit"]), str(ij["unit"]))
-        if unit is None:
+    if ij.get("unit"):  # ImageJ: its unit wins over the ResolutionUnit tag; resolution tags in px/unit
+        unit = {"micron": "µm", "\\u00B5m": "µm", "inch": "in"}.get(str(ij["unit"]), str(ij["unit"]))
+        try:
+            factor = length_to_um(1.0, unit, f"{path} ImageJ unit")
+        except UserError:  # 'pixel' (uncalibrated) or not a length: the manifest's pixel_size_um is needed
             return {}
-        factor = length_to_um(1.0, unit, f"{path} ImageJ unit")
     elif unit_code == 2:
         factor = 25400.0  # inch
     elif unit_code == 3:

@@ -186,3 +186,50 @@ def test_overwrite_needed_for_other_store(tmp_path, steps):
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert _cli("ingest", str(src), "-o", str(out), "--set", "offset_adu=100", "--overwrite").exit_code == 0
     shutil.rmtree(out)
+
+
+def test_two_dye_files_read_the_chosen_channel_with_its_wavelength(tmp_path, steps):
+    # one OME file per pinhole step, two dyes per file; channel: 1 picks the 610 nm dye, whose Airy unit is
+    # the one to use, even when each dye has its own (AU-matched) pinhole size
+    other = hazy_steps(seed=11)
+    for i in [2, 0, 3, 1]:
+        chans = [{"pinhole": PINHOLES_UM[i], "em": 525}, {"pinhole": round(PINHOLES_UM[i] * 610 / 525, 1), "em": 610}]
+        write_ome(tmp_path / f"step{i}.ome.tif", np.stack([steps[i], other[i]]), ome_xml(chans, steps[i].shape))
+    m = AcquisitionManifest(channel=1, magnification_at_pinhole=100)
+    report = ingest(tmp_path, tmp_path / "l.zarr", m, show_progress=False)
+    assert report.plan.em_wavelength_nm == 610
+    pinholes_610 = [round(p * 610 / 525, 1) for p in PINHOLES_UM]
+    assert report.store.meta.pinhole_au == pytest.approx([p / (100 * 1.22 * 0.610 / 1.4) for p in pinholes_610])
+    raw0 = tifffile.imread(tmp_path / "step0.ome.tif")[1]
+    y0, _, x0, _ = report.store.field_meta("field_000").info["crop_yx"]
+    np.testing.assert_array_equal(report.store.image("field_000")[0], raw0[y0 : y0 + report.store.image("field_000").shape[1], x0 : x0 + report.store.image("field_000").shape[2]])
+    # the manifest's wavelength wins over the file's, with a warning
+    report = ingest(tmp_path, tmp_path / "l.zarr", m.model_copy(update={"em_wavelength_nm": 600.0}), dry_run=True)
+    assert report.plan.em_wavelength_nm == 600 and any("em_wavelength_nm 600 replaces the file's 610" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("kind", ["dpi", "imagej-pixel", "imagej-inch"])
+def test_tiff_resolution_that_is_not_a_calibration(tmp_path, steps, kind):
+    # print/screen resolutions and uncalibrated ImageJ files: the manifest's pixel size is used, with a
+    # warning when the file said otherwise; without a manifest, an implausible size is a warning
+    for i in range(4):
+        path = tmp_path / f"ph{PINHOLES_UM[i]:g}um.tif"
+        if kind == "dpi":
+            tifffile.imwrite(path, steps[i], resolution=(300.0, 300.0), resolutionunit="INCH")
+        else:
+            tifffile.imwrite(path, steps[i], imagej=True, resolution=(72.0, 72.0), metadata={"unit": kind.split("-")[1]})
+    m = AcquisitionManifest(pinhole_pattern=r"ph([\d.]+)um", pixel_size_um=0.1)
+    report = ingest(tmp_path, tmp_path / "l.zarr", m, dry_run=True)
+    assert report.plan.pixel_size_um == {"y": 0.1, "x": 0.1}
+    assert any("manifest pixel_size_um 0.1 replaces" in w for w in report.warnings) == (kind != "imagej-pixel")
+    if kind == "dpi":
+        report = ingest(tmp_path, tmp_path / "l.zarr", m.model_copy(update={"pixel_size_um": None}), dry_run=True)
+        assert report.plan.pixel_size_um["x"] == pytest.approx(25400 / 300)
+        assert any("implausible for a microscope" in w for w in report.warnings)
+
+
+def test_same_files_spelled_another_way_are_the_same_ingestion(tmp_path, steps, monkeypatch):
+    write_ome_channels(tmp_path / "s.ome.tif", steps, PINHOLES_UM)
+    monkeypatch.chdir(tmp_path)
+    assert ingest("s.ome.tif", "l.zarr", AcquisitionManifest(), show_progress=False).state == "new"
+    assert ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(), show_progress=False).state == "complete"

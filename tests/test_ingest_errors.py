@@ -176,3 +176,14 @@ def test_high_residual_is_a_warning(tmp_path, steps):
     src = write_ome_channels(tmp_path / "s.ome.tif", steps, PINHOLES_UM)
     res = runner.invoke(app, ["ingest", str(src), "-o", str(tmp_path / "l.zarr"), "-q", "--set", "registration.warn_residual_px=0.0001"])
     assert res.exit_code == 0 and "warning" in res.output and "residual" in res.output
+
+
+def test_steps_of_different_data_types(tmp_path, steps):
+    folder = _folder(tmp_path, [s if i != 2 else (s // 16).astype(np.uint8) for i, s in enumerate(steps)])
+    _fails(tmp_path, folder, "step2.ome.tif", "data type uint8", "same bit depth")
+
+
+def test_manifest_list_for_steps_along_z_says_so(tmp_path, steps):
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack(steps), photometric="minisblack")
+    (tmp_path / "m.yaml").write_text("pinhole_um: [40, 80, 160, 320]\npixel_size_um: 0.1\n")
+    _fails(tmp_path, tmp_path / "stack.tif", "4 values", "set step_axis: z", extra=("--manifest", str(tmp_path / "m.yaml")))
