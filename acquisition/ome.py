@@ -97,5 +97,9 @@ def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
             meta.na, meta.magnification = next(iter(objectives.values()))
         images.append(meta)
     if not images:
+        binary_only = next((e for e in root if _local(e.tag) == "BinaryOnly"), None)
+        if binary_only is not None:  # a multi-file set whose metadata lives in a companion .ome(.xml) file
+            raise UserError(f"{where}: its OME-XML is BinaryOnly (the metadata is in {binary_only.get('MetadataFile', 'a companion file')!r}), "
+                            "which is not supported; export the series as OME-TIFF with the metadata embedded")
         raise UserError(f"{where}: OME-XML has no Image element")
     return images

@@ -187,3 +187,10 @@ def test_manifest_list_for_steps_along_z_says_so(tmp_path, steps):
     tifffile.imwrite(tmp_path / "stack.tif", np.stack(steps), photometric="minisblack")
     (tmp_path / "m.yaml").write_text("pinhole_um: [40, 80, 160, 320]\npixel_size_um: 0.1\n")
     _fails(tmp_path, tmp_path / "stack.tif", "4 values", "set step_axis: z", extra=("--manifest", str(tmp_path / "m.yaml")))
+
+
+def test_binary_only_ome_says_where_the_metadata_is(tmp_path, steps):
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:1">'
+           '<BinaryOnly MetadataFile="series.companion.ome" UUID="urn:uuid:2"/></OME>')
+    write_ome(tmp_path / "s_C0.ome.tif", steps[0][None], xml)
+    _fails(tmp_path, tmp_path / "s_C0.ome.tif", "s_C0.ome.tif", "BinaryOnly", "series.companion.ome")
