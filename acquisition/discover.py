@@ -150,6 +150,13 @@ def _steps_of(s: SeriesInfo, axis: str | None, m: AcquisitionManifest) -> list[S
     channel = m.channel or 0
     if axis is None:
         return [Step(s, None, 0, channel, 0)]
+    if axis == "C" and m.channel_em_nm is not None:  # several dyes, each at every pinhole: one dye's channels
+        wanted = m.channel_em_nm
+        keep = [c for c in range(nc) if s.channel(c).em_wavelength_nm is not None and _close(s.channel(c).em_wavelength_nm, wanted)]
+        if not keep:
+            found = sorted({s.channel(c).em_wavelength_nm for c in range(nc)} - {None})
+            raise UserError(f"{s.label}: no channel with emission wavelength {wanted:g} nm (channel_em_nm); the file's: {found or 'none given'}")
+        return [Step(s, "C", c, c, k) for k, c in enumerate(keep)]
     n = {"C": nc, "T": nt, "Z": nz}[axis]
     return [Step(s, axis, i, i if axis == "C" else channel, i) for i in range(n)]
 
@@ -277,7 +284,9 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
         steps = sorted(steps, key=lambda st: getattr(st, sort_key))
         for a, b in zip(steps, steps[1:]):
             if _close(getattr(a, sort_key), getattr(b, sort_key)):
-                raise UserError(f"{b.label}: duplicated pinhole value {getattr(b, sort_key):g} ({sort_key}), also in {a.label}")
+                dyes = {st.series.channel(st.channel).em_wavelength_nm for st in (a, b)}
+                hint = "; the channels are several dyes: keep one with channel_em_nm" if axis == "C" and len(dyes - {None}) > 1 else ""
+                raise UserError(f"{b.label}: duplicated pinhole value {getattr(b, sort_key):g} ({sort_key}), also in {a.label}{hint}")
         ordered.append(Position(key, steps))
     ref = ordered[0]
     ref_values = [getattr(st, sort_key) for st in ref.steps]

@@ -71,6 +71,9 @@ class AcquisitionManifest(StrictModel):
         "auto", description="where the steps are: one per file/series, or along an axis of each file (auto: channels with distinct pinholes)"
     )
     channel: int | None = Field(None, ge=0, description="channel to use when the steps are not along channels")
+    channel_em_nm: PositiveFloat | None = Field(
+        None, description="steps along channels with several dyes: keep the channels of this emission wavelength (nm)"
+    )
     # --- calibration and optics (override the files' values when given: a warning says where they differ) ---
     magnification_at_pinhole: PositiveFloat | None = Field(None, description="total magnification sample -> pinhole plane")
     um_per_au: PositiveFloat | None = Field(None, description="size of 1 Airy unit at the pinhole plane, µm")

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from acquisition.ingest import ingest
 from acquisition.manifest import AcquisitionManifest
 from dehaze.cli import app
+from dehaze.errors import UserError
 from dehaze.store import check_ladder, open_ladder, stats_samples, step_stats_from_samples
 
 runner = CliRunner()
@@ -233,3 +234,18 @@ def test_same_files_spelled_another_way_are_the_same_ingestion(tmp_path, steps, 
     monkeypatch.chdir(tmp_path)
     assert ingest("s.ome.tif", "l.zarr", AcquisitionManifest(), show_progress=False).state == "new"
     assert ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(), show_progress=False).state == "complete"
+
+
+def test_two_dyes_at_every_pinhole_along_channels(tmp_path, steps):
+    # one file, channels (GFP ph1, RFP ph1, GFP ph2, ...): channel_em_nm keeps one dye's channels as the steps
+    other = hazy_steps(seed=11)
+    chans = [{"pinhole": PINHOLES_UM[i], "em": em} for i in range(4) for em in (525, 610)]
+    data = np.stack([img for i in range(4) for img in (steps[i], other[i])])
+    write_ome(tmp_path / "s.ome.tif", data, ome_xml(chans, steps[0].shape))
+    with pytest.raises(UserError, match="duplicated pinhole value.*channel_em_nm"):
+        ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(), dry_run=True)
+    report = ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(channel_em_nm=610), show_progress=False)
+    assert report.plan.em_wavelength_nm == 610 and report.store.meta.pinhole_um == PINHOLES_UM
+    assert [s.rsplit("=", 1)[1] for s in report.store.field_meta("field_000").info["sources"]] == ["1]", "3]", "5]", "7]"]
+    with pytest.raises(UserError, match=r"no channel with emission wavelength 488 nm.*\[525.0, 610.0\]"):
+        ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(channel_em_nm=488), dry_run=True)
