@@ -258,8 +258,10 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
     all_steps = [st for steps in positions.values() for st in steps]
     file_na = next((s.na for s in series if s.na), None)
     na = _prefer(m.na, file_na, "na", all_steps[0].label, warnings)
-    # the emission wavelength of the channel each step reads (a two-dye file: the chosen dye's, not channel 0's)
-    em_of = {id(st): _prefer(m.em_wavelength_nm, st.series.channel(st.channel).em_wavelength_nm, "em_wavelength_nm", st.label, warnings)
+    # the emission wavelength of the channel each step reads (a two-dye file: the chosen dye's, not channel 0's);
+    # a step whose file does not say takes the first one the files give
+    any_em = next((c.em_wavelength_nm for s in series for c in s.channels if c.em_wavelength_nm), None)
+    em_of = {id(st): _prefer(m.em_wavelength_nm, st.series.channel(st.channel).em_wavelength_nm or any_em, "em_wavelength_nm", st.label, warnings)
              for st in all_steps}
     em = em_of[id(all_steps[0])]
     calibrated = m.um_per_au is not None or (m.magnification_at_pinhole is not None and na is not None and None not in em_of.values())

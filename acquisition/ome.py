@@ -33,7 +33,7 @@ class ImageMeta:
     channels: list[ChannelMeta] = field(default_factory=list)
     na: float | None = None
     magnification: float | None = None  # objective nominal magnification (not the pinhole-plane one)
-    files: list[str] = field(default_factory=list)  # TiffData UUID@FileName: the files of a multi-file set
+    files: list[str] = field(default_factory=list)  # TiffData UUID@FileName of other files (a multi-file set)
 
 
 def _local(tag: str) -> str:
@@ -76,7 +76,8 @@ def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
         meta = ImageMeta(name=name, dimension_order=pixels.get("DimensionOrder", "XYCZT"), sizes=sizes, pixel_size_um=px)
         for data in (e for e in pixels if _local(e.tag) == "TiffData"):
             ref = next((u for u in data if _local(u.tag) == "UUID" and u.get("FileName")), None)
-            if ref is not None and ref.get("FileName") not in meta.files:
+            # a UUID equal to the document's own is this file, whatever FileName says (renamed exports)
+            if ref is not None and (ref.text or "").strip() != root.get("UUID") and ref.get("FileName") not in meta.files:
                 meta.files.append(str(ref.get("FileName")))
         for ch in (e for e in pixels if _local(e.tag) == "Channel"):
             em = _float(ch, "EmissionWavelength", here)

@@ -87,9 +87,9 @@ def _set_members(path: Path, images: list[ImageMeta]) -> tuple[Path, ...]:
     so a missing or truncated member is refused here, by name.
     """
     names = [n for meta in images for n in meta.files]
-    if not names or set(names) == {path.name}:
+    if not names or {n.lower() for n in names} == {path.name.lower()}:
         return ()
-    members = tuple(dict.fromkeys(path.parent / n for n in names))
+    members = tuple(dict.fromkeys([path, *(_member(path.parent, n) for n in names)]))
     for member in members:
         if not member.is_file():
             raise UserError(f"{member}: missing: the OME-XML of {path} lists it among the {len(members)} files of its set; copy the whole set into {path.parent}")
@@ -97,6 +97,14 @@ def _set_members(path: Path, images: list[ImageMeta]) -> tuple[Path, ...]:
             with _open(member) as tif:
                 _check_complete(tif, member)
     return members
+
+
+def _member(folder: Path, name: str) -> Path:
+    """The set member ``name`` in ``folder``; matched without regard to case, as tifffile does."""
+    exact = folder / name
+    if exact.is_file() or not exact.parent.is_dir():
+        return exact
+    return next((p for p in exact.parent.iterdir() if p.name.lower() == exact.name.lower()), exact)
 
 
 def _shape(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, ...]:

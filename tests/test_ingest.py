@@ -249,3 +249,26 @@ def test_two_dyes_at_every_pinhole_along_channels(tmp_path, steps):
     assert [s.rsplit("=", 1)[1] for s in report.store.field_meta("field_000").info["sources"]] == ["1]", "3]", "5]", "7]"]
     with pytest.raises(UserError, match=r"no channel with emission wavelength 488 nm.*\[525.0, 610.0\]"):
         ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(channel_em_nm=488), dry_run=True)
+
+
+def test_renamed_single_file_export_and_member_name_case(tmp_path, steps):
+    # Bio-Formats names the file in every TiffData with the document's own UUID: a renamed export is still
+    # one file, not a set with a missing member; set members are matched without regard to case
+    xml = ome_xml([{"pinhole": p} for p in PINHOLES_UM], steps[0].shape)
+    own = xml.split('UUID="', 1)[1].split('"', 1)[0]
+    planes = "".join(f'<TiffData FirstC="{c}" IFD="{c}" PlaneCount="1"><UUID FileName="export.ome.tif">{own}</UUID></TiffData>' for c in range(4))
+    write_ome(tmp_path / "renamed.ome.tif", np.stack(steps), xml.replace('<TiffData IFD="0" PlaneCount="4"/>', planes))
+    report = ingest(tmp_path / "renamed.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(), dry_run=True)
+    assert report.plan.n_steps == 4 and len(report.plan.positions) == 1
+    files = write_ome_set(tmp_path / "set", steps, PINHOLES_UM)
+    files[2].rename(files[2].with_name(files[2].name.upper()))
+    report = ingest(tmp_path / "set", tmp_path / "l2.zarr", AcquisitionManifest(), dry_run=True)
+    assert report.plan.n_steps == 4 and len(report.plan.positions) == 1
+
+
+def test_a_step_without_its_wavelength_takes_the_files_one(tmp_path, steps):
+    for i in range(4):
+        xml = ome_xml([{"pinhole": PINHOLES_UM[i], "em": 525 if i == 0 else ""}], steps[i].shape)
+        write_ome(tmp_path / f"step{i}.ome.tif", steps[i][None], xml)
+    report = ingest(tmp_path, tmp_path / "l.zarr", AcquisitionManifest(magnification_at_pinhole=100), dry_run=True)
+    assert report.plan.pinhole_au == pytest.approx([p / (100 * 1.22 * 0.525 / 1.4) for p in PINHOLES_UM])
