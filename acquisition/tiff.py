@@ -55,7 +55,7 @@ def _resolution_um(tif: tifffile.TiffFile, path: Path) -> dict[str, float]:
     unit_code = int(getattr(tags.get("ResolutionUnit"), "value", 1) or 1)
     ij = tif.imagej_metadata or {}
     if ij.get("unit"):  # ImageJ: its unit wins over the ResolutionUnit tag; resolution tags in px/unit
-        unit = {"micron": "µm", "\\u00B5m": "µm", "inch": "in"}.get(str(ij["unit"]), str(ij["unit"]))
+        unit = "µm" if str(ij["unit"]) == "\\u00B5m" else str(ij["unit"])  # ImageJ's escaped µ; micron, inch: known lengths
         try:
             factor = length_to_um(1.0, unit, f"{path} ImageJ unit")
         except UserError:  # 'pixel' (uncalibrated) or not a length: the manifest's pixel_size_um is needed
