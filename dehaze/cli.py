@@ -96,15 +96,6 @@ def check(store: Annotated[Path, typer.Argument(help="Ladder store.")]) -> None:
     typer.echo(f"{store}: valid ladder store")
 
 
-def _merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``, section by section (a config file's ``optim: {lr: ...}`` keeps the
-    trainer's default optimiser name)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 @app.command()
 @user_errors
 def train(
@@ -119,19 +110,19 @@ def train(
 ) -> None:
     """Train a model from ladder stores: unet, pixel, hvae, hdn, latent (--base HVAE_RUN), degradation (--base LATENT_RUN)."""
     from dehaze.config import build_model, read_yaml
-    from dehaze.train_config import TRAINER_KINDS, TrainConfig, default_config
+    from dehaze.train_config import TRAINER_KINDS, TrainConfig, train_config_dict
     from training.loop import train as run_training
 
     if kind not in TRAINER_KINDS:
         raise UserError(f"unknown trainer {kind!r}; choose one of: {', '.join(TRAINER_KINDS)}")
-    raw = default_config(kind)
+    raw = train_config_dict(kind)
     source = f"{kind} config"
     if config is not None:
         file_cfg = read_yaml(config)
         file_kind = (file_cfg.get("model") or {}).get("kind", kind) if isinstance(file_cfg.get("model"), dict) else kind
         if file_kind != kind:
             raise UserError(f"{config}: model.kind is {file_kind!r} but the trainer is {kind!r}")
-        raw = _merge_sections(raw, file_cfg)
+        raw = train_config_dict(kind, file_cfg)
         source = str(config)
     cfg = build_model(TrainConfig, raw, set_ or [], source)
     if cfg.model.kind != kind:
@@ -228,6 +219,18 @@ def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS
     typer.echo(json.dumps(models[kind].model_json_schema(), indent=2))
 
 
+def study_train_configs(cfg: Any) -> dict[str, Any]:
+    """The validated training config of every trainer a study names (kind -> TrainConfig), in training
+    order: each section merged onto the trainer's defaults with the same merge as ``train --config``."""
+    from dehaze.config import build_model
+    from dehaze.study_config import TRAIN_ORDER
+    from dehaze.train_config import TrainConfig, train_config_dict
+
+    return {kind: build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device}), [],
+                              f"study trainers.{kind}")
+            for kind in TRAIN_ORDER if kind in cfg.trainers}
+
+
 def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     """Simulate, train every model, predict with every strategy, evaluate; returns the report folder.
 
@@ -235,25 +238,17 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     study resumes where it stopped (training runs continue with --resume semantics). A prediction made
     with other settings (samples, alpha, tile, or retrained runs) is made again.
     """
-    from dehaze.config import build_model
     from dehaze.evaluate import evaluate as run_evaluate
     from dehaze.figures import step_montage
     from dehaze.manifests import load_simulation_manifest
     from dehaze.predict import predict as run_predict
     from dehaze.engine import EngineOptions
     from dehaze.store import describe_ladder
-    from dehaze.study_config import TRAIN_ORDER
-    from dehaze.train_config import TrainConfig, default_config
     from simulation.ladder import simulate_ladder
 
     # Validate everything before any work: a bad trainer section must not leave a half-made study behind.
     manifest = load_simulation_manifest(cfg.simulation, cfg.simulation_set)
-    train_cfgs = {}
-    for kind in TRAIN_ORDER:
-        if kind in cfg.trainers:
-            raw, part = default_config(kind), cfg.trainers[kind]
-            raw = {**raw, **part, "model": {**raw["model"], **part.get("model", {})}, "device": cfg.device}
-            train_cfgs[kind] = build_model(TrainConfig, raw, [], f"study trainers.{kind}")
+    train_cfgs = study_train_configs(cfg)
     missing = [k for k, need in BASES.items() if k in train_cfgs and need not in train_cfgs]
     if missing:
         raise UserError(f"study trainers: {missing[0]} builds on {BASES[missing[0]]}; add that trainer too")

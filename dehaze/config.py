@@ -64,6 +64,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override`` section by section, at every depth: a partial section keeps the
+    base's other keys (a config's ``optim: {lr: ...}`` keeps the trainer's default optimiser name and
+    scheduler). The one merge of ``train --config``, ``study`` and ``demo``; neither input is modified."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, or raise a one-line :class:`UserError` naming the file."""
     try:

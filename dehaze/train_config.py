@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from dehaze.config import StrictModel
+from dehaze.config import StrictModel, merge_sections
 
 
 class DataConfig(StrictModel):
@@ -174,9 +174,19 @@ _LADDER_VAE_DEFAULTS = {"patch_size": 64, "optim": {"name": "adamax", "lr": 3e-4
 
 
 def default_config(kind: str) -> dict:
-    """The default config of a trainer, as a plain dict (overridden by --config and --set)."""
+    """The default config of a trainer, as a plain dict (overridden by --config and --set; see
+    :func:`train_config_dict`)."""
     if kind in ("hvae", "hdn"):
         return {"model": {"kind": kind}, **json.loads(json.dumps(_LADDER_VAE_DEFAULTS))}
     if kind == "degradation":  # the reference GAN optimiser: Adam 2e-4, beta1 0.5
         return {"model": {"kind": kind}, "optim": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999], "scheduler": "constant"}}
     return {"model": {"kind": kind}}
+
+
+def train_config_dict(kind: str, *partials: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's defaults with each partial config merged on, section by section
+    (:func:`dehaze.config.merge_sections`): what ``train --config``, ``study`` and ``demo`` validate."""
+    raw = default_config(kind)
+    for part in partials:
+        raw = merge_sections(raw, part)
+    return raw
