@@ -90,12 +90,26 @@ def main() -> None:
     summary = {}
     for key, entry in report["methods"].items():
         traj = entry.get("trajectory", {})
+        walk = list(map(str, traj.get("steps", [])))  # t = T ... 1: one point per estimate (conventions.trajectory)
+
+        def along(metric: str) -> dict[str, float | None]:
+            return dict(zip(walk, traj.get(metric, [])))
+
+        def per_input_step(metric: str) -> dict[str, float | None]:
+            return {t: v["mean"][metric] for t, v in entry["steps"].items()}
+
         summary[key] = {
             "one_shot": entry["one_shot"],
-            "psnr_along_walk_from_xT": dict(zip(map(str, traj.get("steps", [])), traj.get("psnr", []))),
-            "drift_db_per_step": traj.get("drift_db_per_step"),
-            "psnr_per_input_step": {t: v["mean"]["psnr"] for t, v in entry["steps"].items()},
-            "ssim_per_input_step": {t: v["mean"]["ssim"] for t, v in entry["steps"].items()},
+            "psnr_along_walk_from_xT": along("psnr"),
+            "psnr_range_invariant_along_walk_from_xT": along("psnr_range_invariant"),
+            "frc_um_along_walk_from_xT": along("frc_resolution_um"),
+            "ssim_along_walk_from_xT": along("ssim"),
+            "drift_db_per_step": traj.get("drift_db_per_step"),  # per transition: (last - first) / (points - 1)
+            "drift_range_invariant_db_per_step": traj.get("drift_range_invariant_db_per_step"),
+            "psnr_per_input_step": per_input_step("psnr"),
+            "psnr_range_invariant_per_input_step": per_input_step("psnr_range_invariant"),
+            "ssim_per_input_step": per_input_step("ssim"),
+            "frc_um_per_input_step": per_input_step("frc_resolution_um"),
         }
     result = {
         "benchmark": "study",
@@ -107,6 +121,8 @@ def main() -> None:
         "wall_s": round(wall_s, 1),
         "trainers_reused_from_an_earlier_run": reused,
         "target": report["target"],
+        "conventions": {k: report["conventions"][k] for k in ("trajectory", "psnr_range_invariant", "ssim_offset", "frc_resolution_um", "null")},
+        "ssim_offset": report["ssim_offset"],
         "study_config": cfg.model_dump(mode="json"),
         "reference_from_the_study": {"unet_db": 31.7, "hdn_db": 32.9, "latent_start_db": 31.5,
                                      "direct_drift_db_per_step": -1.1, "best_variant_end_db": 29.9},
@@ -116,10 +132,14 @@ def main() -> None:
     (RESULTS / f"study_{kind}.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.copy(report_dir / "study_psnr.png", RESULTS / f"study_{kind}.png")
     print(f"wrote {RESULTS / f'study_{kind}.json'} and study_{kind}.png ({wall_s / 60:.1f} min)")
+
+    def _db(value: float | None, spec: str = ".2f") -> str:  # null in metrics.json is infinite (conventions.null)
+        return "inf" if value is None else format(value, spec)
+
     for key, s in summary.items():
-        walk = s["psnr_along_walk_from_xT"]
-        ends = f"{next(iter(walk.values())):.2f} -> {list(walk.values())[-1]:.2f} dB" if walk else ""
-        print(f"  {key:<20} {ends:<22} drift {s['drift_db_per_step'] if s['drift_db_per_step'] is not None else 0:+.2f} dB/step")
+        walk, ri = list(s["psnr_along_walk_from_xT"].values()), list(s["psnr_range_invariant_along_walk_from_xT"].values())
+        ends = f"{_db(walk[0])} -> {_db(walk[-1])} dB (range-inv. {_db(ri[0])} -> {_db(ri[-1])})" if walk else ""
+        print(f"  {key:<20} {ends:<44} drift {_db(s['drift_db_per_step'], '+.2f')} / {_db(s['drift_range_invariant_db_per_step'], '+.2f')} dB per transition")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,17 @@ every plane t ≥ 1 with the target x_0 of the truth ladder (DESIGN §7) and wri
     report_dir/psnr_per_step.png   PSNR (dB) against step, the study's figure
     report_dir/montage.png         first field: methods × steps, one display range per row
     report_dir/study_psnr.png      the study's comparison (updated_results.png): starting from the haziest
-                                   input x_T, PSNR of the x_0 estimate at every step t = T ... 0 of each
-                                   iterative strategy (its ``trajectory``), one-shot baselines as
-                                   horizontal lines at their PSNR from x_T; written when a store has one
+                                   input x_T, PSNR (left) and range-invariant PSNR (right) of the x_0
+                                   estimate at every step the walk of each iterative strategy reported one
+                                   (its ``trajectory``: t = T ... 1 for the ladder schedule, see
+                                   CONVENTIONS["trajectory"]), one-shot baselines as horizontal lines at
+                                   their value from x_T; written when a store has a trajectory
     report_dir/uncertainty.png     estimate and posterior std (stores with K > 1 samples), first field
 
 The hazy input itself (truth step t against x_0) is always added as the reference method ``hazy_input``.
-3-D fields (h, z, y, x) are scored plane by plane and the planes averaged.
+3-D fields (h, z, y, x) are scored plane by plane and the planes averaged. A metric that comes out NaN
+(NaN pixels: missing data) is refused with a :class:`UserError` naming the store, field and step: in
+metrics.json null means an infinite PSNR, and a NaN must not pass for one.
 """
 
 from __future__ import annotations
@@ -42,11 +46,38 @@ CONVENTIONS = {
         "range-invariant PSNR in dB: target normalised to zero mean, unit std; prediction rescaled by least "
         "squares (a*pred + b) onto it; data range of the normalised target"
     ),
-    "ssim": "mean SSIM (Wang et al. 2004): Gaussian window sigma 1.5 px (11 taps), K1 0.01, K2 0.03, valid region, target's data range",
-    "ms_ssim": "MS-SSIM (Wang et al. 2003): up to 5 scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, 2x average pooling; fewer scales (renormalised weights) for small images",
+    "ssim": (
+        "mean SSIM (Wang et al. 2004): Gaussian window sigma 1.5 px (11 taps), K1 0.01, K2 0.03, valid region, target's "
+        "data range; on offset-subtracted values (see 'ssim_offset')"
+    ),
+    "ms_ssim": (
+        "MS-SSIM (Wang et al. 2003): up to 5 scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, 2x average pooling; fewer "
+        "scales (renormalised weights) for small images; on offset-subtracted values (see 'ssim_offset')"
+    ),
+    "ssim_offset": (
+        "SSIM and MS-SSIM subtract one offset from prediction and target alike before their statistics: the truth store's "
+        "camera offset where its metadata records one (a simulation's manifest camera.offset_adu; an acquisition's "
+        "offset_adu when stated, i.e. > 0), else the minimum of each target plane; the data range stays the target's. "
+        "A camera pedestal (e.g. 100 ADU) would otherwise push SSIM's luminance term to about 1 whatever the brightness "
+        "error. The report's 'ssim_offset' says which was used: kind 'camera' with its value in the store's units, or "
+        "kind 'target_minimum'"
+    ),
     "frc_resolution_um": "Fourier ring correlation resolution in micrometres against the target (Hann window, 1/7 threshold); 2 pixels (Nyquist) if FRC never drops below it; smaller is sharper",
     "averaging": "'mean' is the plain mean over fields of the per-field values; 'mean_over_steps' the mean of those over steps",
-    "null": "a null value is an infinite PSNR (prediction equals the target exactly)",
+    "trajectory": (
+        "methods[...]['trajectory']: the walk from the haziest input x_T, one point per x_0 estimate the strategy "
+        "reported at a step it visited, t = T, ..., 1 for the ladder schedule (T points, T - 1 transitions). The "
+        "estimate a walk reports at t = 0 repeats its last one (there is no transition after t = 1) and is not a point "
+        "of its own; a t = 0 estimate that differs from the previous one (e.g. an InDI walk with a fractional step) is "
+        "kept. Per point: the mean over fields of every metric. drift_db_per_step and "
+        "drift_range_invariant_db_per_step = (value at the last point - value at the first) / (points - 1) in dB per "
+        "transition, 0 for one point; < 0: worse along the walk. One-shot methods and the hazy input: their value "
+        "from x_T, constant over the steps of every walk in the report (from_trajectory false, drift 0)"
+    ),
+    "null": (
+        "a null value is infinite: a PSNR of a prediction equal to the target exactly (or a drift that starts or ends "
+        "at one); a NaN never appears (it is refused)"
+    ),
 }
 TARGET_DESCRIPTION = {
     "camera": "truth store step 0 camera image (x_0 as measured, with camera noise)",
@@ -92,45 +123,86 @@ def _short(items: list[str], n: int = 3) -> str:
 
 
 def _target_image(truth: LadderStore, field: str, target: Target) -> np.ndarray:
+    """The target x_0 of one field, ([z,] y, x) float64 in the store's units; refused if not finite."""
     if target == "camera":
-        return np.asarray(truth.image(field)[0], dtype=np.float64)
-    if "noise_free" not in truth.field_meta(field).extras:
+        x0 = np.asarray(truth.image(field)[0], dtype=np.float64)
+    elif "noise_free" not in truth.field_meta(field).extras:
         raise UserError(
             f"{truth.path}: {field} has no noise-free image (a {truth.meta.source} store); use --target camera"
         )
-    return np.asarray(truth.extra(field, "noise_free")[0], dtype=np.float64)
+    else:
+        x0 = np.asarray(truth.extra(field, "noise_free")[0], dtype=np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(x0)))
+    if bad:
+        raise UserError(f"{truth.path}: {field}, step 0 ({target} target): {bad} of {x0.size} pixels are not finite (missing data)")
+    return x0
+
+
+def _ssim_offset(truth: LadderStore) -> tuple[float | None, str]:
+    """The offset (store units, ADU) SSIM subtracts (CONVENTIONS['ssim_offset']) and where it comes from;
+    ``None``: no offset is recorded and each target plane's minimum is used."""
+    meta = truth.meta
+    camera = meta.manifest.get("camera") if meta.source == "simulation" else None
+    if isinstance(camera, dict) and camera.get("offset_adu") is not None:
+        return float(camera["offset_adu"]), "simulation manifest camera.offset_adu"
+    stated = (meta.normalization or {}).get("offset_adu")
+    if stated:  # an acquisition manifest's 0 is its default, 'not stated', not a measured offset
+        return float(stated), "acquisition manifest offset_adu"
+    return None, "minimum of each target plane (the truth store records no camera offset)"
 
 
 # ---- metrics -----------------------------------------------------------------------------------------
-def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: tuple[float, float]) -> dict[str, float]:
-    """All metrics of one prediction against its target: (y, x) or (z, y, x), planes averaged."""
+def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: tuple[float, float],
+                  offset: float | None = None) -> dict[str, float]:
+    """All metrics of one prediction against its target: (y, x) or (z, y, x), planes averaged.
+
+    pixel_size_um: (dy, dx) in µm, for FRC. offset: what SSIM and MS-SSIM subtract from both images, in
+    the images' units (the camera offset); ``None``: each target plane's minimum (CONVENTIONS['ssim_offset']).
+    """
     p = np.asarray(pred, dtype=np.float64).reshape(-1, *pred.shape[-2:])
     t = np.asarray(target, dtype=np.float64).reshape(-1, *target.shape[-2:])
-    per_plane = [
-        {
+    per_plane = []
+    for a, b in zip(p, t):
+        off = float(b.min()) if offset is None else offset
+        per_plane.append({
             "psnr": psnr(a, b),
             "psnr_range_invariant": psnr_range_invariant(a, b),
-            "ssim": ssim(a, b),
-            "ms_ssim": ms_ssim(a, b),
+            "ssim": ssim(a, b, offset=off),
+            "ms_ssim": ms_ssim(a, b, offset=off),
             "frc_resolution_um": frc_resolution_um(a, b, pixel_size_um),
-        }
-        for a, b in zip(p, t)
-    ]
+        })
     return {m: float(np.mean([d[m] for d in per_plane])) for m in METRICS}
+
+
+def _scored(store: LadderStore, field: str, where: str, pred: np.ndarray, x0: np.ndarray,
+            pixel_size_um: tuple[float, float], offset: float | None) -> dict[str, float]:
+    """:func:`image_metrics` of one plane, refusing a NaN metric (missing data) by store, field and step."""
+    values = image_metrics(pred, x0, pixel_size_um, offset)
+    nan = [m for m, v in values.items() if math.isnan(v)]
+    if nan:
+        bad = int(np.count_nonzero(~np.isfinite(pred)))
+        raise UserError(
+            f"{store.path}: {field}, {where}: {', '.join(nan)} is NaN ({bad} of {np.size(pred)} pixels are not finite: "
+            "missing data); refusing to report it (null in metrics.json means an infinite PSNR)"
+        )
+    return values
 
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _json_safe(obj: Any) -> Any:
-    """Strict JSON: non-finite floats become null (see CONVENTIONS['null'])."""
+def _json_safe(obj: Any, where: str = "report") -> Any:
+    """Strict JSON: infinite floats become null (see CONVENTIONS['null']). A NaN is a bug here: every metric
+    was checked by :func:`_scored`, so it raises rather than pass for an infinite PSNR."""
     if isinstance(obj, float):
+        if math.isnan(obj):
+            raise ValueError(f"{where} is NaN; metrics.json would read it as an infinite value")
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: _json_safe(v, f"{where}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
+        return [_json_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     return obj
 
 
@@ -182,6 +254,7 @@ def evaluate(
 
     # ---- per field: load the target once, score every method's plane t against it -------------
     spacing = tuple(float(truth.meta.pixel_size_um[a]) for a in truth.meta.spatial_axes[-2:])
+    offset, offset_source = _ssim_offset(truth)
     per_field: dict[str, dict[int, dict[str, dict[str, float]]]] = {k: {t: {} for t in steps} for k in methods}
     montage_planes: dict[str, dict[int, np.ndarray]] = {k: {} for k in methods}
     montage_steps = _montage_steps(steps)
@@ -193,7 +266,7 @@ def evaluate(
         for key, store in sources.items():
             for t in steps:
                 plane = np.asarray(store.image(field)[t], dtype=np.float64)
-                per_field[key][t][field] = image_metrics(plane, x0, spacing)
+                per_field[key][t][field] = _scored(store, field, f"input step {t}", plane, x0, spacing, offset)
                 if i == 0 and t in montage_steps:
                     montage_planes[key][t] = plane
 
@@ -216,6 +289,8 @@ def evaluate(
         "steps": steps,
         "fields": fields,
         "pixel_size_um": dict(truth.meta.pixel_size_um),
+        "ssim_offset": {"kind": "target_minimum", "source": offset_source} if offset is None
+                       else {"kind": "camera", "value": offset, "source": offset_source},
         "methods": methods,
     }
 
@@ -227,7 +302,7 @@ def evaluate(
     }
     _plot_psnr(report, paths["psnr_per_step_png"])
     _plot_montage(report, first_target, montage_planes, montage_steps, paths["montage_png"])
-    if _add_trajectories(report, truth, sources, target):
+    if _add_trajectories(report, truth, sources, target, spacing, offset):
         paths["study_psnr_png"] = report_dir / "study_psnr.png"
         _plot_study(report, paths["study_psnr_png"])
     uncertain = [(k, store) for k, store in sources.items() if k != IDENTITY and "std" in store.field_meta(fields[0]).extras
@@ -250,54 +325,102 @@ def _plane2d(img: np.ndarray) -> np.ndarray:
     return img if img.ndim == 2 else img[img.shape[0] // 2]
 
 
-def _add_trajectories(report: dict[str, Any], truth: LadderStore, sources: dict[str, LadderStore], target: Target) -> bool:
+def _add_trajectories(report: dict[str, Any], truth: LadderStore, sources: dict[str, LadderStore], target: Target,
+                      spacing: tuple[float, float], offset: float | None) -> bool:
     """Score each store's ``trajectory`` (x_0 estimate at each step of the walk from x_T) against x_0.
 
-    Adds ``methods[key]["trajectory"] = {"steps": [T..0], "psnr": [...], "ssim": [...],
-    "drift_db_per_step": ...}``; one-shot methods and the hazy input get their x_T value as a constant
-    reference. Returns whether any store had a trajectory.
+    Adds ``methods[key]["trajectory"] = {"steps": [T, ..., 1], "from_trajectory": bool, <metric>: [one
+    mean over fields per step] for every metric in METRICS, "drift_db_per_step": dB per transition,
+    "drift_range_invariant_db_per_step": the same in range-invariant PSNR}`` (CONVENTIONS['trajectory']):
+    the steps a store's walk visited with an estimate of its own; one-shot methods and the hazy input get
+    their x_T value as a constant reference over the steps of every walk. Returns whether any store had a
+    trajectory.
     """
     fields, t_max = report["fields"], truth.n_steps - 1
-    walk = list(range(t_max, -1, -1))
-    found = False
-    for key, store in sources.items():
-        entry = report["methods"][key]
-        has = key != IDENTITY and "trajectory" in store.field_meta(fields[0]).extras
-        psnrs, ssims = [], []
-        for s in walk:
-            p_vals, s_vals = [], []
-            for field in fields:
-                x0 = _target_image(truth, field, target)
-                if has:
-                    est = np.asarray(store.extra(field, "trajectory")[s], dtype=np.float64)
-                else:  # a reference: what the method makes from x_T (the hazy input: x_T itself)
-                    est = np.asarray(store.image(field)[t_max], dtype=np.float64)
-                if not np.isfinite(est).all():
-                    continue  # the schedule did not visit this step
-                p_vals.append(psnr(est, x0))
-                s_vals.append(ssim(est, x0))
-            psnrs.append(_mean(p_vals))
-            ssims.append(_mean(s_vals))
-        entry["trajectory"] = {"steps": walk, "from_trajectory": has, "psnr": psnrs, "ssim": ssims,
-                               "drift_db_per_step": (psnrs[-1] - psnrs[0]) / t_max if has and t_max else 0.0}  # < 0: worse per step
-        found = found or has
-    return found
+    walked = [k for k, store in sources.items() if k != IDENTITY and "trajectory" in store.field_meta(fields[0]).extras]
+    points: dict[str, dict[int, list[dict[str, float]]]] = {k: {} for k in walked}  # step -> per-field metrics
+    repeats: dict[str, list[bool]] = {k: [] for k in walked}  # per field: its t = 0 plane repeats the one before
+    visits: dict[str, list[int]] = {}
+    refs: dict[str, list[dict[str, float]]] = {k: [] for k in sources if k not in walked}  # per-field metrics at x_T
+    for field in fields:
+        x0 = _target_image(truth, field, target)
+        for key, store in sources.items():
+            if key not in walked:  # a reference: what the method makes from x_T (the hazy input: x_T itself)
+                refs[key].append(_scored(store, field, f"input step {t_max}", store.image(field)[t_max], x0, spacing, offset))
+                continue
+            steps, repeat = _walk_field(store, field, x0, spacing, offset, points[key])
+            if visits.setdefault(key, steps) != steps:
+                raise UserError(f"{store.path}: the trajectory of {field} visits steps {steps}, that of {fields[0]} "
+                                f"{visits[key]}: one schedule walks every field; predict this store again")
+            repeats[key].append(repeat)
+
+    walk_steps: set[int] = set()
+    for key in walked:
+        steps = visits[key]
+        if not steps:
+            raise UserError(f"{sources[key].path}: its trajectory holds no estimate at any step (all NaN); predict it again")
+        if all(repeats[key]):  # the final report at t = 0 repeats the last estimate: no transition of its own
+            steps = steps[:-1]
+        walk_steps.update(steps)
+        values = {m: [_mean([d[m] for d in points[key][s]]) for s in steps] for m in METRICS}
+        report["methods"][key]["trajectory"] = {"steps": steps, "from_trajectory": True, **values,
+                                                "drift_db_per_step": _drift(values["psnr"]),
+                                                "drift_range_invariant_db_per_step": _drift(values["psnr_range_invariant"])}
+    steps = sorted(walk_steps, reverse=True) or list(range(t_max, 0, -1))  # no walk: the ladder schedule's points
+    for key, per_field in refs.items():
+        values = {m: [_mean([d[m] for d in per_field])] * len(steps) for m in METRICS}
+        report["methods"][key]["trajectory"] = {"steps": steps, "from_trajectory": False, **values,
+                                                "drift_db_per_step": 0.0, "drift_range_invariant_db_per_step": 0.0}
+    return bool(walked)
+
+
+def _walk_field(store: LadderStore, field: str, x0: np.ndarray, spacing: tuple[float, float], offset: float | None,
+                points: dict[int, list[dict[str, float]]]) -> tuple[list[int], bool]:
+    """Score one field's trajectory (T+1, [z,] y, x) plane by plane, appending each visited step's metrics to
+    ``points[step]``. Returns the visited steps (T ... 0 order) and whether the t = 0 plane is bitwise the
+    previous visited one (the strategy's final report of its last estimate)."""
+    trajectory = store.extra(field, "trajectory")
+    steps: list[int] = []
+    previous: np.ndarray | None = None
+    repeat = False
+    for s in range(trajectory.shape[0] - 1, -1, -1):
+        plane = np.asarray(trajectory[s])
+        if np.isnan(plane).all():
+            continue  # the schedule did not visit step s (a partly NaN plane is missing data: _scored refuses it)
+        if s == 0 and previous is not None:
+            repeat = bool(np.array_equal(plane, previous))
+        points.setdefault(s, []).append(_scored(store, field, f"trajectory step {s}", plane, x0, spacing, offset))
+        steps.append(s)
+        previous = plane
+    return steps, repeat
+
+
+def _drift(values: list[float]) -> float:
+    """(last - first) / transitions of a walk's per-point values; 0 for one point or equal ends (also both
+    infinite, where the difference would be NaN)."""
+    if len(values) < 2 or values[-1] == values[0]:
+        return 0.0
+    return (values[-1] - values[0]) / (len(values) - 1)
 
 
 def _plot_study(report: dict[str, Any], path: Path) -> None:
     from dehaze.figures import StepCurve, psnr_per_step_plot
 
-    curves = []
+    panels: dict[str, list[StepCurve]] = {"psnr": [], "psnr_range_invariant": []}
+    drift_key = {"psnr": "drift_db_per_step", "psnr_range_invariant": "drift_range_invariant_db_per_step"}
     for entry in report["methods"].values():
         traj = entry["trajectory"]
         kind = "iterative" if traj["from_trajectory"] else ("identity" if entry["kind"] == "identity" else "one_shot")
-        label = entry["label"] if kind != "identity" else "hazy input x_T"
-        if kind == "iterative":
-            label = f"{label} (drift {traj['drift_db_per_step']:+.2f} dB/step)"
-        curves.append(StepCurve(label=label, values=list(traj["psnr"]), kind=kind))
-    title = f"Iterative inference from the haziest input: PSNR of the x_0 estimate at each step — {Path(report['truth_store']).name}"
-    psnr_per_step_plot(list(report["methods"][IDENTITY]["trajectory"]["steps"]), curves, path, title=title,
-                       xlabel="time step t of the iterative walk (haziest → clean)")
+        for metric, curves in panels.items():
+            label = entry["label"] if kind != "identity" else "hazy input x_T"
+            if kind == "iterative":
+                label = f"{label} (drift {traj[drift_key[metric]]:+.2f} dB/step)"
+            curves.append(StepCurve(label=label, values=list(traj[metric]), kind=kind, steps=list(traj["steps"])))
+    title = (f"Iterative inference from the haziest input: x_0 estimate at each step of the walk (one point per estimate) "
+             f"— {Path(report['truth_store']).name}")
+    psnr_per_step_plot(list(report["methods"][IDENTITY]["trajectory"]["steps"]), panels["psnr"], path, title=title, ylabel="PSNR (dB)",
+                       xlabel="time step t of the iterative walk (haziest → clean)",
+                       second=(panels["psnr_range_invariant"], "range-invariant PSNR (dB)"))
 
 
 def _montage_steps(steps: list[int], n: int = 4) -> list[int]:

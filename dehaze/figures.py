@@ -57,11 +57,14 @@ class StepCurve:
 
     kind: ``one_shot`` (drawn as a dashed horizontal line at its mean over steps, like the study's UNet/HDN
     baselines), ``iterative`` (a curve with markers) or ``identity`` (the hazy input, a grey curve).
+    steps: where ``values`` lie, when the curve has its own steps (an iterative walk that visits fewer
+    steps than the plot shows); ``None``: the plot's steps.
     """
 
     label: str
-    values: list[float]  # one per step, same order as the plot's ``steps``; inf/nan are not drawn
+    values: list[float]  # one per step, in the order of ``steps`` (or the plot's); inf/nan are not drawn
     kind: Literal["one_shot", "iterative", "identity"] = "iterative"
+    steps: list[int] | None = None
 
 
 def psnr_per_step_plot(
@@ -72,29 +75,51 @@ def psnr_per_step_plot(
     ylabel: str = "PSNR (dB)",
     haziest_left: bool = True,
     xlabel: str | None = None,
+    second: tuple[list[StepCurve], str] | None = None,
 ) -> Path:
     """Write the study's figure: a metric (PSNR in dB) against the input degradation step.
 
     ``haziest_left`` puts step T on the left and step 1 on the right, as in the study, where iterative
     inference runs from the haziest step towards the clean one. One-shot methods are horizontal dashed
     lines at their mean over steps (value in the legend); others are curves with markers.
+    ``second = (curves, ylabel)`` adds a panel on the right with another metric over the same steps (e.g.
+    range-invariant PSNR beside PSNR); each panel then has its legend below it.
     """
+    panels = [(curves, ylabel)] + ([second] if second is not None else [])
+    two = len(panels) == 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(16.0, 7.0) if two else (10.5, 5.2), squeeze=False)
+    for ax, (panel_curves, panel_ylabel) in zip(axes[0], panels):
+        _step_panel(ax, steps, panel_curves, panel_ylabel, haziest_left, xlabel)
+        if two:
+            ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.12), borderaxespad=0.0, frameon=False)
+        else:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    if title and two:
+        fig.suptitle(title, fontsize=10)
+    elif title:
+        axes[0, 0].set_title(title, fontsize=10)
+    return _save(fig, path, dpi=120)
+
+
+def _step_panel(ax, steps: list[int], curves: list[StepCurve], ylabel: str, haziest_left: bool,  # noqa: ANN001 - Axes
+                xlabel: str | None) -> None:
+    """One panel of :func:`psnr_per_step_plot`: the curves against the step, axes labelled, no legend."""
     steps_arr = np.asarray(steps, dtype=float)
-    fig, ax = plt.subplots(figsize=(10.5, 5.2))
     colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
     finite_all: list[float] = []
     for curve in curves:
+        x = steps_arr if curve.steps is None else np.asarray(curve.steps, dtype=float)
         v = np.asarray(curve.values, dtype=float)
         v = np.where(np.isfinite(v), v, np.nan)
-        finite_all += [float(x) for x in v[np.isfinite(v)]]
+        finite_all += [float(y) for y in v[np.isfinite(v)]]
         if curve.kind == "one_shot":
             mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-            label = f"{curve.label} (one-shot, mean {mean:.2f} dB)" if np.isfinite(mean) else f"{curve.label} (one-shot, exact: ∞)"
+            label = f"{curve.label} (one-shot, mean {mean:.2f})" if np.isfinite(mean) else f"{curve.label} (one-shot, exact: ∞)"
             ax.hlines(mean, steps_arr.min(), steps_arr.max(), colors=next(colours), linestyles="--", linewidth=1.8, label=label)
         elif curve.kind == "identity":
-            ax.plot(steps_arr, v, color="0.55", marker="s", markersize=4, linewidth=1.5, label=curve.label)
+            ax.plot(x, v, color="0.55", marker="s", markersize=4, linewidth=1.5, label=curve.label)
         else:
-            ax.plot(steps_arr, v, color=next(colours), marker="o", markersize=5, linewidth=1.6, label=curve.label)
+            ax.plot(x, v, color=next(colours), marker="o", markersize=5, linewidth=1.6, label=curve.label)
     ax.set_xticks(steps_arr)
     ax.set_xticklabels([str(s) for s in steps])
     if len(steps_arr) > 1:
@@ -109,10 +134,6 @@ def psnr_per_step_plot(
     ax.set_xlabel(xlabel or f"input degradation step t ({direction})")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return _save(fig, path, dpi=120)
 
 
 def evaluation_montage(

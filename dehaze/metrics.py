@@ -9,7 +9,7 @@ range of the *target* (``truth.max() - truth.min()``), the convention of the ori
 - :func:`psnr_range_invariant` — PSNR in dB after normalising the target to zero mean, unit std and
   rescaling the prediction by least squares onto it (insensitive to a gain and offset of the prediction).
 - :func:`ssim`, :func:`ms_ssim` — structural similarity (Wang et al. 2004) and its multi-scale form
-  (Wang et al. 2003).
+  (Wang et al. 2003); ``offset`` removes a camera pedestal from both images first (see :func:`ssim`).
 - :func:`frc_curve`, :func:`frc_resolution_um` — Fourier ring correlation against the clean image and the
   resolution (µm) where it falls below a threshold: a microscopy-native sharpness measure.
 
@@ -117,16 +117,21 @@ def _ssim_terms(p: np.ndarray, t: np.ndarray, data_range: float) -> tuple[float,
     return float(np.mean(lum * cs)), float(np.mean(cs))
 
 
-def ssim(pred: np.ndarray, truth: np.ndarray, data_range: float | None = None) -> float:
+def ssim(pred: np.ndarray, truth: np.ndarray, data_range: float | None = None, offset: float = 0.0) -> float:
     """Mean structural similarity (Wang et al. 2004), 1 for identical images.
 
     Gaussian window σ = 1.5 px, 11×11 taps; K1 = 0.01, K2 = 0.03; population (not sample) statistics;
     averaged over the valid region only (pixels whose whole window lies inside the image, i.e. 5-px
     borders are excluded — the same as scikit-image with ``gaussian_weights=True``). ``data_range`` defaults
     to the ground truth's range. pred, truth: (y, x) images, at least 11×11.
+
+    offset: subtracted from both images before the local statistics, in their units (e.g. a camera's
+    100-ADU pedestal). The luminance term ``(2 μp μt + C1) / (μp² + μt² + C1)`` compares local means as
+    ratios to zero, so a pedestal drives it towards 1 whatever the brightness error; the contrast-structure
+    term and the data range are unchanged by it. The default 0 is plain SSIM.
     """
     p, t = _pair(pred, truth)
-    return _ssim_terms(p, t, _data_range(t, data_range))[0]
+    return _ssim_terms(p - offset, t - offset, _data_range(t, data_range))[0]
 
 
 def _avg_pool2(img: np.ndarray) -> np.ndarray:
@@ -144,7 +149,7 @@ def ms_ssim_scales(shape: tuple[int, int]) -> int:
     return n
 
 
-def ms_ssim(pred: np.ndarray, truth: np.ndarray, data_range: float | None = None) -> float:
+def ms_ssim(pred: np.ndarray, truth: np.ndarray, data_range: float | None = None, offset: float = 0.0) -> float:
     """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003), 1 for identical images.
 
     ``Π_j cs_j^{w_j} · l_M^{w_M}``: the contrast-structure term at every scale and the luminance term at the
@@ -156,9 +161,11 @@ def ms_ssim(pred: np.ndarray, truth: np.ndarray, data_range: float | None = None
     Smaller images use as many scales as fit (:func:`ms_ssim_scales`) with the first weights renormalised to
     sum to 1; with one scale this is plain SSIM. Negative per-scale terms are clipped to 0 before the
     fractional powers (as common implementations do). pred, truth: (y, x) images, at least 11×11.
+    offset: subtracted from both images first, as in :func:`ssim` (it matters for the luminance term).
     """
     p, t = _pair(pred, truth)
     r = _data_range(t, data_range)
+    p, t = p - offset, t - offset
     n = ms_ssim_scales(p.shape)
     if n == 0:
         raise ValueError(f"MS-SSIM needs images of at least {SSIM_WIN}x{SSIM_WIN} pixels, got {p.shape}")

@@ -61,6 +61,18 @@ def test_ssim_matches_scikit_image_gaussian_ssim():
     assert ssim(pred, truth) == pytest.approx(ref, abs=1e-12)
 
 
+def test_ssim_offset_removes_a_pedestal_but_keeps_structure():
+    truth = _structure()
+    dim = 0.5 * truth + np.random.default_rng(8).normal(0, 1, truth.shape)  # half the signal
+    for fn in (ssim, ms_ssim):
+        ref = fn(dim, truth)
+        assert fn(dim + 100.0, truth + 100.0, offset=100.0) == pytest.approx(ref, abs=1e-12)  # offset-invariant
+        assert fn(dim + 100.0, truth + 100.0) > ref + 0.05  # a pedestal pushes the luminance term towards 1
+        scrambled = np.random.default_rng(9).permutation(dim.ravel()).reshape(dim.shape)
+        assert fn(scrambled + 100.0, truth + 100.0, offset=100.0) < ref - 0.3  # a structure change still lowers it
+    assert ssim(truth + 100.0, truth + 100.0, offset=100.0) == pytest.approx(1.0)
+
+
 def test_ms_ssim_identical_scales_and_ordering():
     truth = _structure((64, 64))
     assert ms_ssim(truth, truth) == pytest.approx(1.0)
