@@ -40,8 +40,14 @@ Z_SYMMETRY_PROBE_NX = 16  # lateral size of the probe profile (the symmetry does
 
 
 def objective_for(optics: Optics) -> ObjectiveLens:
-    """microsim objective for our optics settings (design values equal to the experimental ones)."""
+    """microsim objective for our optics settings (design values equal to the experimental ones).
+
+    The NA goes in by its alias ``na``: microsim 0.0.12's ``ObjectiveLens(numerical_aperture=...)`` is
+    silently ignored (the field is not populated by name) and leaves the default NA 1.4. Its NA-below-
+    immersion check reads the name, though, so both are given.
+    """
     return ObjectiveLens(
+        na=optics.na,
         numerical_aperture=optics.na,
         immersion_medium_ri=optics.immersion_ri,
         immersion_medium_ri_spec=optics.immersion_ri,
