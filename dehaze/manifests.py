@@ -44,6 +44,16 @@ class Optics(StrictModel):
     em_wavelength_nm: PositiveFloat = 525.0
     pixel_size_um: PositiveFloat = Field(0.05, description="lateral voxel and pixel size")
     z_step_um: PositiveFloat = Field(0.2, description="axial voxel size")
+    psf_normalization: Literal["physical", "sum"] = Field(
+        "physical",
+        description=(
+            "physical: the excitation and emission PSFs each carry a constant power per plane (their in-focus "
+            "planes sum to 1) and the pinhole is a transmission mask over the emission PSF, so a wider pinhole "
+            "passes more light and widefield passes all of it; sum: microsim's make_confocal_psf(normalize='sum'), "
+            "every step's PSF sums to 1 (a constant photon budget: hazy steps get dimmer; for agreement with "
+            "microsim and stores made before the photon budget)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _na_below_immersion(self) -> Optics:
@@ -131,7 +141,16 @@ class Camera(StrictModel):
     dark_current_e_per_s: float = Field(0.001, ge=0)
     exposure_ms: PositiveFloat = 1000.0
     peak_photons_per_s: PositiveFloat = Field(
-        800.0, description="photon flux at the brightest pixels (99.9th percentile) of the cleanest step"
+        800.0,
+        description="photon flux at the brightest pixels (99.9th percentile) of the reference pinhole (peak_reference), set per field",
+    )
+    peak_reference: PositiveFloat | Literal["widefield", "cleanest"] = Field(
+        1.0,
+        description=(
+            "where peak_photons_per_s holds: a pinhole diameter in AU (simulated for the scale alone if it is not "
+            "one of the steps), 'widefield', or 'cleanest' (step 0, what stores made before the photon budget used); "
+            "the other steps are as much brighter or dimmer as the optics make them"
+        ),
     )
 
 

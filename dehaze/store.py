@@ -87,6 +87,7 @@ class DatasetMeta(StrictModel):
     step_stats: list[StepStats] | None = None
     normalization: dict[str, Any] | None = None  # what loaders should apply (recorded by the writer)
     prediction: PredictionInfo | None = None  # only for source == "prediction"
+    photometry: dict[str, Any] | None = None  # simulation: PSF normalisation and brightness reference (None: older store)
 
     @property
     def axes(self) -> list[str]:

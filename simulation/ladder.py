@@ -11,6 +11,11 @@ Stages (shapes for one field, T+1 steps, K kept planes):
 3. ``simulate_ladder``: creates (or resumes) the store, runs the missing fields on dask (threads locally,
    or a dask.distributed scheduler), each task writing its own field, then records the statistics.
 
+Brightness: each field gets one photon scale, set so that the brightest pixels (99.9th percentile) of the
+reference pinhole (``camera.peak_reference``, 1 AU by default; simulated for the scale alone when it is not
+a step) receive ``camera.peak_photons_per_s``. The other steps are as much brighter or dimmer as the optics
+make them: with the physical photon budget (``optics.psf_normalization``) a wider pinhole is brighter.
+
 Determinism: every random draw is seeded from (manifest seed, field index[, step]), so a field is the same
 whichever worker makes it, in whatever order.
 """
@@ -39,12 +44,51 @@ PEAK_PERCENTILE = 99.9
 
 @dataclass
 class LadderPlan:
-    """What every field of a ladder shares: the manifest, the PSF window and one OTF per step."""
+    """What every field of a ladder shares: the manifest, the PSF window and one OTF per step.
+
+    ``otfs`` holds one more OTF than there are steps when the brightness reference is not a step (it is
+    simulated for the photon scale alone); ``reference`` is the index of the reference's OTF.
+    """
 
     manifest: SimulationManifest
     window: PsfWindow
     convolver: FoldedPlaneConvolver
-    otfs: list[np.ndarray]  # per step, FoldedPlaneConvolver.otf: (planes, L_y//2+1, L_x//2+1) float32
+    otfs: list[np.ndarray]  # FoldedPlaneConvolver.otf: (planes, L_y//2+1, L_x//2+1) float32
+    reference: int = 0
+
+    @property
+    def n_steps(self) -> int:
+        return self.manifest.pinhole.n_steps
+
+
+def reference_pinhole(manifest: SimulationManifest) -> tuple[float | None, int | None]:
+    """(pinhole in AU or None for widefield, step index or None if no step has it) of the brightness reference."""
+    ref, steps = manifest.camera.peak_reference, manifest.pinhole.pinhole_au
+    au = steps[0] if ref == "cleanest" else None if ref == "widefield" else float(ref)
+    for t, step in enumerate(steps):
+        if (step is None and au is None) or (step is not None and au is not None and np.isclose(step, au, rtol=1e-9, atol=0)):
+            return au, t
+    return au, None
+
+
+def photometry(manifest: SimulationManifest) -> dict[str, Any]:
+    """How the brightness of the steps was set (recorded in the store's root metadata)."""
+    au, step = reference_pinhole(manifest)
+    physical = manifest.optics.psf_normalization == "physical"
+    return {
+        "psf_normalization": manifest.optics.psf_normalization,
+        "peak_photons_per_s": manifest.camera.peak_photons_per_s,
+        "peak_percentile": PEAK_PERCENTILE,
+        "reference": "widefield" if au is None else f"{au:g} AU",
+        "reference_pinhole_au": au,
+        "reference_step": step,  # None: simulated for the scale alone
+        "note": (
+            "each field's photon scale puts the 99.9th percentile of the reference pinhole's noise-free image at "
+            "peak_photons_per_s; "
+            + ("the other steps pass the light their pinhole passes (a wider pinhole is brighter, widefield passes all)"
+               if physical else "every step's PSF sums to 1 (microsim's normalize='sum'; constant photon budget)")
+        ),
+    }
 
 
 @dataclass
@@ -60,12 +104,16 @@ class FieldResult:
 def plan_ladder(manifest: SimulationManifest, fft_workers: int = 1) -> LadderPlan:
     """Build the PSFs and OTFs of every step (once per ladder, reused for every field)."""
     vol, pin = manifest.volume, manifest.pinhole
-    window = psf_window(manifest.optics, vol.field_shape_yx, vol.nz, vol.kept_planes, max(pin.steps_au))
-    psfs = ladder_psfs(manifest.optics, window, pin.pinhole_au, workers=fft_workers, folded=True)
+    ref_au, ref_step = reference_pinhole(manifest)
+    pinholes = pin.pinhole_au if ref_step is not None else [*pin.pinhole_au, ref_au]
+    widest = max(a for a in pinholes if a is not None)  # steps_au is never empty
+    window = psf_window(manifest.optics, vol.field_shape_yx, vol.nz, vol.kept_planes, widest)
+    psfs = ladder_psfs(manifest.optics, window, pinholes, workers=fft_workers, folded=True)
     convolver = FoldedPlaneConvolver(
         (vol.nz, *vol.field_shape_yx), (window.nz, window.n, window.n), psfs[0].z_symmetric, workers=fft_workers
     )
-    return LadderPlan(manifest, window, convolver, [convolver.otf(p) for p in psfs])
+    reference = ref_step if ref_step is not None else pin.n_steps
+    return LadderPlan(manifest, window, convolver, [convolver.otf(p) for p in psfs], reference)
 
 
 def haze_index(optical: np.ndarray) -> float:
@@ -79,15 +127,17 @@ def simulate_field(plan: LadderPlan, field_index: int) -> FieldResult:
     m = plan.manifest
     kept = m.volume.kept_planes
     truth = render_truth(m, field_index)
-    optical = plan.convolver.field_planes(truth, plan.otfs, kept)  # (h, K, y, x)
+    optical = plan.convolver.field_planes(truth, plan.otfs, kept)  # (h [+ reference], K, y, x)
     np.maximum(optical, 0, out=optical)  # FFT round-off can dip a hair below zero
-    # One photon scale per field, set on the cleanest step: brightness differences between steps are physics.
-    peak = float(np.percentile(optical[0], PEAK_PERCENTILE)) or float(optical[0].max())
+    # One photon scale per field, set on the reference pinhole: brightness differences between steps are physics.
+    ref = optical[plan.reference]
+    peak = float(np.percentile(ref, PEAK_PERCENTILE)) or float(ref.max())
+    optical = optical[: plan.n_steps]
     photons_per_s = optical * np.float32(m.camera.peak_photons_per_s / peak if peak > 0 else 0.0)
     image = np.stack(
         [
             camera_image(photons_per_s[t], m.camera, np.random.default_rng(field_seed(m.seed, field_index, t)))
-            for t in range(len(plan.otfs))
+            for t in range(plan.n_steps)
         ]
     )
     noise_free = expected_adu(photons_per_s, m.camera)
@@ -115,6 +165,7 @@ def dataset_meta(manifest: SimulationManifest) -> DatasetMeta:
         pixel_size_um={a: px[a] for a in spatial},
         fields=[field_name(i) for i in range(manifest.n_fields)],
         normalization={"kind": "offset_percentile", "offset_adu": manifest.camera.offset_adu},
+        photometry=photometry(manifest),
     )
 
 

@@ -10,8 +10,23 @@ point source). What this module adds is speed and the fixes for microsim 0.0.12'
 * the lateral window is sized for the largest pinhole, so wide pinholes are not clipped (saturation);
 * the widefield step uses the emission PSF alone (no pinhole).
 
-Conventions match microsim: a pinhole of ``a`` AU is a disk of radius ``a * 0.61 * lambda_em / NA``; a PSF
-is normalised to sum 1 over its window (energy conservation across steps).
+Conventions match microsim: a pinhole of ``a`` AU is a disk of radius ``a * 0.61 * lambda_em / NA``.
+
+Photon budget (``Optics.psf_normalization``):
+
+* ``"physical"`` (the default): light is conserved, not each step's PSF. A focused beam carries the same
+  power through every plane, so the excitation PSF is scaled to sum 1 over its in-focus plane (microsim's
+  profile conserves the per-plane sum to 0.3 % when the window holds the whole cone; a field-sized window
+  drops the part of a far plane's cone that lies outside it). The emission PSF is scaled the same way: each
+  plane holds all the light the objective collects from a point source, and the pinhole is a transmission
+  mask over it (the fraction of each pixel inside the disk), not renormalised: the detection efficiency of a
+  source at r is the share of its emission PSF inside the pinhole, at most 1 (the encircled energy, ~84 %
+  inside 1 AU for an in-focus Airy disk). Confocal PSF = excitation x detection, as it comes; widefield =
+  the emission PSF (uniform illumination of the same dose: what a fully open pinhole tends to). A wider
+  pinhole passes more light, widefield passes all of it, and a pinhole of 0 passes nothing.
+* ``"sum"``: microsim's ``make_confocal_psf(normalize="sum")``: binary pinhole disk, and every step's PSF
+  (the widefield one too) scaled to sum 1 over its window, which keeps the photon budget constant across
+  steps (hazy steps get dimmer). Kept for agreement with microsim and for stores made before the budget.
 
 Symmetry is where the speed comes from. A PSF of an odd window is centred on a pixel and depends on the
 radius only, so it is even in x and in y: one quadrant holds it (:class:`FoldedPsf`), its 2-D transforms are
@@ -111,11 +126,33 @@ class FoldedPsf:
         return unfold(q, self.nz, axis=0) if self.z_symmetric else q
 
 
+def _plane_sums(quadrant: np.ndarray, n: int) -> np.ndarray:
+    """Sum over each whole (n, n) plane of the PSF whose folded quadrant is ``quadrant`` (one per stored plane)."""
+    w = _fold_weights(n)
+    return np.einsum("zyx,y,x->z", quadrant, w, w)
+
+
 def _full_sum(quadrant: np.ndarray, nz: int, n: int, z_symmetric: bool) -> float:
     """Sum over the whole (nz, n, n) window of the PSF whose folded quadrant is ``quadrant``."""
-    w = _fold_weights(n)
-    plane_sums = np.einsum("zyx,y,x->z", quadrant, w, w)
-    return float(plane_sums @ _fold_weights(nz)) if z_symmetric else float(plane_sums.sum())
+    sums = _plane_sums(quadrant, n)
+    return float(sums @ _fold_weights(nz)) if z_symmetric else float(sums.sum())
+
+
+def in_focus_plane(psf: FoldedPsf) -> int:
+    """Index of the in-focus plane (the window's centre) in ``psf.quadrant``."""
+    return 0 if psf.z_symmetric else psf.nz // 2
+
+
+def per_plane_power(psf: FoldedPsf) -> FoldedPsf:
+    """``psf`` scaled so that its in-focus plane sums to 1: the power a focused beam carries through every plane."""
+    total = float(_plane_sums(psf.quadrant[in_focus_plane(psf)][None], psf.n)[0])
+    return FoldedPsf(psf.quadrant / total, psf.nz, psf.n, psf.z_symmetric)
+
+
+def plane_sums(psf: FoldedPsf) -> np.ndarray:
+    """(nz,) sum of each plane of the full PSF, from its folded quadrant."""
+    sums = _plane_sums(np.asarray(psf.quadrant, dtype=np.float64), psf.n)
+    return unfold(sums, psf.nz, axis=0) if psf.z_symmetric else sums
 
 
 # ------------------------------------------------------------------------------------------ r-z profile
@@ -220,6 +257,27 @@ def folded_pinhole_disk(n: int, pinhole_au: float, em_wavelength_um: float, na: 
     return quadrant[:h, :h]
 
 
+PINHOLE_SUBSAMPLES = 32  # per pixel side, for the fraction of each pixel inside the pinhole
+
+
+def pinhole_transmission(n: int, pinhole_au: float, em_wavelength_um: float, na: float, dx_um: float) -> np.ndarray:
+    """Quadrant ``[n//2:, n//2:]`` of the pinhole's transmission mask (n odd), cropped to its support.
+
+    Each value is the fraction of the pixel's area inside the disk of diameter ``pinhole_au`` Airy units
+    (``PINHOLE_SUBSAMPLES`` squared points per pixel), so the transmitted area is that of the disk and
+    changes continuously with the pinhole (microsim's binary disk jumps by whole pixels, and its pinhole of
+    0 still passes the centre pixel). A pinhole of 0 is a (1, 1) zero.
+    """
+    radius = pinhole_au * 0.61 * em_wavelength_um / na / dx_um
+    if radius <= 0:
+        return np.zeros((1, 1))
+    m = min(n - n // 2, int(np.ceil(radius + 0.5)))  # pixels i with i - 0.5 < radius
+    sub = (np.arange(PINHOLE_SUBSAMPLES) + 0.5) / PINHOLE_SUBSAMPLES - 0.5
+    coord2 = (np.arange(m)[:, None] + sub[None, :]) ** 2  # (pixel, subsample) squared offsets
+    inside = coord2[:, None, :, None] + coord2[None, :, None, :] <= radius**2  # (m, m, S, S)
+    return inside.mean(axis=(2, 3))
+
+
 def fftconvolve_same_2d(stack: np.ndarray, kernel: np.ndarray, workers: int = 1) -> np.ndarray:
     """Linear 2-D convolution of each plane of ``stack`` with ``kernel``, cropped like scipy's ``same``."""
     n_y, n_x = stack.shape[-2:]
@@ -239,12 +297,13 @@ def _pinhole_convolutions(em: FoldedPsf, disks: dict[float, np.ndarray], workers
     long enough that no wrapped-around term reaches the window (n + disk half-width). float32: the
     transforms' round-off (~1e-7 of each plane's peak) is far below what the float32 PSFs keep anyway.
     """
-    if not disks:
-        return {}
     m = em.quadrant.shape[-1]
+    out = {au: np.zeros(em.quadrant.shape, np.float32) for au, disk in disks.items() if not disk.any()}  # passes nothing
+    disks = {au: disk for au, disk in disks.items() if au not in out}
+    if not disks:
+        return out
     size = even_fast_len(em.n + max(d.shape[-1] for d in disks.values()))
     em_f = dct2_even(em.quadrant.astype(np.float32), (size, size), workers)
-    out = {}
     for au, disk in disks.items():
         prod = em_f * dct2_even(disk.astype(np.float32), (size, size), workers)
         prod = fft.idct(prod, type=1, axis=-2, workers=workers)[..., :m, :]
@@ -280,12 +339,15 @@ def psf_window(optics: Optics, field_shape_yx: tuple[int, int], nz: int, keep_pl
 def ladder_psfs(
     optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1, folded: bool = False
 ) -> list[np.ndarray] | list[FoldedPsf]:
-    """One (nz, n, n) float32 PSF per step, each normalised to sum 1; ``None`` is the widefield step.
+    """One (nz, n, n) float32 PSF per step; ``None`` is the widefield step.
 
-    Confocal PSF = excitation PSF x (emission PSF convolved with the pinhole disk), the model of
-    ``microsim.psf.make_confocal_psf``, with the true excitation wavelength. The window must be odd
-    (:func:`psf_window`'s are). ``folded``: return :class:`FoldedPsf` s (float32 quadrants) instead of the
-    full arrays, which is all the forward model needs.
+    Confocal PSF = excitation PSF x (emission PSF convolved with the pinhole mask), the model of
+    ``microsim.psf.make_confocal_psf``, with the true excitation wavelength. Normalised as
+    ``optics.psf_normalization`` says (module docstring): ``"physical"``, light as it is (in-focus planes
+    of the excitation and emission PSFs sum to 1, the pinhole a transmission mask); ``"sum"``, each PSF
+    scaled to sum 1 (microsim). The window must be odd (:func:`psf_window`'s are). ``folded``: return
+    :class:`FoldedPsf` s (float32 quadrants) instead of the full arrays, which is all the forward model
+    needs.
     """
     objective = objective_for(optics)
     ex_um, em_um = optics.ex_wavelength_nm * 1e-3, optics.em_wavelength_nm * 1e-3
@@ -295,9 +357,13 @@ def ladder_psfs(
         not confocal or z_symmetric(objective, ex_um, window.nz, dz, dx)
     )
     args = (window.nz, dz, window.n, dx, symmetric)
+    physical = optics.psf_normalization == "physical"
     em = folded_vectorial_psf(objective, em_um, *args)
     ex = folded_vectorial_psf(objective, ex_um, *args) if confocal else None
-    disks = {au: folded_pinhole_disk(window.n, au, em_um, optics.na, dx) for au in confocal}
+    mask = pinhole_transmission if physical else folded_pinhole_disk
+    if physical:
+        em, ex = per_plane_power(em), (per_plane_power(ex) if confocal else None)
+    disks = {au: mask(window.n, au, em_um, optics.na, dx) for au in confocal}
     detection = _pinhole_convolutions(em, disks, workers)
     out = []
     for au in pinhole_au:
@@ -305,7 +371,8 @@ def ladder_psfs(
             q = em.quadrant
         else:
             q = detection[au] * ex.quadrant  # float64
-            q /= _full_sum(q, window.nz, window.n, symmetric)
+            if not physical:
+                q /= _full_sum(q, window.nz, window.n, symmetric)
         psf = FoldedPsf(q.astype(np.float32), window.nz, window.n, symmetric)
         out.append(psf if folded else psf.full())
     return out

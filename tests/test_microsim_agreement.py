@@ -2,7 +2,11 @@
 
 * ``simulation.optics.vectorial_planes`` == ``microsim.psf.vectorial_psf_centered``;
 * the confocal PSFs of ``simulation.optics.ladder_psfs`` == ``microsim.psf.make_confocal_psf`` (with the
-  true excitation and emission wavelengths, which microsim's ``Simulation`` cannot pass);
+  true excitation and emission wavelengths, which microsim's ``Simulation`` cannot pass), in the
+  microsim-compatible mode ``optics.psf_normalization: sum`` (every step's PSF sums to 1);
+* in the default physical mode the same PSFs, light conserved: each normalised to sum 1 is microsim's up to
+  the pinhole's edge pixels (a transmission mask instead of a binary disk), and the confocal steps'
+  relative brightness is that of microsim's unnormalised PSFs (``normalize=False``);
 * ``PlaneConvolver`` with microsim-shaped PSFs == ``Simulation.optical_image()`` (noise free, photons/s),
   for widefield and for confocal with a small pinhole.
 
@@ -42,7 +46,7 @@ from simulation.optics import (  # noqa: E402
 )
 from simulation.sample import render_truth  # noqa: E402
 
-OPTICS = Optics()  # NA 1.4 oil, 488/525 nm, 50 nm pixels, 0.2 µm planes
+OPTICS = Optics(psf_normalization="sum")  # NA 1.4 oil, 488/525 nm, 50 nm pixels, 0.2 µm planes; microsim's budget
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,6 +102,27 @@ def test_ladder_confocal_psfs_equal_microsim_make_confocal_psf():
         assert rel_l2(ours, ex_eq_em) > 1e-2
     widefield = microsim_psf.vectorial_psf_centered(wvl=em_um, normalize="sum", **common)
     assert rel_l2(psfs[-1], widefield) <= 1e-5
+
+
+def test_physical_budget_is_microsims_model_with_the_light_kept():
+    """Default mode: microsim's PSF shapes, and microsim's own unnormalised PSFs' brightness ratios."""
+    window = PsfWindow(nz=9, n=41)
+    steps = [0.5, 1.0, 2.0, 4.0]
+    psfs = ladder_psfs(Optics(), window, steps)
+    objective = objective_for(OPTICS)
+    ex_um, em_um = OPTICS.ex_wavelength_nm * 1e-3, OPTICS.em_wavelength_nm * 1e-3
+    common = dict(nz=window.nz, dz=OPTICS.z_step_um, nx=window.n, dxy=OPTICS.pixel_size_um, objective=objective,
+                  ex_wvl_um=ex_um, em_wvl_um=em_um)
+    raw = []
+    for au, ours in zip(steps, psfs):
+        ref = microsim_psf.make_confocal_psf(pinhole_au=au, normalize="sum", **common)
+        # only the pinhole's edge pixels differ (fractional transmission vs microsim's all-or-nothing disk)
+        assert rel_l2(ours / ours.sum(), ref) <= (3e-2 if au < 2 else 3e-3), au
+        raw.append(float(microsim_psf.make_confocal_psf(pinhole_au=au, normalize=False, **common).sum()))
+    ours_sum = [float(p.sum()) for p in psfs]
+    assert all(b > 1.5 * a for a, b in zip(ours_sum, ours_sum[1:])), ours_sum  # brighter with the pinhole
+    # where the binary disk's area is the disk's (>= 2 AU: within 1 %), the brightness ratio is microsim's
+    assert ours_sum[3] / ours_sum[2] == pytest.approx(raw[3] / raw[2], rel=1e-2)
 
 
 # ---------------------------------------------------------------------------- noise-free images
