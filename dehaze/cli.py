@@ -161,6 +161,11 @@ def predict(
                          alpha=alpha, opts=opts, overwrite=overwrite, show_progress=not quiet)
     for store in stores:
         typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
+    check = next((s.meta.prediction.strategy.get("degradation_check") for s in stores
+                  if s.meta.prediction.strategy.get("degradation_check")), None)
+    if check:  # recorded by the degradation run: does its G move z_hat_0|t towards z_{t-1}?
+        typer.echo("degradation G per step t (moved / residual of the needed distance; the loops use t >= 2): " + ", ".join(
+            f"t={t} {v['moved']:.2f}/{v['residual']:.2f}" for t, v in check["per_step"].items()))
 
 
 @app.command()

@@ -97,12 +97,17 @@ def prepare_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
 
 @torch.no_grad()
 def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedule: Sequence[float], opts: EngineOptions,
-              device: torch.device, n_levels: int, record: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+              device: torch.device, n_levels: int, record: bool, ladder: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Strategy on (n, th, tw) normalised tiles with K samples each -> mean, std (n, th, tw) and the
-    trajectory (n_levels, n, th, tw) of x_0 estimates per step (NaN where not visited) if ``record``."""
+    trajectory (n_levels, n, th, tw) of x_0 estimates per step (NaN where not visited) if ``record``.
+    ``ladder`` (n, T+1, th, tw): the same tiles at every step, for strategies that need it (the oracle)."""
     k = opts.samples
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))[:, None].to(device)
     x = x.repeat_interleave(k, dim=0)  # (n*K, 1, th, tw): sample j of tile i at i*K + j
+    extra = {}
+    if ladder is not None:
+        extra["ladder"] = torch.from_numpy(np.ascontiguousarray(ladder, dtype=np.float32)).to(device).repeat_interleave(k, dim=0)
     if opts.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     traj = np.full((n_levels, *tiles.shape), np.nan, dtype=np.float32) if record else None
@@ -112,7 +117,7 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
             traj[int(t)] = estimate.float().reshape(len(tiles), k, *tiles.shape[1:]).mean(1).cpu().numpy()
 
     with _autocast(device, opts.precision):
-        out = strategy(bundle, x, schedule, callback=callback if record else None).float()
+        out = strategy(bundle, x, schedule, callback=callback if record else None, **extra).float()
     out = out.reshape(len(tiles), k, *tiles.shape[1:])
     # K = 1: x - x is bitwise what std over one sample gives (0, NaN where x is not finite) without torch's
     # slow CPU std kernel (about half of the engine's own time on large fields).
@@ -122,8 +127,9 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
 
 def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: ScheduleFn, source: Any, norm: Normalization,
                   out: LadderStore, field: str, field_index: int, opts: EngineOptions, device: torch.device,
-                  multiple: int = 1, show_progress: bool = True) -> None:
-    """Predict one field (h, [z,] H, W) of ``source`` into ``out`` (see the module docstring)."""
+                  multiple: int = 1, show_progress: bool = True, needs_ladder: bool = False) -> None:
+    """Predict one field (h, [z,] H, W) of ``source`` into ``out`` (see the module docstring).
+    ``needs_ladder``: the strategy also gets each tile at every step (``ladder=``)."""
     n_steps, planes = source.shape[0], list(np.ndindex(*source.shape[1:-2]))
     height, width = source.shape[-2:]
     tile = DEFAULT_TILE if opts.tile is None else opts.tile
@@ -141,13 +147,18 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
         h, plane, (y0, ylo, yhi) = units[u]
         block = _read_rows(source, (h, *plane), y0, th, pad_w, norm)
         tiles = np.stack([block[:, x0 : x0 + tw] for x0, _, _ in cols])
+        ladder = None
+        if needs_ladder:  # (n_tiles, T+1, th, tw): the same rows read at every step
+            blocks = [block if t == h else _read_rows(source, (t, *plane), y0, th, pad_w, norm) for t in range(n_steps)]
+            ladder = np.stack([np.stack([b[:, x0 : x0 + tw] for b in blocks]) for x0, _, _ in cols])
         record = opts.trajectory and h == n_steps - 1
         mean = np.empty((th, pad_w), np.float32)
         std = np.empty_like(mean)
         traj = np.full((n_steps, th, pad_w), np.nan, np.float32) if record else None
         for b in range(0, len(cols), per_pass):
             torch.manual_seed(hash((opts.seed, field_index, u, b)) % 2**63)
-            m, s, tr = run_tiles(strategy, bundle, tiles[b : b + per_pass], schedule_fn(h), opts, device, n_steps, record)
+            m, s, tr = run_tiles(strategy, bundle, tiles[b : b + per_pass], schedule_fn(h), opts, device, n_steps, record,
+                                 None if ladder is None else ladder[b : b + per_pass])
             for j, (x0, xlo, xhi) in enumerate(cols[b : b + per_pass]):
                 mean[:, xlo:xhi] = m[j][:, xlo - x0 : xhi - x0]
                 std[:, xlo:xhi] = s[j][:, xlo - x0 : xhi - x0]

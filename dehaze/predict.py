@@ -21,7 +21,7 @@ import torch
 from dehaze.engine import DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
-from dehaze.runs import RunInfo, load_model, read_run
+from dehaze.runs import RunInfo, load_model, read_run, read_run_report
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder, finalize_with_step_stats, open_ladder
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
 
@@ -40,6 +40,7 @@ class InputLadder:
     pixel_size_um: dict[str, float]
     pinhole_au: list[float | None]
     arrays: dict[str, Any]
+    whole_ladder: bool = True  # every step was measured (False: one image at --step, the rest zeros)
 
 
 def open_input(path: str | Path, step: int | None = None) -> InputLadder:
@@ -60,12 +61,14 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
                 raise UserError(f"{path}: a single image needs --step T (which degradation step it was taken at)")
             stack = np.zeros((step + 1, *data.shape), dtype=data.dtype)
             stack[step] = data
-            data = stack
+            data, whole = stack, step == 0
+        else:
+            whole = True
         if data.ndim != 3:
             raise UserError(f"{path}: expected a (y, x) image or a (step, y, x) stack, got shape {data.shape}")
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         return InputLadder(path, sha, ["field_000"], data.shape[0], ["y", "x"], {"y": 1.0, "x": 1.0},
-                           [None] * data.shape[0], {"field_000": data})
+                           [None] * data.shape[0], {"field_000": data}, whole_ladder=whole)
     store = open_ladder(path)
     if store.meta.source == "prediction":
         raise UserError(f"{path}: is a prediction store; predict from a ladder store")
@@ -147,6 +150,10 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
     if sampled and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
         raise UserError(f"--samples {samples}: {', '.join(names)} are deterministic; samples apply to hdn and latent strategies")
     src = open_input(input_path, step)
+    if not src.whole_ladder:  # a single image at --step: the other steps are not there to compare with
+        if strategy != "all" and STRATEGIES[names[0]].needs_ladder:
+            raise UserError(f"--strategy {names[0]}: needs the input at every step (a ladder store or a (step, y, x) stack), not one image at --step")
+        names = [n for n in names if not STRATEGIES[n].needs_ladder]
     out_paths = {names[0]: Path(output)} if len(names) == 1 and strategy != "all" else {n: Path(output) / f"{n}.zarr" for n in names}
     if strategy == "all":
         Path(output).mkdir(parents=True, exist_ok=True)
@@ -182,6 +189,10 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
     opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile))
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
+    if "degradation" in spec.needs:  # how far the run's G moves: evaluate reports it beside the scores
+        check = read_run_report(runs.dirs["degradation"]).get("degradation_check")
+        if check is not None:
+            strategy_info["degradation_check"] = check
     run_list = sorted(str(Path(runs.dirs[kind]).resolve()) for kind in set(spec.needs) | {spec.primary})
     identity = {"runs": run_list, "input": src.sha256, "strategy": strategy_info}
     meta = DatasetMeta(
@@ -199,7 +210,8 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
     bar = progress_bar(total=len(todo), desc=f"predict {name}", unit="field", disable=not show_progress)
     for field in todo:
         predict_field(spec.fn, bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
-                      out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress)
+                      out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress,
+                      needs_ladder=spec.needs_ladder)
         bar.update(1)
     bar.close()
     finalize_with_step_stats(out)

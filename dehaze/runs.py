@@ -29,6 +29,7 @@ from dehaze.train_config import TrainConfig
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+REPORT_FILE = "report.json"  # what a finished run measured about itself (e.g. how far the degradation moves)
 
 
 class DataRef(StrictModel):
@@ -66,6 +67,20 @@ def read_run(run_dir: str | Path) -> RunInfo:
         return RunInfo.model_validate(raw)
     except ValidationError as err:
         raise UserError(format_validation_error(err, str(path))) from None
+
+
+def read_run_report(run_dir: str | Path) -> dict[str, Any]:
+    """What a finished run measured about itself (``report.json``), or {} where it wrote none."""
+    path = Path(run_dir) / REPORT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path}: unreadable run report (not JSON); delete it and rerun `dehaze train ... --resume`") from None
+    if not isinstance(report, dict):
+        raise UserError(f"{path}: a run report must be a JSON object")
+    return report
 
 
 def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:

@@ -53,14 +53,19 @@ def one_shot_unet(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float
 
 
 def pixel_indi(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
-    """InDI sampling in pixel space: x_{t-d} = (d/t) R(x_t, t) + (1 - d/t) x_t for t along ``schedule``.
+    """InDI sampling in pixel space: x_{t-d} = (d/t) R(x_t, t, s) + (1 - d/t) x_t for t along ``schedule``,
+    from the source step s = ``schedule[0]`` (the step of the input).
 
-    With a one-step schedule [t, 0] this is R(x_t, t): the one-shot estimate.
+    t convention: x_t is the state on the straight path x_0 + (t/s)(x_s - x_0) the restorer was trained on
+    (t = s: the input, t = 0: the clean image); a restorer trained on the ladder path takes t alone.
+    With a one-step schedule [s, 0] this is R(x_s, s, s): the one-shot estimate.
     """
     restorer = need(bundle.pixel, "pixel")
+    source = torch.full((x.shape[0],), float(schedule[0]), device=x.device)
+    conditions = (source,) if getattr(restorer, "source_conditioned", False) else ()
     for t, t_next in zip(schedule, schedule[1:]):
         d = t - t_next
-        r = restorer(x, torch.full((x.shape[0],), float(t), device=x.device))
+        r = restorer(x, torch.full((x.shape[0],), float(t), device=x.device), *conditions)
         if callback:
             callback(float(t), r)
         x = (d / t) * r + (1 - d / t) * x
@@ -116,9 +121,20 @@ step t, and the final estimate at step 0. Variants (``bundle.alpha`` is the comb
 * cold:        Cold Diffusion (Bansal et al. 2022, Alg. 2): z_s = z_t - degrade(z_hat_0, t) + degrade(z_hat_0, s);
                at t = T there is no G(T+1) to degrade to T, so that first step is the direct one.
 
+* identity:    degrade(z_hat_0, s) = z_hat_0 (no degradation: what the loop does without D)
+* oracle:      degrade(z_hat_0, s) = E(x_s), the posterior mean of the ladder's own step s (needs the
+               whole ladder, ``ladder=``); the loop's estimate at each step t is then the one-shot latent
+               estimate decode(R(E(x_t), t)). Beside the learned D, identity and oracle tell whether drift
+               comes from R or from D.
+
 Limits: alpha = 1 makes every combination the direct loop; a one-step schedule [t, 0] is the one-shot
 latent restorer decode(R(E(x_t), t)) for direct, combination and cold variants.
-Posterior samples: with ``bundle.sample`` the encoder draws z_T ~ q(z | x_T) instead of the mean.
+
+The restorer is the degradation run's (``gan.restorer``): the base latent run's weights, or those the
+degradation run fine-tuned on its loop's states. Every walk runs on posterior means, the kind of latent R
+was trained on. Posterior samples (``bundle.sample``) are drawn where they are valid: from the HVAE's
+posterior of the final estimate, z ~ q(z | x_hat_0), decoded (sampling z_T ~ q(z | x_T) fed R latents it
+never saw: the one-shot latent estimate at x_T lost 7 dB in the science review).
 """
 
 Latents = list[torch.Tensor]
@@ -130,18 +146,28 @@ def _mix(a: Latents, b: Latents, alpha: float) -> Latents:
 
 def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None,
                 combine_d: bool = False, combine_r: bool = False, refine_d: bool = False, refine_r: bool = False,
-                cold: bool = False) -> torch.Tensor:
-    """The iterative latent procedure with its variants (see the module docstring)."""
-    hvae, restorer, gan = need(bundle.hvae, "hvae"), need(bundle.latent, "latent"), need(bundle.degradation, "degradation")
+                cold: bool = False, identity: bool = False, oracle: bool = False, ladder: torch.Tensor | None = None,
+                ) -> torch.Tensor:
+    """The iterative latent procedure with its variants (see the module docstring). ``oracle`` replaces the
+    learned degradation by E(x_s) of ``ladder`` (B, T+1, H, W), the normalised input at every step."""
+    if oracle and ladder is None:
+        raise ValueError("the oracle loop needs the input at every step (ladder=)")
+    hvae, gan = need(bundle.hvae, "hvae"), need(bundle.degradation, "degradation")
+    need(bundle.latent, "latent")
+    restorer = gan.restorer
     n_steps = gan.G.n_steps
 
     def degrade(z0: Latents, s: int) -> Latents:
-        return z0 if s == 0 else gan.G(z0, s + 1)
+        if s == 0 or identity:
+            return z0
+        if oracle:
+            return hvae.encode(ladder[:, s : s + 1].to(x.dtype), sample=False)
+        return gan.G(z0, s + 1)
 
     def reencode(z: Latents) -> Latents:
         return hvae.encode(hvae.decode(z), sample=False)
 
-    z = hvae.encode(x, sample=bundle.sample)
+    z = hvae.encode(x, sample=False)
     z0_prev: Latents | None = None
     decoded: torch.Tensor | None = None  # decode(z0_prev), when the callback asked for it
     for t, s in zip(schedule, schedule[1:]):
@@ -167,12 +193,15 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
     x0 = decoded if (decoded is not None and z is z0_prev) else hvae.decode(z)
     if callback:
         callback(0.0, x0)
+    if bundle.sample:  # one posterior sample around the final estimate (see the module docstring)
+        x0 = hvae.decode(hvae.encode(x0, sample=True))
     return x0
 
 
 def _variant(**flags: bool):  # noqa: ANN202 - returns a Strategy
-    def strategy(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
-        return latent_loop(bundle, x, schedule, callback=callback, **flags)
+    def strategy(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None,
+                 ladder: torch.Tensor | None = None) -> torch.Tensor:
+        return latent_loop(bundle, x, schedule, callback=callback, ladder=ladder, **flags)
 
     strategy.__doc__ = f"latent_loop with {flags or 'no variant (direct)'}"
     return strategy
@@ -186,6 +215,7 @@ class StrategySpec:
     schedule: str  # "one-step" [t, 0], "indi" (t, t - delta, ..., 0) or "ladder" (t, t - 1, ..., 0)
     one_shot: bool = False
     samples: bool = False  # its output is random: K samples give a posterior mean and std
+    needs_ladder: bool = False  # called with ladder= (B, T+1, H, W): the input at every step (the oracle)
 
 
 LATENT = ("hvae", "latent", "degradation")
@@ -193,6 +223,8 @@ STRATEGIES: dict[str, StrategySpec] = {
     "one-shot-unet": StrategySpec(one_shot_unet, ("unet",), "unet", "one-step", one_shot=True),
     "one-shot-hdn": StrategySpec(one_shot_hdn, ("hdn",), "hdn", "one-step", one_shot=True, samples=True),
     "pixel-indi": StrategySpec(pixel_indi, ("pixel",), "pixel", "indi"),
+    # the same restorer in one step of size s: the reference its walk must not fall below
+    "pixel-one-shot": StrategySpec(pixel_indi, ("pixel",), "pixel", "one-step", one_shot=True),
 }
 _LATENT_VARIANTS = {
     "latent-direct": _variant(),
@@ -203,8 +235,11 @@ _LATENT_VARIANTS = {
     "latent-refine-r": _variant(refine_r=True),
     "latent-refine-dr": _variant(refine_d=True, refine_r=True),
     "latent-cold": _variant(cold=True),
+    "latent-identity": _variant(identity=True),
+    "latent-oracle": _variant(oracle=True),
 }
-STRATEGIES.update({name: StrategySpec(fn, LATENT, "hvae", "ladder") for name, fn in _LATENT_VARIANTS.items()})
+STRATEGIES.update({name: StrategySpec(fn, LATENT, "hvae", "ladder", needs_ladder=name == "latent-oracle")
+                   for name, fn in _LATENT_VARIANTS.items()})
 
 
 def schedule_for(spec: StrategySpec, t_start: int, delta: float = 1.0) -> list[float]:

@@ -54,15 +54,32 @@ class UNetModel(StrictModel):
 
 
 class PixelModel(StrictModel):
-    """Time-conditioned pixel restorer R(x_t, t), InDI-style training on the ladder path x_0 -> x_T."""
+    """Time-conditioned pixel restorer (InDI) R(x_t, t, s) -> x_0.
+
+    ``path="straight"`` (default): the path the sampler walks. For a source step s (an input step of the
+    ladder) and t in (0, s], x_t = x_0 + (t/s)(x_s - x_0); the network is conditioned on t and s. The
+    sampler's update x_{t-d} = (d/t) R(x_t, t, s) + (1 - d/t) x_t stays on that path when R = x_0, so one
+    step of size s is the one-shot estimate R(x_s, s, s) and smaller steps refine it.
+    ``path="ladder"``: the earlier recipe, x_t interpolated between the two neighbouring ladder steps and
+    conditioned on t alone; its sampler leaves the training path, and smaller steps drift more.
+    """
 
     kind: Literal["pixel"] = "pixel"
     base_channels: int = Field(32, ge=4)
     depth: int = Field(3, ge=1, le=6)
     residual: bool = True
     time_embed_dim: int = Field(64, ge=8)
+    path: Literal["straight", "ladder"] = Field("straight", description="training path: straight InDI path from x_s (conditioned on t and s), or between neighbouring ladder steps (t only)")
     path_noise_std: float = Field(0.01, ge=0, description="InDI's small noise on x_t, in normalised units")
-    sample_delta: float = Field(1.0, gt=0, description="step size delta of x_{t-d} = (d/t) R(x_t,t) + (1-d/t) x_t")
+    sample_delta: float = Field(1.0, gt=0, description="step size delta of x_{t-d} = (d/t) R(x_t,t,s) + (1-d/t) x_t")
+    walk_weight: float = Field(0.0, ge=0, description="weight of a second loss on the state one sampler step of "
+                               "sample_delta from x_s reaches (R trained on the states its walk visits; straight path only)")
+
+    @model_validator(mode="after")
+    def _walk_needs_the_straight_path(self) -> PixelModel:
+        if self.walk_weight and self.path != "straight":
+            raise ValueError("walk_weight needs path=straight (the walk's states lie on that path)")
+        return self
 
 
 # ---- ladder VAEs (dehaze.models.hvae): HVAE and supervised HDN ---------------------------------------
@@ -127,18 +144,50 @@ class LatentModel(StrictModel):
     n_steps: int | None = Field(None, ge=2, description="ladder steps T+1 (from the data)")
 
 
+DegradationPreset = Literal["supervised", "cyclegan"]
+DEGRADATION_PRESETS: dict[str, dict[str, float | bool]] = {
+    # The default, chosen by measurement (README, benchmarks/results/study_cpu.json): one shared t-conditioned
+    # G trained mostly on the pairs. The seed's per-step CycleGAN starts at the identity, where the cycle loss
+    # is 0 and the cosine term ~1, and each per-step net sees ~steps/T batches: it stayed within 0.2-7 % of
+    # where it started (science review), so the loop drifted with a degradation that did not move.
+    "supervised": {"shared": True, "lambda_sup": 10.0, "lambda_cyc": 1.0, "lambda_cos": 0.0, "lambda_gan": 0.1},
+    # The study's recipe (DESIGN §6 reference GAN settings): per-step CycleGAN, cycle x10, cosine term.
+    "cyclegan": {"shared": False, "lambda_sup": 0.0, "lambda_cyc": 10.0, "lambda_cos": 1.0, "lambda_gan": 1.0},
+}
+_DEGRADATION_FIELDS = ("shared", "lambda_sup", "lambda_cyc", "lambda_cos", "lambda_gan")
+
+
 class DegradationModel(StrictModel):
-    """Per-step CycleGAN G(t): X_t={z_hat_0|t} -> Y_t={z_{t-1}}, F(t) back, discriminators on latents."""
+    """The latent degradation D(t) = G(t): X_t={z_hat_0|t} -> Y_t={z_{t-1}}, F(t) back, discriminators on
+    latents (see :mod:`training.latent_tasks` for the objective). ``preset`` fills every loss/sharing
+    field left out (or null); the resolved config lists them all."""
 
     kind: Literal["degradation"] = "degradation"
+    preset: DegradationPreset = Field("supervised", description="supervised (default: shared t-conditioned G, dominant "
+                                      "supervised term) or cyclegan (the seed's per-step CycleGAN, for comparison)")
     width: int = Field(64, ge=4)
-    shared: bool = Field(False, description="one t-conditioned network for every step instead of one per step")
-    lambda_cyc: float = Field(10.0, ge=0, description="cycle weight (reference 10; 1-2 if it collapses)")
-    lambda_cos: float = Field(1.0, ge=0, description="cosine-direction term weight")
-    lambda_sup: float = Field(0.0, ge=0, description="supervised pair term weight (the pairs exist)")
+    shared: bool | None = Field(None, description="one t-conditioned network for every step instead of one per step")
+    lambda_cyc: float | None = Field(None, ge=0, description="cycle weight (reference 10; 1-2 if it collapses)")
+    lambda_cos: float | None = Field(None, ge=0, description="cosine-direction term weight")
+    lambda_sup: float | None = Field(None, ge=0, description="supervised pair term weight: |G(x) - y|^2 / |y - x|^2 "
+                                     "(the squared distance G leaves, relative to the distance it must move)")
+    lambda_gan: float | None = Field(None, ge=0, description="weight of the adversarial (LSGAN) generator terms")
     pool_size: int = Field(50, ge=0, description="image pool of past fakes shown to the discriminators")
+    restorer_walk_weight: float = Field(0.0, ge=0, description="fine-tune the latent restorer R in this run on the "
+                                        "states its loop visits: loss |R(z_t,t) - z_0|^2 + w |R(G(R(z_t,t),t), t-1) - z_0|^2 "
+                                        "(0: R stays the base run's, frozen)")
+    restorer_lr: float = Field(1e-4, gt=0, description="learning rate of that fine-tuning (Adam)")
     # Filled in from the latent run when training starts:
-    restorer: LatentModel | None = Field(None, description="the (frozen) latent restorer's resolved config")
+    restorer: LatentModel | None = Field(None, description="the latent restorer's resolved config")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = DEGRADATION_PRESETS.get(data.get("preset", "supervised"))
+            if preset is not None:  # an unknown preset is reported by the field validation
+                data = {**data, **{k: preset[k] for k in _DEGRADATION_FIELDS if data.get(k) is None}}
+        return data
 
 
 ModelConfig = Annotated[Union[UNetModel, PixelModel, HVAEModel, HDNModel, LatentModel, DegradationModel], Field(discriminator="kind")]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_latent_restorer_overfits_a_tiny_set(runs, tmp_path):
 
 
 def test_degradation_generator_overfits_its_pairs(runs, tmp_path):
-    cfg = tiny_cfg("degradation", steps=40, patch_size=32, model={"lambda_sup": 30.0, "lambda_cyc": 1.0},
+    cfg = tiny_cfg("degradation", steps=40, patch_size=32, model={"preset": "cyclegan", "lambda_sup": 30.0, "lambda_cyc": 1.0},
                    data={"val_fraction": 0.0, "input_steps": [3]}, optim={"betas": [0.5, 0.999]})
     train("degradation", [runs["ladder"]], tmp_path / "g", cfg, base_run=runs["latent"], show_progress=False)
     _, gan = load_model(tmp_path / "g")
@@ -243,3 +244,46 @@ def test_latent_trainer_errors(cli, runs, tmp_path):
         _one_line_error(result, *words)
         assert not out.exists()
     assert read_run(runs["hvae"]).kind == "hvae"
+
+
+# ---- the degradation moves, and says how far -----------------------------------------------------------
+def test_default_degradation_moves_away_from_the_identity_and_records_how_far(runs, tmp_path):
+    """A few steps of the supervised preset move G(t) measurably towards z_{t-1}; the run records, per step,
+    the fraction of the needed distance moved and the residual, on the fields it checked."""
+    cfg = tiny_cfg("degradation", steps=12, patch_size=32, data={"val_fraction": 0.0})
+    assert cfg.model.preset == "supervised" and cfg.model.shared and cfg.model.lambda_sup > cfg.model.lambda_gan
+    train("degradation", [runs["ladder"]], tmp_path / "g", cfg, base_run=runs["latent"], show_progress=False)
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    check = report["degradation_check"]
+    assert report["fields_are"] == "training" and report["step"] == 12
+    assert set(check["per_step"]) == {"1", "2", "3"}
+    for t, v in check["per_step"].items():
+        assert v["moved"] > 0.01, (t, v)  # the identity moves 0
+        assert v["used_by_loops"] == (t != "1")
+        if v["used_by_loops"]:  # G(1) would have to guess z_0's noise from R's estimate of it: no better than not moving
+            assert v["residual"] < 1.0, (t, v)  # closer to z_{t-1} than not moving at all
+    _, gan = load_model(tmp_path / "g")  # the check is the saved model's
+    cache = cache_of(runs["hvae"])
+    with torch.no_grad():
+        z_hat = gan.restorer(cached_latents(cache, 3), torch.full((4,), 3.0))
+        moved = sum(float(((a - b) ** 2).sum()) for a, b in zip(gan.G(z_hat, 3), z_hat))
+        needed = sum(float(((a - b) ** 2).sum()) for a, b in zip(cached_latents(cache, 2), z_hat))
+    assert moved / needed == pytest.approx(check["per_step"]["3"]["moved"], rel=1e-4)
+
+
+def test_the_cyclegan_preset_is_the_seeds_recipe():
+    cfg = tiny_cfg("degradation", model={"preset": "cyclegan"}).model
+    assert (cfg.shared, cfg.lambda_sup, cfg.lambda_cyc, cfg.lambda_cos, cfg.lambda_gan) == (False, 0.0, 10.0, 1.0, 1.0)
+    assert tiny_cfg("degradation", model={"preset": "cyclegan", "lambda_cyc": 2.0}).model.lambda_cyc == 2.0
+
+
+def test_walk_fine_tuning_trains_the_restorer_only_when_asked(runs, tmp_path):
+    base = load_model(runs["latent"])[1].state_dict()
+    for weight, name in ((0.0, "frozen"), (1.0, "tuned")):
+        cfg = tiny_cfg("degradation", steps=4, patch_size=32, model={"restorer_walk_weight": weight},
+                       data={"val_fraction": 0.0})
+        train("degradation", [runs["ladder"]], tmp_path / name, cfg, base_run=runs["latent"], show_progress=False)
+        restorer = load_model(tmp_path / name)[1].restorer.state_dict()
+        same = all(torch.equal(restorer[k], base[k]) for k in base)
+        assert same == (weight == 0.0), name
+    assert logged_losses(tmp_path / "tuned", "loss_restorer") and not logged_losses(tmp_path / "frozen", "loss_restorer")

@@ -120,7 +120,7 @@ def test_pixel_strategy_limits(setup):
     bundle = ModelBundle(pixel=model)
     with torch.no_grad():
         one_step = pixel_indi(bundle, x, [3.0, 0.0])
-        assert torch.allclose(one_step, model(x, torch.full((2,), 3.0)))  # one-step schedule = one-shot R
+        assert torch.allclose(one_step, model(x, torch.full((2,), 3.0), torch.full((2,), 3.0)))  # one-step schedule = one-shot R(x_s, s, s)
         seen = []
         pixel_indi(bundle, x, indi_schedule(3, 1.0), callback=lambda t, est: seen.append(t))
     assert seen == [3.0, 2.0, 1.0, 0.0]  # the x_0 estimate R(x_t, t) at each step, then the final one

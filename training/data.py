@@ -9,8 +9,11 @@ Stores are opened lazily in each worker process (zarr handles are not shared acr
 Sample kinds (tensors are (1, P, P) float32, normalised; ``t`` a float step):
 
 * ``pair``:        {"x": x_t, "y": x_0, "t": t}        restorers, t drawn from the input steps
-* ``path``:        {"x": x_t, "y": x_0, "t": t}        InDI: t ~ U(0, T], x_t interpolated between the
-                   two neighbouring ladder steps, plus a small Gaussian noise
+* ``path``:        InDI, plus a small Gaussian noise on x_t. ``path="straight"`` (the path the sampler
+                   walks): {"x": x_t, "y": x_0, "t": t, "s": s, "x_s": x_s} with the source step s drawn
+                   from the input steps, t ~ U(0, s] and x_t = x_0 + (t/s)(x_s - x_0), x_0 the target;
+                   ``path="ladder"``: {"x": x_t, "y": x_0, "t": t}, t ~ U(0, T] and x_t interpolated
+                   between the two neighbouring ladder steps
 * ``single``:      {"x": x_t, "t": t}                  autoencoders, t drawn from all steps
 * ``degradation``: {"x": x_t, "y": x_{t-1}, "t": t}    degradation models
 """
@@ -74,12 +77,12 @@ class LadderPatches(Dataset):
     def __init__(self, store_paths: list[str], fields: list[FieldRef], kind: SampleKind, patch_size: int,
                  norm: Normalization, seed: int, length: int, input_steps: list[int] | None = None,
                  target: Literal["camera", "noise_free"] = "camera", augment: bool = True,
-                 path_noise_std: float = 0.0, in_memory: bool = False) -> None:
+                 path_noise_std: float = 0.0, path: Literal["straight", "ladder"] = "ladder", in_memory: bool = False) -> None:
         if not fields:
             raise UserError("no fields to draw patches from (too few fields for the validation split?)")
         self.store_paths, self.fields, self.kind = list(store_paths), fields, kind
         self.patch, self.norm, self.seed, self.length = patch_size, norm, seed, length
-        self.target, self.augment, self.path_noise_std = target, augment, path_noise_std
+        self.target, self.augment, self.path_noise_std, self.path = target, augment, path_noise_std, path
         self.in_memory = in_memory
         self._arrays: dict[tuple[int, str, str], object] | None = None
         self._pid: int | None = None
@@ -118,6 +121,7 @@ class LadderPatches(Dataset):
     # ---- one sample ----------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
+        extra: dict[str, float] = {}  # scalar conditions besides t
         ref = self.fields[rng.integers(len(self.fields))]
         image = self._array(ref, "image")
         lead = ()
@@ -136,6 +140,13 @@ class LadderPatches(Dataset):
         if self.kind == "pair":
             t = float(self.steps[rng.integers(len(self.steps))])
             sample = {"x": read(int(t)), "y": x0_target()}
+        elif self.kind == "path" and self.path == "straight":
+            s = int(self.steps[rng.integers(len(self.steps))])
+            t = float(rng.uniform(0.0, s)) or float(s)  # (0, s]
+            x_0, x_s = x0_target(), read(s)
+            x_t = x_0 + (t / s) * (x_s - x_0) + self.path_noise_std * rng.standard_normal(x_s.shape).astype(np.float32)
+            sample = {"x": x_t.astype(np.float32), "y": x_0, "x_s": x_s}
+            extra["s"] = float(s)
         elif self.kind == "path":
             t_max = max(self.steps)
             t = float(rng.uniform(0.0, t_max)) or t_max  # (0, T]
@@ -159,6 +170,7 @@ class LadderPatches(Dataset):
                 sample[key] = a[:, ::-1] if flip else a
         out = {key: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None] for key, a in sample.items()}
         out["t"] = torch.tensor(t, dtype=torch.float32)
+        out.update({key: torch.tensor(v, dtype=torch.float32) for key, v in extra.items()})
         return out
 
 

@@ -8,7 +8,8 @@ because the per-step CycleGAN networks process one step at a time.
 Sample kinds (lists are per level, finest first):
 
 * ``latent_pair``:        {"z_t": [...], "z_0": [...], "t"}       latent restorer R(z_t, t)
-* ``latent_degradation``: {"z_t": [...], "z_prev": [...], "t"}    CycleGAN: X_t from R(z_t, t), Y_t = z_{t-1}
+* ``latent_degradation``: {"z_t": [...], "z_prev": [...], "z_0": [...], "t"}    the degradation G(t): X_t from
+                          R(z_t, t), Y_t = z_{t-1}; z_0 for the restorer's walk-state fine-tuning
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class LatentPatches(Dataset):
         h, w = self.image_hw
         y0 = self.grid * int(rng.integers((h - self.patch) // self.grid + 1))
         x0 = self.grid * int(rng.integers((w - self.patch) // self.grid + 1))
-        other = 0 if self.kind == "latent_pair" else t - 1
-        key = "z_0" if self.kind == "latent_pair" else "z_prev"
-        return {"z_t": self._levels(field, t, y0, x0), key: self._levels(field, other, y0, x0),
-                "t": torch.tensor(float(t))}
+        item = {"z_t": self._levels(field, t, y0, x0), "z_0": self._levels(field, 0, y0, x0), "t": torch.tensor(float(t))}
+        if self.kind == "latent_degradation":
+            item["z_prev"] = item["z_0"] if t == 1 else self._levels(field, t - 1, y0, x0)
+        return item

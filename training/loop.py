@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import time
@@ -29,7 +30,8 @@ from dehaze.models import build_model
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
 from dehaze.latents import ensure_latent_cache
-from dehaze.runs import DataRef, RunInfo, load_checkpoint, load_model, prepare_run_dir, read_run, save_checkpoint
+from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, load_checkpoint, load_model, prepare_run_dir,
+                         read_run, save_checkpoint)
 from dehaze.store import LadderStore
 from dehaze.train_config import LatentModel, OptimConfig, TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
@@ -211,7 +213,9 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
     if kind == "degradation":  # the frozen restorer's weights come from the base latent run
         model.restorer.load_state_dict(load_model(latent.base_run, device)[1].state_dict())
     groups = task.param_groups(model) if task.param_groups else {"main": list(model.parameters())}
-    opts = {name: make_optimizer(params, cfg.optim) for name, params in groups.items()}
+    # a model config field "<group>_lr" (e.g. the degradation's restorer_lr) sets that group's learning rate
+    opts = {name: make_optimizer(params, cfg.optim.model_copy(update={"lr": getattr(cfg.model, f"{name}_lr", cfg.optim.lr)}))
+            for name, params in groups.items()}
     scheds = {name: make_scheduler(o, cfg) for name, o in opts.items()}
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay)) if cfg.optim.ema_decay else None
     step, resumed = 0, False
@@ -237,7 +241,7 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         val_ds = LatentPatches(latent.cache_path, [r.field for r in val_fields], task.sample_kind, cfg.patch_size,
                                cfg.seed + 1, cfg.data.val_patches, cfg.batch_size, cfg.data.input_steps) if val_fields else None
     else:
-        extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0)}
+        extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0), "path": getattr(cfg.model, "path", "ladder")}
         common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target,
                       in_memory=in_memory)
         train_ds = LadderPatches(paths, train_fields, task.sample_kind, seed=cfg.seed, length=length,
@@ -312,4 +316,12 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         logger.close()
     if val_psnr is not None and not math.isfinite(val_psnr):
         val_psnr = None
+    if task.final_report is not None and latent is not None and rank == 0:
+        # on held-out fields where the split kept some, else (a tiny store) on the training fields
+        fields = [r.field for r in (val_fields or train_fields)]
+        final = ema.module if ema is not None else model
+        final.eval()
+        report = {"fields_are": "held_out" if val_fields else "training", "step": step,
+                  **task.final_report(final, latent.cache_path, fields, device)}
+        atomic_write_text(run_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return TrainResult(run_dir, step, val_psnr, resumed)

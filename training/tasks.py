@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from training.data import SampleKind
 from training.latent_data import LatentKind
-from training.latent_tasks import cyclegan_losses, weighted_latent_mse
+from training.latent_tasks import cyclegan_losses, degradation_check, weighted_latent_mse
 
 Batch = dict[str, torch.Tensor]
 
@@ -31,11 +31,33 @@ def one_shot_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def restorer_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """||x_0 - R(x_t, t)||^2 for the time-conditioned restorer (t continuous on the InDI path)."""
-    return F.mse_loss(model(batch["x"], batch["t"]), batch["y"])
+    """||x_0 - R(x_t, t, s)||^2 for the InDI restorer (t continuous on the path from source step s; see
+    :class:`dehaze.train_config.PixelModel`), plus, with ``walk_weight`` w > 0, w ||x_0 - R(x_w, s-d, s)||^2
+    on the state x_w = (d/s) R(x_s, s, s) + (1 - d/s) x_s that one sampler step of d = ``walk_delta``
+    reaches from x_s with the current network (no gradient through that step): R learns the states its
+    own walk visits, not only the ideal path."""
+    net = getattr(model, "module", model)
+    if not getattr(net, "source_conditioned", False):  # the ladder-path recipe: t alone
+        return F.mse_loss(model(batch["x"], batch["t"]), batch["y"])
+    loss = F.mse_loss(model(batch["x"], batch["t"], batch["s"]), batch["y"])
+    weight, delta = float(getattr(net, "walk_weight", 0.0)), float(getattr(net, "walk_delta", 1.0))
+    s = batch["s"]
+    t_walk = s - delta
+    keep = t_walk > 0  # a step that reaches 0 ends the walk: nothing further to learn there
+    if weight and bool(keep.any()):
+        x_s, s_k, t_k = batch["x_s"][keep], s[keep], t_walk[keep]
+        with torch.no_grad():
+            frac = (delta / s_k)[:, None, None, None]
+            x_walk = frac * model(x_s, s_k, s_k) + (1 - frac) * x_s
+        loss = loss + weight * F.mse_loss(model(x_walk, t_k, s_k), batch["y"][keep])
+    return loss
 
 
 def restorer_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """R(x_t, t[, s = t]): on a validation pair x_t is a ladder step, the start of its own straight path."""
+    net = getattr(model, "module", model)
+    if getattr(net, "source_conditioned", False):
+        return model(batch["x"], batch["t"], batch["t"])
     return model(batch["x"], batch["t"])
 
 
@@ -83,8 +105,17 @@ def degradation_estimate(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
 
 
 def degradation_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Two optimisers, stepped in this order each batch: generators, then discriminators."""
-    return {"generators": model.generator_params(), "discriminators": model.discriminator_params()}
+    """Optimisers stepped in this order each batch: generators, discriminators, and the restorer when the
+    run fine-tunes it on its loop's states (``restorer_walk_weight`` > 0; learning rate ``restorer_lr``)."""
+    groups = {"generators": model.generator_params(), "discriminators": model.discriminator_params()}
+    if model.restorer_params():
+        groups["restorer"] = model.restorer_params()
+    return groups
+
+
+def degradation_report(model: nn.Module, cache_path: str, fields: list[str], device: torch.device) -> dict:
+    """The run's record of how far G moves (see :func:`training.latent_tasks.degradation_check`)."""
+    return {"degradation_check": degradation_check(model, cache_path, fields, device)}
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,8 @@ class Task:
     val_target: str = "y"  # the key of a validation batch the estimate is scored against
     param_groups: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None  # default: one optimiser
     base_kind: str | None = None  # the kind of run this trainer builds on (--base)
+    # (model, latent cache, held-out fields, device) -> what the finished run records in report.json
+    final_report: Callable[[nn.Module, str, list[str], torch.device], dict] | None = None
 
     @property
     def latent(self) -> bool:
@@ -108,5 +141,5 @@ TASKS: dict[str, Task] = {
     "hdn": Task("pair", hdn_loss, hdn_estimate),
     "latent": Task("latent_pair", latent_loss, latent_estimate, val_target="z_0", base_kind="hvae"),
     "degradation": Task("latent_degradation", cyclegan_losses, degradation_estimate, val_target="z_prev",
-                        param_groups=degradation_groups, base_kind="latent"),
+                        param_groups=degradation_groups, base_kind="latent", final_report=degradation_report),
 }

@@ -15,7 +15,10 @@ def build_model(cfg: UNetModel | PixelModel | HVAEModel | HDNModel | LatentModel
     if isinstance(cfg, UNetModel):
         return UNet(base_channels=cfg.base_channels, depth=cfg.depth, residual=cfg.residual)
     if isinstance(cfg, PixelModel):
-        return UNet(base_channels=cfg.base_channels, depth=cfg.depth, residual=cfg.residual, time_embed_dim=cfg.time_embed_dim)
+        net = UNet(base_channels=cfg.base_channels, depth=cfg.depth, residual=cfg.residual, time_embed_dim=cfg.time_embed_dim,
+                   source_conditioned=cfg.path == "straight")
+        net.walk_weight, net.walk_delta = cfg.walk_weight, cfg.sample_delta  # read by the restorer's loss
+        return net
     if isinstance(cfg, (HVAEModel, HDNModel)):  # one ladder VAE; HDN only differs in what it is trained on
         return HVAE(levels=cfg.levels, latent_channels=cfg.latent_channels, blocks_per_level=cfg.blocks_per_level,
                     filters=cfg.filters, dropout=cfg.dropout, free_bits=cfg.free_bits, beta=cfg.beta,
@@ -30,5 +33,6 @@ def build_model(cfg: UNetModel | PixelModel | HVAEModel | HDNModel | LatentModel
             raise ValueError("degradation config is not resolved: its restorer comes from the latent run")
         return LatentCycleGAN(r.level_channels, r.n_steps - 1, build_model(r), width=cfg.width, shared=cfg.shared,
                               lambda_cyc=cfg.lambda_cyc, lambda_cos=cfg.lambda_cos, lambda_sup=cfg.lambda_sup,
-                              pool_size=cfg.pool_size)
+                              lambda_gan=cfg.lambda_gan, pool_size=cfg.pool_size,
+                              restorer_walk_weight=cfg.restorer_walk_weight)
     raise TypeError(f"no network for model config {type(cfg).__name__}")

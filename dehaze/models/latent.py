@@ -166,18 +166,22 @@ class ImagePool:
 class LatentCycleGAN(nn.Module):
     """G(t): X_t -> Y_t, F(t): Y_t -> X_t, and their discriminators, for every step t = 1..T.
 
-    ``restorer`` (frozen, not trained here) turns z_t into X_t = R(z_t, t).
+    ``restorer`` turns z_t into X_t = R(z_t, t); it is frozen unless ``restorer_walk_weight`` > 0, which
+    fine-tunes it on the states the loop visits (see :mod:`training.latent_tasks`). Inference uses this
+    restorer: it equals the base latent run's unless fine-tuned here.
     """
 
     def __init__(self, channels: list[int], n_steps: int, restorer: nn.Module, width: int = 64, shared: bool = False,
-                 lambda_cyc: float = 10.0, lambda_cos: float = 1.0, lambda_sup: float = 0.0, pool_size: int = 50) -> None:
+                 lambda_cyc: float = 10.0, lambda_cos: float = 1.0, lambda_sup: float = 0.0, lambda_gan: float = 1.0,
+                 pool_size: int = 50, restorer_walk_weight: float = 0.0) -> None:
         super().__init__()
         self.G = StepNets(channels, n_steps, width, shared)
         self.F = StepNets(channels, n_steps, width, shared)
         self.D_Y = StepDiscriminators(channels, n_steps, width, shared)
         self.D_X = StepDiscriminators(channels, n_steps, width, shared)
-        self.restorer = restorer.requires_grad_(False).eval()
-        self.lambda_cyc, self.lambda_cos, self.lambda_sup = lambda_cyc, lambda_cos, lambda_sup
+        self.restorer_walk_weight = restorer_walk_weight
+        self.restorer = restorer.requires_grad_(restorer_walk_weight > 0).eval()
+        self.lambda_cyc, self.lambda_cos, self.lambda_sup, self.lambda_gan = lambda_cyc, lambda_cos, lambda_sup, lambda_gan
         self.pool_y, self.pool_x = ImagePool(pool_size), ImagePool(pool_size)
 
     def get_extra_state(self) -> dict:  # the pools travel with the state_dict: resume is exact
@@ -189,8 +193,12 @@ class LatentCycleGAN(nn.Module):
 
     def train(self, mode: bool = True) -> LatentCycleGAN:
         super().train(mode)
-        self.restorer.eval()  # always frozen
+        self.restorer.eval()  # no dropout or batch statistics in a LatentNet: eval mode whether tuned or not
         return self
+
+    def restorer_params(self) -> list[nn.Parameter]:
+        """The restorer's parameters when this run fine-tunes it, else none."""
+        return list(self.restorer.parameters()) if self.restorer_walk_weight > 0 else []
 
     def generator_params(self) -> list[nn.Parameter]:
         return [*self.G.parameters(), *self.F.parameters()]

@@ -1,7 +1,8 @@
 """A CARE-like UNet, optionally conditioned on the degradation step t (sinusoidal embedding + FiLM).
 
 Shapes: input (B, C_in, H, W) with H and W multiples of 2**depth; output (B, C_out, H, W); t is (B,) float
-(a ladder step, possibly fractional). One class serves the one-shot baseline (no t) and the
+(a ladder step, possibly fractional); a source-conditioned UNet also takes s (B,), the step its input's
+straight InDI path started from. One class serves the one-shot baseline (no t) and the
 time-conditioned restorers, so there is no near-twin model file.
 """
 
@@ -49,13 +50,19 @@ class UNet(nn.Module):
     """UNet with ``depth`` downsamplings, channels doubling per level from ``base_channels``."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 3,
-                 time_embed_dim: int | None = None, residual: bool = True) -> None:
+                 time_embed_dim: int | None = None, residual: bool = True, source_conditioned: bool = False) -> None:
         super().__init__()
         self.depth, self.residual, self.time_embed_dim = depth, residual, time_embed_dim
+        # A second condition, the source step s of a straight InDI path: the state x_t = x_0 + (t/s)(x_s - x_0)
+        # at one t is a different image for every s, so the network must know both (DESIGN §6, InDI).
+        self.source_conditioned = source_conditioned
+        if source_conditioned and not time_embed_dim:
+            raise ValueError("a source-conditioned UNet needs time_embed_dim")
         emb = None
         if time_embed_dim:
             emb = 4 * time_embed_dim
-            self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
+            n_in = 2 * time_embed_dim if source_conditioned else time_embed_dim
+            self.time_mlp = nn.Sequential(nn.Linear(n_in, emb), nn.SiLU(), nn.Linear(emb, emb))
         chans = [base_channels * 2**i for i in range(depth + 1)]
         self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.down = nn.ModuleList(ConvBlock(chans[i], chans[i], emb) for i in range(depth))
@@ -72,12 +79,18 @@ class UNet(nn.Module):
         """Spatial sizes must be multiples of this."""
         return 2**self.depth
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, s: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C_in, H, W); t (B,) the step of x; s (B,) the source step of its path (source-conditioned only)."""
         emb = None
         if self.time_embed_dim:
             if t is None:
                 raise ValueError("this UNet is time-conditioned: pass t")
-            emb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim))
+            feats = sinusoidal_embedding(t, self.time_embed_dim)
+            if self.source_conditioned:
+                if s is None:
+                    raise ValueError("this UNet is conditioned on the source step too: pass s")
+                feats = torch.cat([feats, sinusoidal_embedding(s, self.time_embed_dim)], dim=1)
+            emb = self.time_mlp(feats)
         h = self.stem(x)
         skips = []
         for block, pool in zip(self.down, self.pool):

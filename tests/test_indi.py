@@ -1,0 +1,101 @@
+"""The consistent InDI: the pixel restorer trains on the straight path its sampler walks,
+x_t = x_0 + (t/s)(x_s - x_0) with the source step s as a second condition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dehaze.models import build_model
+from dehaze.normalization import Normalization
+from dehaze.store import open_ladder
+from dehaze.strategies import ModelBundle, indi_schedule, pixel_indi
+from dehaze.train_config import PixelModel
+from tests.conftest import simulate_tiny_ladder
+from training.data import LadderPatches, split_fields
+from training.tasks import restorer_loss
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory) -> Path:
+    return simulate_tiny_ladder(tmp_path_factory.mktemp("indi") / "l.zarr", 2, [32, 32])
+
+
+def test_straight_path_samples_lie_on_the_line_from_x_s_to_x_0(ladder):
+    store = open_ladder(ladder)
+    train, _ = split_fields([store], 0.0, 0)
+    ds = LadderPatches([str(ladder)], train, "path", patch_size=16, norm=Normalization.from_stores([store]), seed=3,
+                       length=20, augment=True, path="straight", target="noise_free")
+    sources = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        s, t = float(item["s"]), float(item["t"])
+        sources.add(s)
+        assert s in (1.0, 2.0, 3.0) and 0 < t <= s
+        expected = item["y"] + (t / s) * (item["x_s"] - item["y"])
+        assert torch.allclose(item["x"], expected, atol=1e-5)  # path_noise_std defaults to 0 here
+    assert len(sources) > 1
+
+
+class ExactRestorer(nn.Module):
+    """R(x_t, t, s) = x_0 for a known x_0: the ideal restorer of the straight path."""
+
+    source_conditioned = True
+
+    def __init__(self, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x, t, s):  # noqa: ANN001, ANN201
+        return self.x0.expand_as(x)
+
+
+def test_exact_restorer_walk_stays_on_the_straight_path_for_any_delta():
+    g = torch.Generator().manual_seed(0)
+    x0, xs = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    bundle = ModelBundle(pixel=ExactRestorer(x0))
+    s = 3.0
+    for delta in (1.0, 0.25, 0.7):
+        seen = {}
+        out = pixel_indi(bundle, xs, indi_schedule(s, delta), callback=lambda t, e: seen.setdefault(t, e))
+        assert torch.allclose(out, x0, atol=1e-6)
+
+
+def test_one_step_of_size_s_is_the_one_shot_estimate():
+    torch.manual_seed(0)
+    net = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8)).eval()
+    with torch.no_grad():
+        nn.init.normal_(net.head.weight, std=0.1)  # not the identity: the comparison must mean something
+        x = torch.rand(2, 1, 16, 16)
+        one_shot = net(x, torch.full((2,), 3.0), torch.full((2,), 3.0))
+        walked = pixel_indi(ModelBundle(pixel=net), x, [3.0, 0.0])
+        fine = pixel_indi(ModelBundle(pixel=net), x, indi_schedule(3.0, 0.5))
+    assert torch.equal(walked, one_shot)
+    assert not torch.allclose(fine, one_shot)  # a real network's finer walk is a different estimate
+
+
+def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
+    store = open_ladder(ladder)
+    train, _ = split_fields([store], 0.0, 0)
+    ds = LadderPatches([str(ladder)], train, "path", patch_size=16, norm=Normalization.from_stores([store]), seed=1,
+                       length=8, augment=False, path="straight")
+    batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ds[0]}
+    torch.manual_seed(0)
+    plain = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5))
+    walking = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=1.0))
+    walking.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        nn.init.normal_(plain.head.weight, std=0.1)
+        walking.head.weight.copy_(plain.head.weight)
+    assert restorer_loss(walking, batch) > restorer_loss(plain, batch)  # the extra term is there
+    restorer_loss(walking, batch).backward()
+    assert walking.head.weight.grad is not None and torch.isfinite(walking.head.weight.grad).all()
+
+
+def test_walk_weight_needs_the_straight_path():
+    with pytest.raises(ValueError, match="walk_weight needs path=straight"):
+        PixelModel(path="ladder", walk_weight=0.5)
