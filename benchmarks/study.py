@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from dehaze.cli import _checkpoint_step, run_study
+from dehaze.engine import EngineOptions
+from dehaze.runs import read_run_report
 from dehaze.study_config import StudyConfig
 
 from machine import machine_info
@@ -34,13 +36,13 @@ def settings(kind: str) -> StudyConfig:
     """Trainer sizes per setting. ``gpu`` follows the reference settings of DESIGN §6."""
     if kind == "gpu":
         common = {"batch_size": 32, "patch_size": 64, "log": {"val_every": 500, "ckpt_every": 500}, "data": {"num_workers": 4}}
-        return StudyConfig(simulation="paper-like", samples=16, test_fields=8, trainers={
+        return StudyConfig(simulation="paper-like", samples=None, test_fields=8, trainers={
             "unet": {**common, "steps": 20000, "model": {"base_channels": 32, "depth": 3}},
             "pixel": {**common, "steps": 20000, "model": {"base_channels": 32, "depth": 3}},
             "hdn": {**common, "steps": 30000, "model": {"preset": "hdn-reference"}},
             "hvae": {**common, "steps": 30000, "model": {"preset": "hdn-reference"}},
             "latent": {**common, "steps": 20000, "patch_size": 128, "model": {"width": 128}},
-            "degradation": {**common, "steps": 10000, "patch_size": 128, "model": {"width": 64, "lambda_sup": 1.0}},
+            "degradation": {**common, "steps": 10000, "patch_size": 128, "model": {"width": 64}},
         })
     if kind == "quick":
         common = {"batch_size": 4, "patch_size": 32, "log": {"val_every": 50, "ckpt_every": 50}}
@@ -51,21 +53,113 @@ def settings(kind: str) -> StudyConfig:
             "hdn": {**common, "steps": 30, "model": {"preset": "tiny"}},
             "hvae": {**common, "steps": 30, "model": {"preset": "tiny"}},
             "latent": {**common, "steps": 30, "model": {"width": 8, "time_embed_dim": 8}},
-            "degradation": {**common, "steps": 20, "model": {"width": 8, "lambda_sup": 1.0}},
+            "degradation": {**common, "steps": 20, "model": {"width": 8}},
         })
     # Reduced CPU setting: the paper-like physics (8 steps, 32-plane volume) on fewer, smaller fields and
     # small networks, so that the whole study fits in well under an hour on 2 cores: two trainers side by
-    # side (one core each), scored on 2 held-out fields of another seed.
+    # side (one core each), scored on 2 held-out fields of another seed. HDN draws its default 16 posterior
+    # samples (samples: null); the latent walks run on posterior means.
     common = {"batch_size": 8, "patch_size": 64, "log": {"val_every": 200, "ckpt_every": 200}}
     sim = ["n_fields=8", "volume.field_shape_yx=[256, 256]"]
-    return StudyConfig(simulation="paper-like", simulation_set=sim, samples=2, test_fields=2, jobs=2, trainers={
+    return StudyConfig(simulation="paper-like", simulation_set=sim, samples=None, test_fields=2, jobs=2, trainers={
         "unet": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
-        "pixel": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
+        "pixel": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3, "sample_delta": 0.25}, "optim": {"lr": 1e-3}},
         "hdn": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
         "hvae": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
         "latent": {**common, "steps": 600, "model": {"width": 32, "time_embed_dim": 32}, "optim": {"lr": 1e-3}},
-        "degradation": {**common, "steps": 400, "model": {"width": 32, "lambda_sup": 1.0}},
+        "degradation": {**common, "steps": 800, "model": {"width": 32}},
     })
+
+
+# Variants trained beside the study's runs (same data, same steps), each scored with the strategies it changes:
+# kind -> (name, model overrides, strategies). They measure the recipe choices with and without.
+ABLATIONS = {
+    "degradation": [("cyclegan", {"preset": "cyclegan"}, ["latent-direct", "latent-cold"]),
+                    ("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"])],
+    "pixel": [("walk-trained", {"walk_weight": 1.0}, ["pixel-indi", "pixel-one-shot"]),
+              ("ladder-path", {"path": "ladder"}, ["pixel-indi", "pixel-one-shot"])],
+}
+LATENT_SAMPLES_CHECK = 4  # K of the in-distribution check: the one-shot latent estimate with K samples vs K = 1
+
+
+def _walk_summary(entry: dict) -> dict:
+    traj = entry.get("trajectory", {})
+    return {"psnr_along_walk_from_xT": dict(zip(map(str, traj.get("steps", [])), traj.get("psnr", []))),
+            "drift_db_per_step": traj.get("drift_db_per_step"),
+            "psnr_per_input_step": {t: v["mean"]["psnr"] for t, v in entry["steps"].items()}}
+
+
+def run_ablations(cfg: StudyConfig, work: Path) -> dict:
+    """Train each variant of ABLATIONS next to the study's runs, predict the test ladder with the strategies
+    it changes, and score them; plus the one-shot latent estimate with K posterior samples."""
+    from dehaze.cli import study_train_configs
+    from dehaze.evaluate import evaluate
+    from dehaze.predict import predict
+    from dehaze.runs import read_run_report
+    from training.loop import train
+
+    base_cfgs, out = study_train_configs(cfg), {}
+    test, runs = work / "test.zarr", work / "runs"
+    for kind, variants in ABLATIONS.items():
+        for name, model, strategies in variants:
+            run = work / "ablations" / f"{kind}-{name}"
+            base = base_cfgs[kind]
+            variant_cfg = base.model_copy(update={"model": base.model.model_copy(update=model)})
+            variant_cfg = type(base).model_validate(variant_cfg.model_dump(mode="json"))  # re-validated (presets refill)
+            if _checkpoint_step(run) < variant_cfg.steps:
+                print(f"[ablation] training {kind} {name}")
+                train(kind, [work / "ladder.zarr"], run, variant_cfg, resume=(run / "run.json").is_file(),
+                      base_run=runs / "latent" if kind == "degradation" else None, show_progress=False)
+            (work / "ablations" / f"pred-{kind}-{name}").mkdir(exist_ok=True)
+            stores = [predict([run], test, work / "ablations" / f"pred-{kind}-{name}" / f"{s}.zarr", strategy=s,
+                              opts=EngineOptions(seed=0), replace_stale=True, show_progress=False)[0] for s in strategies]
+            report = evaluate([st.path for st in stores], test, work / "ablations" / f"report-{kind}-{name}", target=cfg.target)
+            out[f"{kind}:{name}"] = {"model_overrides": model,
+                                     "methods": {k: _walk_summary(v) for k, v in report["methods"].items() if k != "hazy_input"}}
+            check = read_run_report(run).get("degradation_check")
+            if check:
+                out[f"{kind}:{name}"]["degradation_check"] = check
+    k = LATENT_SAMPLES_CHECK
+    stores = [predict([runs / "degradation"], test, work / "ablations" / f"pred-latent-one-shot-k{kk}.zarr", strategy="latent-one-shot",
+                      samples=kk, opts=EngineOptions(seed=0), replace_stale=True, show_progress=False)[0] for kk in (1, k)]
+    report = evaluate([st.path for st in stores], test, work / "ablations" / "report-latent-samples", target=cfg.target)
+    per = [report["methods"][key]["steps"] for key in report["methods"] if key != "hazy_input"]
+    out["latent-one-shot:samples"] = {
+        "k": k, "psnr_k1": {t: v["mean"]["psnr"] for t, v in per[0].items()},
+        f"psnr_k{k}": {t: v["mean"]["psnr"] for t, v in per[1].items()},
+        "loss_db": {t: per[0][t]["mean"]["psnr"] - per[1][t]["mean"]["psnr"] for t in per[0]}}
+    return out
+
+
+def goals(methods: dict, ablations: dict, check: dict | None) -> dict:
+    """The issue's targets, each with the number measured and whether it was reached."""
+    latent = {k: v for k, v in methods.items() if k.startswith("latent-") and not v["one_shot"]
+              and k not in ("latent-oracle", "latent-identity")}  # the study's variants; the two references apart
+    end = {k: list(v["psnr_along_walk_from_xT"].values())[-1] for k, v in methods.items() if v["psnr_along_walk_from_xT"]}
+    t_max = max(int(t) for t in methods["hazy_input"]["psnr_per_input_step"])
+    hazy, unet = methods["hazy_input"]["psnr_per_input_step"][str(t_max)], methods["one-shot-unet"]["psnr_per_input_step"][str(t_max)]
+    iterative = {k: end[k] for k in list(latent) + ["pixel-indi"] if k in end}
+    best = max(iterative, key=iterative.get) if iterative else None
+    direct = methods.get("latent-direct", {}).get("drift_db_per_step")
+    indi, one = methods.get("pixel-indi", {}), methods.get("pixel-one-shot", {})
+    indi_margin = {t: indi["psnr_per_input_step"][t] - one["psnr_per_input_step"][t] for t in one.get("psnr_per_input_step", {})}
+    residuals = {t: v["residual"] for t, v in (check or {}).get("per_step", {}).items() if v["used_by_loops"]}
+    samples_loss = ablations.get("latent-one-shot:samples", {}).get("loss_db", {})
+
+    def goal(value, reached: bool) -> dict:
+        return {"measured": value, "reached": bool(reached)}
+
+    return {
+        "latent_direct_drift_ge_-1.1_db_per_step": goal(direct, direct is not None and direct >= -1.1),
+        "every_latent_variant_ends_above_hazy_xT": goal({k: end[k] - hazy for k in latent}, all(end[k] > hazy for k in latent)),
+        "best_iterative_within_1db_of_unet_from_xT": goal({"best": best, "db": iterative.get(best), "unet": unet},
+                                                          best is not None and iterative[best] >= unet - 1.0),
+        "pixel_indi_walk_ge_its_one_shot_every_source_step": goal(indi_margin, indi_margin and min(indi_margin.values()) >= 0),
+        "beyond: best_iterative_ge_unet": goal(iterative.get(best), best is not None and iterative[best] >= unet),
+        "beyond: latent_direct_drift_ge_-0.3": goal(direct, direct is not None and direct >= -0.3),
+        "degradation_residual_le_0.2_every_step_used": goal(residuals, residuals and max(residuals.values()) <= 0.2),
+        "latent_k_samples_lose_le_0.3db_at_xT": goal(samples_loss.get(str(t_max)), samples_loss and samples_loss[str(t_max)] <= 0.3),
+    }
 
 
 def main() -> None:
@@ -74,6 +168,7 @@ def main() -> None:
     group.add_argument("--quick", action="store_true", help="smoke run (tiny models, a few minutes)")
     group.add_argument("--gpu", action="store_true", help="reference-sized run (needs CUDA)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (resumable)")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the recipe variants trained beside the study")
     args = parser.parse_args()
     kind = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
     if kind == "gpu" and not torch.cuda.is_available():
@@ -85,6 +180,7 @@ def main() -> None:
                     if part.get("steps") is not None and _checkpoint_step(work / "runs" / kind) >= part["steps"])
     t0 = time.perf_counter()
     report_dir = run_study(cfg, work, quiet=False)
+    ablations = {} if args.no_ablations else run_ablations(cfg, work)
     wall_s = time.perf_counter() - t0
     report = json.loads((report_dir / "metrics.json").read_text())
     summary = {}
@@ -113,7 +209,7 @@ def main() -> None:
         }
     result = {
         "benchmark": "study",
-        "setting": {"cpu": "reduced CPU run (8 training fields of 256x256 on the paper-like optics, small networks, K=2; "
+        "setting": {"cpu": "reduced CPU run (8 training fields of 256x256 on the paper-like optics, small networks, HDN K=16; "
                            "scored on 2 held-out fields of another seed)", "gpu": "reference-sized GPU run (scored on 8 held-out fields)",
                     "quick": "smoke run (tiny models): numbers are not meaningful"}[kind],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -127,7 +223,10 @@ def main() -> None:
         "reference_from_the_study": {"unet_db": 31.7, "hdn_db": 32.9, "latent_start_db": 31.5,
                                      "direct_drift_db_per_step": -1.1, "best_variant_end_db": 29.9},
         "methods": summary,
+        "degradation_check": read_run_report(work / "runs" / "degradation").get("degradation_check"),
+        "ablations": ablations,
     }
+    result["goals"] = goals(summary, ablations, result["degradation_check"])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"study_{kind}.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.copy(report_dir / "study_psnr.png", RESULTS / f"study_{kind}.png")
@@ -140,6 +239,8 @@ def main() -> None:
         walk, ri = list(s["psnr_along_walk_from_xT"].values()), list(s["psnr_range_invariant_along_walk_from_xT"].values())
         ends = f"{_db(walk[0])} -> {_db(walk[-1])} dB (range-inv. {_db(ri[0])} -> {_db(ri[-1])})" if walk else ""
         print(f"  {key:<20} {ends:<44} drift {_db(s['drift_db_per_step'], '+.2f')} / {_db(s['drift_range_invariant_db_per_step'], '+.2f')} dB per transition")
+    for name, g in result["goals"].items():
+        print(f"  goal {name}: {'reached' if g['reached'] else 'NOT reached'} ({g['measured']})")
 
 
 if __name__ == "__main__":

@@ -161,9 +161,13 @@ def predict(
                          alpha=alpha, opts=opts, overwrite=overwrite, show_progress=not quiet)
     for store in stores:
         typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
-    check = next((s.meta.prediction.strategy.get("degradation_check") for s in stores
-                  if s.meta.prediction.strategy.get("degradation_check")), None)
-    if check:  # recorded by the degradation run: does its G move z_hat_0|t towards z_{t-1}?
+    _print_degradation_check(next((s.meta.prediction.strategy.get("degradation_check") for s in stores
+                                   if s.meta.prediction.strategy.get("degradation_check")), None))
+
+
+def _print_degradation_check(check: dict | None) -> None:
+    """One line: how far the degradation run's G moves z_hat_0|t towards z_{t-1}, per step (its report.json)."""
+    if check:
         typer.echo("degradation G per step t (moved / residual of the needed distance; the loops use t >= 2): " + ", ".join(
             f"t={t} {v['moved']:.2f}/{v['residual']:.2f}" for t, v in check["per_step"].items()))
 
@@ -399,6 +403,7 @@ def evaluate(
     typer.echo(f"  {'method':<{width}}" + "".join(f"{'t=' + str(t):>9}" for t in steps))
     for key, entry in result["methods"].items():
         typer.echo(f"  {key:<{width}}" + "".join(f"{entry['steps'][str(t)]['mean']['psnr']:>9.2f}" for t in steps))
+    _print_degradation_check(next((e["degradation_check"] for e in result["methods"].values() if e.get("degradation_check")), None))
     for path in result["report"].values():
         typer.echo(f"wrote {path}")
 

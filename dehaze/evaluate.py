@@ -250,6 +250,8 @@ def evaluate(
         key = info.method if info.method not in methods else f"{info.method} ({store.path.name})"
         one_shot = bool(info.strategy.get("one_shot", False)) or info.method in baselines
         methods[key] = {"label": key, "kind": "prediction", "one_shot": one_shot, "store": str(store.path), "prediction": info.model_dump(mode="json")}
+        if info.strategy.get("degradation_check"):  # how far the run's G moves, beside what the loop scored
+            methods[key]["degradation_check"] = info.strategy["degradation_check"]
         sources[key] = store
 
     # ---- per field: load the target once, score every method's plane t against it -------------

@@ -185,7 +185,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
     if spec.samples:  # one-shot-hdn: K posterior draws make the MMSE and std
         k = samples or primary.config.model.mmse_samples
     else:
-        k = (samples or 1) if spec.schedule == "ladder" else 1
+        k = (samples or 1) if "hvae" in spec.needs else 1  # latent strategies: samples around the estimate
     opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile))
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}

@@ -240,6 +240,8 @@ _LATENT_VARIANTS = {
 }
 STRATEGIES.update({name: StrategySpec(fn, LATENT, "hvae", "ladder", needs_ladder=name == "latent-oracle")
                    for name, fn in _LATENT_VARIANTS.items()})
+# decode(R(E(x_t), t)) in one step, from every input step: the latent restorer's own one-shot reference
+STRATEGIES["latent-one-shot"] = StrategySpec(_LATENT_VARIANTS["latent-direct"], LATENT, "hvae", "one-step", one_shot=True)
 
 
 def schedule_for(spec: StrategySpec, t_start: int, delta: float = 1.0) -> list[float]:

@@ -26,7 +26,8 @@ class StudyConfig(StrictModel):
     test_fields: int = Field(0, ge=0, description="fields of a held-out test ladder (same manifest, seed + 1000) that "
                              "predictions and the report use; 0: the training ladder itself (its validation fields included)")
     jobs: int = Field(1, ge=1, description="trainers run side by side (independent ones first; torch threads split between them)")
-    samples: int = Field(4, ge=1, description="posterior samples K for the sampling strategies")
+    samples: int | None = Field(None, ge=1, description="posterior samples K for the sampling strategies "
+                                "(null: each strategy's default: HDN its mmse_samples, 16 by default; latent 1)")
     alpha: float = Field(0.5, ge=0, le=1, description="running-combination weight")
     tile: int | None = Field(None, ge=16, description="engine tile in px (default: 256; HDN: its training patch size)")
     target: Literal["camera", "noise_free"] = Field("noise_free", description="x_0 the report scores against")
@@ -45,5 +46,5 @@ def quickstart() -> StudyConfig:
         "hdn": {**_CPU_COMMON, **vae, "steps": 500},
         "hvae": {**_CPU_COMMON, **vae, "steps": 500},
         "latent": {**_CPU_COMMON, "model": {"width": 16, "time_embed_dim": 16}, "steps": 400, "optim": {"lr": 1e-3}},
-        "degradation": {**_CPU_COMMON, "model": {"width": 16, "lambda_sup": 1.0}, "steps": 300},
+        "degradation": {**_CPU_COMMON, "model": {"width": 16}, "steps": 300},
     })

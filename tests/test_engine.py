@@ -3,6 +3,8 @@ tiled equals untiled, seeded repeats, K posterior samples, per-row resume, bound
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,7 +86,7 @@ def test_every_strategy_runs_on_tiny_models(cli, setup, tmp_path):
     for name, spec in STRATEGIES.items():
         store = open_ladder(tmp_path / "all" / f"{name}.zarr")
         assert store.meta.prediction.method == name
-        k = 2 if (spec.samples or spec.schedule == "ladder") else 1
+        k = 2 if (spec.samples or "hvae" in spec.needs) else 1
         assert store.meta.prediction.strategy["samples"] == k
         # the engine's tile: HDN's training patch size (a ladder VAE is right only there), else the default
         assert store.meta.prediction.strategy["tile"] == (32 if name == "one-shot-hdn" else DEFAULT_TILE), name
@@ -178,6 +180,20 @@ def test_oracle_and_identity_loops_attribute_the_drift(setup, loaded, tiles):
     direct = {}
     STRATEGIES["latent-direct"].fn(b, x, schedule, callback=lambda t, e: direct.setdefault(t, e.clone()))
     assert not torch.allclose(direct[2.0], seen[2.0], atol=1e-4)  # the learned G moved something
+
+
+def test_predict_and_evaluate_report_how_far_the_degradation_moves(cli, setup, tmp_path):
+    ladder, runs = setup
+    recorded = json.loads((runs["degradation"] / "report.json").read_text())["degradation_check"]
+    result = cli("predict", runs["degradation"], "--input", ladder, "-o", tmp_path / "p.zarr", "--strategy", "latent-cold", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "moved / residual" in result.stdout and "t=2 " in result.stdout
+    assert open_ladder(tmp_path / "p.zarr").meta.prediction.strategy["degradation_check"] == recorded
+    result = cli("evaluate", tmp_path / "p.zarr", "--truth", ladder, "--report", tmp_path / "r")
+    assert result.exit_code == 0, result.stderr
+    assert "moved / residual" in result.stdout
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert report["methods"]["latent-cold"]["degradation_check"]["per_step"].keys() == recorded["per_step"].keys()
 
 
 def test_the_oracle_needs_every_step_of_the_input(cli, setup, tmp_path):
