@@ -4,7 +4,6 @@ tiled equals untiled, seeded repeats, K posterior samples, per-row resume, bound
 from __future__ import annotations
 
 import json
-
 from dataclasses import replace
 from pathlib import Path
 
