@@ -40,7 +40,8 @@ from acquisition.manifest import AcquisitionManifest
 from acquisition.register import apply_shifts, register_steps, valid_box
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
-from dehaze.store import DatasetMeta, LadderStore, create_ladder, ensure_writable_parent, field_name, finalize_with_step_stats, open_ladder, stats_samples
+from dehaze.store import (DatasetMeta, LadderStore, check_output_store, create_ladder, ensure_writable_parent, field_name,
+                          finalize_with_step_stats, open_ladder, refuse_foreign_files, stats_samples)
 
 
 CACHE_MB = 2048  # raw pixels kept in memory between registration and writing (beyond: read again)
@@ -179,6 +180,7 @@ def _identity(m: AcquisitionManifest, plan: Plan) -> tuple[dict[str, Any], str]:
 def _check_output(out: Path, sha: str, overwrite: bool) -> LadderStore | None:
     """Before any pixel is read: an existing store of this very ingestion (finished, or interrupted with
     every field planned: resumable), or None; refuse to clobber other stores."""
+    check_output_store(out, "acquisition", replacing=False)
     if not out.exists():
         ensure_writable_parent(out)
         return None
@@ -187,6 +189,12 @@ def _check_output(out: Path, sha: str, overwrite: bool) -> LadderStore | None:
             return None
         raise UserError(f"{out}: exists and is not a dehaze ladder store; choose another output path")
     existing = open_ladder(out, require_complete=False)
+    if existing.meta.source != "acquisition":
+        raise UserError(f"{out}: holds a {existing.meta.source} store; ingest writes acquisition stores and never replaces "
+                        "another kind: choose another output path")
+    if overwrite:
+        check_output_store(out, "acquisition", replacing=True)
+        refuse_foreign_files(existing)
     if existing.meta.manifest_sha256 == sha:
         if overwrite:
             return None

@@ -86,11 +86,14 @@ def info(store: Annotated[Path, typer.Argument(help="Ladder store.")]) -> None:
 
 @app.command()
 @user_errors
-def check(store: Annotated[Path, typer.Argument(help="Ladder store.")]) -> None:
-    """Validate a ladder store against the store contract; exit 2 if invalid or incomplete."""
+def check(
+    store: Annotated[Path, typer.Argument(help="Ladder store.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Metadata, dtypes and shapes only; do not read every chunk.")] = False,
+) -> None:
+    """Validate a ladder store against the store contract, reading every chunk; exit 2 if invalid or incomplete."""
     from dehaze.store import check_ladder
 
-    problems = check_ladder(store)
+    problems = check_ladder(store, quick=quick)
     if problems:
         raise UserError(f"{store}: invalid store: " + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
     typer.echo(f"{store}: valid ladder store")
@@ -261,7 +264,15 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     missing = [k for k, need in BASES.items() if k in train_cfgs and need not in train_cfgs]
     if missing:
         raise UserError(f"study trainers: {missing[0]} builds on {BASES[missing[0]]}; add that trainer too")
-    output.mkdir(parents=True, exist_ok=True)
+    from dehaze.store import refuse_inside_store
+
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: exists and is a file; a study writes a folder: choose another -o")
+    refuse_inside_store(output, "the study folder", itself=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{output}: cannot create the study folder ({exc.strerror}); choose another -o") from None
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     say("[1/4] simulating the ladder")
     ladder = simulate_ladder(manifest, output / "ladder.zarr", workers=2, show_progress=not quiet).store

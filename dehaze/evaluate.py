@@ -34,7 +34,7 @@ import numpy as np
 from dehaze import __version__
 from dehaze.errors import UserError
 from dehaze.metrics import SSIM_WIN, frc_resolution_um, ms_ssim, psnr, psnr_range_invariant, ssim
-from dehaze.store import LadderStore, open_ladder
+from dehaze.store import LadderStore, open_ladder, refuse_inside_store
 
 Target = Literal["camera", "noise_free"]
 DEFAULT_BASELINES: tuple[str, ...] = ("unet", "hdn")
@@ -233,8 +233,17 @@ def evaluate(
         for field in fields:
             if "noise_free" not in truth.field_meta(field).extras:
                 _target_image(truth, field, target)
+    for store in (truth, *preds):  # a deleted chunk reads as zeros (NaN in a prediction): refuse it before any work
+        for field in fields:
+            store.image(field).require_chunks()
+            for name in store.field_meta(field).extras:
+                if name in ("std", "trajectory") or (name == "noise_free" and target == "noise_free"):
+                    store.extra(field, name).require_chunks()
 
     report_dir = Path(report_dir)
+    if report_dir.exists() and not report_dir.is_dir():
+        raise UserError(f"{report_dir}: exists and is a file; --report is a folder: choose another path")
+    refuse_inside_store(report_dir, "a report folder", itself=True)
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -22,7 +22,8 @@ from dehaze.engine import DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import RunInfo, load_model, read_run, read_run_report
-from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder, finalize_with_step_stats, open_ladder
+from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, create_ladder, finalize_with_step_stats,
+                          open_ladder, refuse_inside_store)
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
 
 DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
@@ -72,6 +73,8 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
     store = open_ladder(path)
     if store.meta.source == "prediction":
         raise UserError(f"{path}: is a prediction store; predict from a ladder store")
+    for field in store.fields:  # a deleted chunk would be predicted from zeros: refuse it before any work
+        store.image(field).require_chunks()
     m = store.meta
     return InputLadder(path, m.manifest_sha256, store.fields, m.n_steps, m.spatial_axes, m.pixel_size_um,
                        m.pinhole_au, {f: store.image(f) for f in store.fields})
@@ -154,9 +157,24 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
         if strategy != "all" and STRATEGIES[names[0]].needs_ladder:
             raise UserError(f"--strategy {names[0]}: needs the input at every step (a ladder store or a (step, y, x) stack), not one image at --step")
         names = [n for n in names if not STRATEGIES[n].needs_ladder]
+    if not names:
+        raise UserError(f"--strategy all: these runs allow no strategy that restores images{' from one image at --step' if not src.whole_ladder else ''}; "
+                        "add a unet, pixel, hdn or degradation run")
     out_paths = {names[0]: Path(output)} if len(names) == 1 and strategy != "all" else {n: Path(output) / f"{n}.zarr" for n in names}
+    if strategy == "all":  # -o is a folder of stores: not a file, not a store, not inside one
+        folder = Path(output)
+        if folder.is_symlink() and not folder.exists():
+            raise UserError(f"{folder}: is a dangling symbolic link; choose another -o")
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder}: exists and is a file; --strategy all writes a folder of stores: choose another -o")
+        refuse_inside_store(folder, "the output folder", itself=True)
+    for path in out_paths.values():  # every output refused before anything is written
+        check_output_store(path, "prediction", replacing=False, keep=[src.path])
     if strategy == "all":
-        Path(output).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(output).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{output}: cannot create the output folder ({exc.strerror}); choose another -o") from None
     bundle = prepare_bundle(replace(runs.bundle, alpha=alpha, sample=sampled), opts)
     return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts,
                          overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
@@ -202,7 +220,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         fields=src.fields, prediction=PredictionInfo(method=name, run_dirs=run_list, input_store=str(src.path),
                                                      input_sha256=src.sha256, strategy=strategy_info),
     )
-    out, state = create_ladder(output, meta, overwrite=overwrite, replace_stale=replace_stale)
+    out, state = create_ladder(output, meta, overwrite=overwrite, replace_stale=replace_stale, keep=[src.path])
     if state == "complete":
         return out
     multiple = max(int(getattr(getattr(bundle, kind), "multiple", 1)) for kind in spec.needs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,21 +84,58 @@ def read_run_report(run_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
-    """Create the run directory, or check that --resume continues the same run. Returns True if resuming."""
+_RUN_START_FILES = (RUN_FILE, RUN_FILE + ".tmp", "log.csv", "tb")  # all a run has before its first checkpoint
+
+
+def _never_saved(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds nothing but what a run writes before its first checkpoint."""
+    return all(p.name in _RUN_START_FILES for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
+    """What :func:`prepare_run_dir` checks, writing nothing: a refused -o fails before any other work."""
     run_dir = Path(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UserError(f"{run_dir}: is a dangling symbolic link; choose another -o")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is a file, not a run directory; choose another -o")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not (run_dir / RUN_FILE).is_file():
             raise UserError(f"{run_dir}: exists and is not a dehaze run directory; choose another -o")
         existing = read_run(run_dir)
         if not existing.same_run(info):
+            if _never_saved(run_dir):  # a start that failed before its first checkpoint: nothing to lose
+                return False
             raise UserError(f"{run_dir}: already holds a different run ({existing.kind}); choose another -o")
         if not resume:
             raise UserError(f"{run_dir}: already holds this run; pass --resume to continue it or choose another -o")
         return (run_dir / CHECKPOINT_FILE).is_file()
     if resume:
         raise UserError(f"{run_dir}: nothing to resume (no run there); drop --resume to start one")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from dehaze.store import refuse_inside_store
+
+    refuse_inside_store(run_dir, "a run directory")
+    return False
+
+
+def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
+    """Create the run directory, or check that --resume continues the same run. Returns True if resuming."""
+    run_dir = Path(run_dir)
+    if check_run_dir(run_dir, info, resume):
+        return True
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if read_run(run_dir).same_run(info):  # the same run, resumed before its first checkpoint
+            return False
+        for name in _RUN_START_FILES:  # another run's failed start: its description and logs go
+            target = run_dir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot create the run directory ({exc.strerror}); choose another -o") from None
     atomic_write_text(run_dir / RUN_FILE, info.model_dump_json(indent=2))
     return False
 

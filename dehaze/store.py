@@ -21,10 +21,12 @@ store that :func:`check_ladder` reports as incomplete and that a rerun of the sa
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numcodecs
 import numpy as np
@@ -127,6 +129,147 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (*lead, min(CHUNK_YX, shape[-2]), min(CHUNK_YX, shape[-1]))
 
 
+_FLOAT_EXTRAS = ("noise_free", "truth", "std", "trajectory")
+_STEP_ARRAYS = (IMAGE_ARRAY, "noise_free", "std", "trajectory")  # arrays whose first axis is the step h
+_ARRAY_LABELS = {IMAGE_ARRAY: "image", "noise_free": "noise-free image", "truth": "truth", "std": "std",
+                 "trajectory": "trajectory"}
+
+
+class DamagedStore(UserError):
+    """A store's data cannot be read as its metadata says (a missing or corrupt chunk).
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as ``DamagedStore(traceback
+    text)``: the message is cut back to the original one line."""
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1]
+        super().__init__(message)
+
+
+class ChunkMissing(Exception):
+    """A chunk read found no data (zarr would silently return the fill value); :class:`LadderArray`
+    turns it into a UserError naming store, field, array, step and chunk. Not a KeyError on purpose:
+    zarr treats a KeyError as "not written yet, use the fill value"."""
+
+    def __init__(self, key: str, reason: str = "missing (deleted, or never written)") -> None:
+        super().__init__(key)
+        self.key, self.reason = key, reason
+
+
+class _CheckedDirectoryStore(zarr.DirectoryStore):
+    """The directory store every ladder store is read through: a chunk read that finds no file is an
+    error, not zeros. Costs nothing: zarr's default ``getitems`` tests each file's existence too."""
+
+    def getitems(self, keys: Any, *, contexts: Any) -> dict[str, Any]:
+        out = {}
+        for key in keys:
+            try:
+                out[key] = self[key]
+            except KeyError:
+                raise ChunkMissing(key) from None
+            except OSError as exc:
+                raise ChunkMissing(key, f"unreadable ({exc.strerror or type(exc).__name__})") from None
+        return out
+
+
+def _open_root(path: Path, mode: str) -> zarr.Group:
+    try:
+        return zarr.open_group(_CheckedDirectoryStore(str(path), dimension_separator="/"), mode=mode)
+    except (ValueError, KeyError, TypeError) as exc:  # a missing or corrupt .zgroup
+        raise UserError(f"{path}: not a readable Zarr group ({type(exc).__name__}: {str(exc)[:80]}); the store is damaged") from None
+
+
+def chunk_problem(arr: zarr.Array, key: str) -> str | None:
+    """Why the chunk ``key`` (a store key of ``arr``) cannot be read, or None if it decodes to the chunk shape."""
+    try:
+        data = arr.chunk_store[key]
+    except KeyError:
+        return "missing (deleted, or never written)"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
+    comp = arr.compressor
+    if comp is not None and comp.codec_id == "blosc" and len(data) >= 16:
+        cbytes = int.from_bytes(bytes(data[12:16]), "little")
+        if cbytes != len(data):
+            return f"truncated ({len(data)} of {cbytes} bytes)"
+    try:
+        arr._decode_chunk(data)  # zarr 2.18 (pinned): decompress, view as dtype, reshape to the chunk shape
+    except ValueError as exc:
+        return f"wrongly shaped or undecodable ({str(exc)[:60]})"
+    except Exception as exc:  # noqa: BLE001 - codecs raise RuntimeError, TypeError, ... for corrupt bytes
+        return f"undecodable ({type(exc).__name__}: {str(exc)[:60]})"
+    return None
+
+
+class LadderArray:
+    """One array of a ladder store, read like a zarr array (``shape``, ``dtype``, ``chunks``, ``a[...]``)
+    but a missing, truncated or undecodable chunk is a one-line UserError naming the store, field, array,
+    step and chunk, never the fill value passed off as data."""
+
+    def __init__(self, store: LadderStore, field: str, name: str, arr: zarr.Array) -> None:
+        self._store, self.field, self.name, self.zarr = store, field, name, arr
+
+    shape = property(lambda self: self.zarr.shape)
+    dtype = property(lambda self: self.zarr.dtype)
+    ndim = property(lambda self: self.zarr.ndim)
+    chunks = property(lambda self: self.zarr.chunks)
+    size = property(lambda self: self.zarr.size)
+
+    def __len__(self) -> int:
+        return len(self.zarr)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        try:
+            return self.zarr[selection]
+        except ChunkMissing as exc:
+            raise DamagedStore(self.describe_chunk(exc.key, exc.reason)) from None
+        except (RuntimeError, ValueError, TypeError) as exc:
+            bad = self._bad_chunk(selection)
+            if bad is None:
+                raise  # not the data: a bug, keep its traceback
+            raise DamagedStore(self.describe_chunk(*bad)) from exc
+
+    def require_chunks(self) -> None:
+        """Refuse the array if any of its chunks has no file (one directory walk; chunks are not decoded)."""
+        missing, n_missing, n_expected = missing_chunk_keys(self.zarr)
+        if missing:
+            more = f" ({n_missing} of {n_expected} chunks missing)" if n_missing > 1 else ""
+            raise DamagedStore(self.describe_chunk(missing[0], "missing (deleted, or never written)" + more))
+
+    def _bad_chunk(self, selection: Any) -> tuple[str, str] | None:
+        from zarr.indexing import BasicIndexer
+
+        try:
+            indexer = BasicIndexer(selection, self.zarr)
+        except Exception:  # noqa: BLE001 - not a basic selection: nothing to blame on the data
+            return None
+        for coords, _, _ in indexer:
+            key = self.zarr._chunk_key(coords)
+            problem = chunk_problem(self.zarr, key)
+            if problem:
+                return key, problem
+        return None
+
+    def chunk_location(self, key: str) -> str:
+        """``FIELD, ARRAY, step T: chunk K`` for the store key of one chunk."""
+        coords = key.rsplit("/", self.zarr.ndim)[-self.zarr.ndim:] if "/" in key else key.split(".")
+        where = f"{self.field}, {_ARRAY_LABELS.get(self.name, repr(self.name))} array '{self.name}'"
+        if self.name in _STEP_ARRAYS and coords and coords[0].isdigit():
+            where += f", step {int(coords[0]) * self.zarr.chunks[0]}"
+        return f"{where}: chunk {'/'.join(coords)}"
+
+    def describe_chunk(self, key: str, reason: str) -> str:
+        """``STORE: FIELD, ARRAY, step T: chunk K is REASON; ...`` (one line)."""
+        return (f"{self._store.path}: {self.chunk_location(key)} is {reason}; the store is damaged "
+                f"(`dehaze check {self._store.path}` lists every bad chunk; rerun the command that made it with --overwrite)")
+
+
 class LadderStore:
     """An open ladder store. Create with :func:`create_ladder`, open with :func:`open_ladder`."""
 
@@ -134,6 +277,7 @@ class LadderStore:
         self.path = path
         self.root = root
         self.meta = meta
+        self._arrays: dict[tuple[str, str], LadderArray] = {}
 
     # ---- reading -------------------------------------------------------------------------------
     @property
@@ -144,28 +288,103 @@ class LadderStore:
     def n_steps(self) -> int:
         return self.meta.n_steps
 
-    def image(self, field: str) -> zarr.Array:
-        """The (h, [z,] y, x) camera-value array of one field (lazy zarr array)."""
-        return self.root[field][IMAGE_ARRAY]
+    def image(self, field: str) -> LadderArray:
+        """The (h, [z,] y, x) camera-value array of one field (lazy, see :class:`LadderArray`); a field or
+        array that is missing, or whose metadata, dtype or shape contradicts the store's, is a UserError."""
+        return self._checked_array(field, IMAGE_ARRAY)
 
-    def extra(self, field: str, name: str) -> zarr.Array:
+    def extra(self, field: str, name: str) -> LadderArray:
         """A per-field extra array (``noise_free``, ``truth``, ``shifts`` ...)."""
-        group = self.root[field]
+        group = self._group(field)
         if name not in group:
             raise UserError(f"{self.path}: field {field} has no {name!r} array (has: {', '.join(self.field_meta(field).extras) or 'none'})")
-        return group[name]
+        return self._checked_array(field, name)
+
+    def _group(self, field: str) -> zarr.Group:
+        try:
+            group = self.root[field]
+        except KeyError:
+            raise UserError(f"{self.path}: {field} is listed in the metadata but missing; the store is damaged "
+                            "(rerun the command that made it with --overwrite)") from None
+        if not isinstance(group, zarr.Group):
+            raise UserError(f"{self.path}: {field} is an array, not a field group; the store is damaged")
+        return group
+
+    def _field_attrs(self, field: str) -> dict[str, Any]:
+        group = self._group(field)
+        try:
+            attrs = group.attrs.asdict()
+        except ValueError:
+            raise UserError(f"{self.path}: {field}/.zattrs: unreadable metadata (not JSON); the store is damaged") from None
+        if not isinstance(attrs, dict):
+            raise UserError(f"{self.path}: {field}/.zattrs: metadata is a {type(attrs).__name__}, not a mapping; the store is damaged")
+        return attrs
 
     def field_meta(self, field: str) -> FieldMeta:
-        return FieldMeta.model_validate(dict(self.root[field].attrs).get("dehaze", {}))
+        raw = self._field_attrs(field).get("dehaze", {})
+        if not isinstance(raw, dict):
+            raise UserError(f"{self.path}: {field}/.zattrs: 'dehaze' metadata is a {type(raw).__name__}, not a mapping; the store is damaged")
+        try:
+            return FieldMeta.model_validate(raw)
+        except ValidationError as err:
+            raise UserError(format_validation_error(err, f"{self.path}: {field} dehaze metadata")) from None
 
     def completed_fields(self) -> set[str]:
-        done = set()
-        for name in self.meta.fields:
-            if name in self.root and dict(self.root[name].attrs).get("dehaze", {}).get("complete", False):
-                done.add(name)
-        return done
+        """Fields marked complete; a field whose metadata is unreadable or malformed is a UserError."""
+        return {name for name in self.meta.fields if name in self.root and self.field_meta(name).complete}
+
+    def zarr_array(self, field: str, name: str) -> zarr.Array:
+        """The raw zarr array (metadata checked, chunk reads not): for describing and checking a store."""
+        group = self._group(field)
+        try:
+            arr = group[name]
+        except KeyError:
+            raise UserError(f"{self.path}: {field}: array {name!r} missing") from None
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{self.path}: {field}/{name}/.zarray: unreadable array metadata ({type(exc).__name__}: "
+                            f"{str(exc)[:80]}); the store is damaged") from None
+        if not isinstance(arr, zarr.Array):
+            raise UserError(f"{self.path}: {field}/{name} is a group, not an array; the store is damaged")
+        return arr
+
+    def array_problem(self, field: str, name: str, arr: zarr.Array) -> str | None:
+        """How ``arr`` (array ``name`` of ``field``) contradicts the store's metadata, or None."""
+        m = self.meta
+        where = f"{field}/{name}"
+        n_axes = 1 + len(m.spatial_axes)
+        if name == IMAGE_ARRAY:
+            if arr.ndim != n_axes or arr.shape[0] != m.n_steps:
+                return f"{where}: shape {arr.shape} does not match axes {m.axes} with {m.n_steps} steps"
+            kinds = {"simulation": ("uint16",), "prediction": ("float32",)}.get(m.source)
+            if kinds is not None and str(arr.dtype) not in kinds:
+                return f"{where}: dtype {arr.dtype}, a {m.source} store's images are {kinds[0]}"
+            if arr.dtype.kind not in "uif":
+                return f"{where}: dtype {arr.dtype} is not a numeric camera value type"
+            return None
+        if name in _FLOAT_EXTRAS and str(arr.dtype) != "float32":
+            return f"{where}: dtype {arr.dtype}, expected float32"
+        image_shape = tuple(self.zarr_array(field, IMAGE_ARRAY).shape)
+        expected = {"noise_free": image_shape, "std": image_shape, "truth": image_shape[1:],
+                    "trajectory": (m.n_steps, *image_shape[1:])}.get(name)
+        if expected is not None and tuple(arr.shape) != expected:
+            return f"{where}: shape {arr.shape}, expected {expected} (the field's image is {image_shape})"
+        return None
+
+    def _checked_array(self, field: str, name: str) -> LadderArray:
+        key = (field, name)
+        if key not in self._arrays:
+            arr = self.zarr_array(field, name)
+            problem = self.array_problem(field, name, arr)
+            if problem:
+                raise UserError(f"{self.path}: {problem}; the store is damaged")
+            self._arrays[key] = LadderArray(self, field, name, arr)
+        return self._arrays[key]
 
     # ---- writing -------------------------------------------------------------------------------
+    def _forget(self, field: str) -> None:
+        """Drop the checked arrays of a field about to be (re)written (their zarr metadata may change)."""
+        self._arrays = {k: v for k, v in self._arrays.items() if k[0] != field}
+
     def write_field(
         self,
         field: str,
@@ -180,6 +399,7 @@ class LadderStore:
         if image.ndim != n_axes or image.shape[0] != self.meta.n_steps:
             raise ValueError(f"{field}: image shape {image.shape} does not match axes {self.meta.axes} with {self.meta.n_steps} steps")
         group = self.root.require_group(field)
+        self._forget(field)
         group.attrs.put({"dehaze": FieldMeta(complete=False, info=info or {}).model_dump(mode="json")})
         _write_array(group, IMAGE_ARRAY, image)
         for name, arr in (extras or {}).items():
@@ -206,7 +426,8 @@ class LadderStore:
         if field not in self.meta.fields:
             raise ValueError(f"{field} is not a field of this store")
         group = self.root.require_group(field)
-        fmeta = dict(group.attrs).get("dehaze", {})
+        self._forget(field)
+        fmeta = self.field_meta(field).model_dump()
         fresh = not all(name in group and group[name].shape == tuple(shape) for name, (shape, _) in arrays.items())
         if fresh:
             group.attrs.put({"dehaze": FieldMeta(complete=False, info={"progress": 0}).model_dump(mode="json")})
@@ -268,9 +489,10 @@ def _looks_like_ladder(path: Path) -> bool:
     if not attrs.is_file():
         return False
     try:
-        return "dehaze" in json.loads(attrs.read_text())
+        data = json.loads(attrs.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(data, dict) and "dehaze" in data
 
 
 def ensure_writable_parent(path: Path) -> None:
@@ -288,17 +510,58 @@ def ensure_writable_parent(path: Path) -> None:
         raise UserError(f"{path}: cannot write in {parent} ({exc.strerror}); choose another output path") from None
 
 
+def _is_zarr_node(path: Path) -> bool:
+    return any((path / name).is_file() for name in (".zattrs", ".zgroup", ".zarray"))
+
+
+def refuse_inside_store(path: str | Path, what: str, *, itself: bool = False) -> None:
+    """Refuse an output ``path`` inside a Zarr store (it would nest a foreign tree in it), or, with
+    ``itself``, that is one (a folder of outputs: its files would go into the store)."""
+    path = Path(path)
+    for candidate in (path.absolute(), path.resolve()):
+        for parent in ([candidate] if itself else []) + list(candidate.parents):
+            if parent.is_dir() and _is_zarr_node(parent):
+                where = "is" if parent == candidate else "is inside"
+                raise UserError(f"{path}: {where} the Zarr store {parent}; choose {what} outside any store")
+
+
+def check_output_store(path: Path, source: str, *, replacing: bool, keep: Sequence[str | Path] = ()) -> None:
+    """Refuse, before anything is written, an output store path that would destroy or corrupt what the
+    user has: a symbolic link to be replaced (or dangling), a path inside a store, one of the ``keep``
+    paths (the command's inputs) or a folder around one; with ``replacing``, also an existing store of
+    another kind or holding files that are not part of it."""
+    if path.is_symlink():
+        if not path.exists():
+            raise UserError(f"{path}: is a dangling symbolic link; choose another output path")
+        if replacing:
+            raise UserError(f"{path}: is a symbolic link (to {path.resolve()}); dehaze replaces only a real store folder, "
+                            "never what a link points to: give the real path")
+    refuse_inside_store(path, "an output path")
+    here = path.resolve()
+    for other in keep:
+        other = Path(other).resolve()
+        if other == here:
+            raise UserError(f"{path}: is the input store; choose another output path (nothing was written)")
+        if other.is_relative_to(here):
+            raise UserError(f"{path}: contains the input store {other}; choose another output path (nothing was written)")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is a file, not a ladder store; choose another output path")
+
+
 def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False,
-                  replace_stale: bool = False) -> tuple[LadderStore, str]:
+                  replace_stale: bool = False, keep: Sequence[str | Path] = ()) -> tuple[LadderStore, str]:
     """Create a store, or reopen an interrupted one made from the same manifest.
 
     Returns ``(store, state)`` with state ``"new"``, ``"resumed"`` or ``"complete"``. An existing store
     from another manifest is refused unless ``overwrite`` (which also rebuilds one of the same manifest) or
     ``replace_stale`` (for a writer that owns the folder, e.g. a study: a store of the same manifest is
     reopened, one of another is replaced). A path that is not a ladder store is never deleted (nothing the
-    user had is lost).
+    user had is lost); neither is a store of another kind (``meta.source``), one holding other files, a
+    store reached through a symbolic link, or one of the ``keep`` paths (the command's inputs); and no
+    store is made inside another (see :func:`check_output_store`).
     """
     path = Path(path)
+    check_output_store(path, meta.source, replacing=False, keep=keep)
     if path.exists():
         if not _looks_like_ladder(path):
             if path.is_dir() and not any(path.iterdir()):
@@ -308,6 +571,9 @@ def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = Fals
         else:
             existing = open_ladder(path, require_complete=False)
             same = existing.meta.manifest_sha256 == meta.manifest_sha256
+            if existing.meta.source != meta.source:
+                raise UserError(f"{path}: holds a {existing.meta.source} store; this command writes {meta.source} stores "
+                                "and never replaces another kind: choose another output path")
             if same and not overwrite:
                 state = "complete" if existing.meta.status == "complete" else "resumed"
                 return existing, state
@@ -315,11 +581,23 @@ def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = Fals
                 raise UserError(
                     f"{path}: holds a store made from a different manifest; pass --overwrite to replace it or choose another output path"
                 )
+            check_output_store(path, meta.source, replacing=True, keep=keep)
+            refuse_foreign_files(existing)
             shutil.rmtree(path)
     ensure_writable_parent(path)
-    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="w")
+    root = zarr.open_group(_CheckedDirectoryStore(str(path), dimension_separator="/"), mode="w")
     _put_meta(root, meta)
     return LadderStore(path, root, meta), "new"
+
+
+def refuse_foreign_files(store: LadderStore) -> None:
+    """Refuse to replace a store holding anything a dehaze store does not (the user's files)."""
+    fields = set(store.meta.fields)
+    foreign = sorted(p.name for p in store.path.iterdir()
+                     if not (p.name in (".zattrs", ".zgroup") or (p.name in fields and p.is_dir() and not p.is_symlink())))
+    if foreign:
+        raise UserError(f"{store.path}: holds files that are not part of the store ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); move them out first: --overwrite replaces only what dehaze wrote")
 
 
 def open_ladder(path: str | Path, *, require_complete: bool = True) -> LadderStore:
@@ -327,25 +605,86 @@ def open_ladder(path: str | Path, *, require_complete: bool = True) -> LadderSto
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such store")
-    if not _looks_like_ladder(path):
-        raise UserError(f"{path}: not a dehaze ladder store (no 'dehaze' metadata in {path / '.zattrs'})")
-    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="r+" if not require_complete else "r")
+    attrs_file = path / ".zattrs"
+    if attrs_file.is_file():
+        try:
+            attrs = json.loads(attrs_file.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{attrs_file}: unreadable store metadata (not JSON); the store is damaged") from None
+    else:
+        attrs = {}
+    if not isinstance(attrs, dict) or "dehaze" not in attrs:
+        raise UserError(f"{path}: not a dehaze ladder store (no 'dehaze' metadata in {attrs_file})")
+    root = _open_root(path, "r+" if not require_complete else "r")
     try:
-        meta = DatasetMeta.model_validate(dict(root.attrs)["dehaze"])
+        meta = DatasetMeta.model_validate(attrs["dehaze"])
     except ValidationError as err:
         raise UserError(format_validation_error(err, f"{path}: dehaze metadata")) from None
     if meta.format_version > FORMAT_VERSION:
         raise UserError(f"{path}: store format {meta.format_version} is newer than this dehaze ({FORMAT_VERSION}); upgrade dehaze")
+    store = LadderStore(path, root, meta)
     if require_complete and meta.status != "complete":
-        done = sum(1 for f in meta.fields if f in root and dict(root[f].attrs).get("dehaze", {}).get("complete"))
+        done = len(store.completed_fields())
         raise UserError(
             f"{path}: store is incomplete ({done}/{len(meta.fields)} fields written); rerun the command that made it to finish it"
         )
-    return LadderStore(path, root, meta)
+    return store
 
 
-def check_ladder(path: str | Path) -> list[str]:
-    """Validate a store against the contract; returns a list of problems (empty: valid)."""
+MAX_LISTED_CHUNKS = 1_000_000  # check enumerates the expected chunk keys of arrays up to this many chunks
+
+
+def existing_chunk_keys(arr: zarr.Array) -> set[str]:
+    """The store keys of every chunk file of ``arr`` on disk (one directory walk)."""
+    root = Path(arr.store.path) / arr.path
+    keys = set()
+    for folder, dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        for name in files:
+            if not name.startswith("."):
+                keys.add(f"{arr.path}/{name}" if rel == "." else f"{arr.path}/{rel.replace(os.sep, '/')}/{name}")
+    return keys
+
+
+def missing_chunk_keys(arr: zarr.Array) -> tuple[list[str], int, int]:
+    """(store keys of chunks of ``arr`` that have no file, how many have none, how many its shape needs);
+    one directory walk. Of an array claiming more than MAX_LISTED_CHUNKS chunks, only the first missing
+    key is listed (the count is exact)."""
+    on_disk = existing_chunk_keys(arr)
+    grid = [-(-n // c) for n, c in zip(arr.shape, arr.chunks)]
+    n_expected = int(np.prod(grid, dtype=object))
+    keys = (arr._chunk_key(coords) for coords in itertools.product(*(range(g) for g in grid)))
+    if n_expected > MAX_LISTED_CHUNKS:
+        first = next((k for k in itertools.islice(keys, len(on_disk) + 1) if k not in on_disk), None)
+        present = sum(1 for k in on_disk if k.count("/") == arr.path.count("/") + arr.ndim)
+        return ([first] if first else []), n_expected - present, n_expected
+    missing = [k for k in keys if k not in on_disk]
+    return missing, len(missing), n_expected
+
+
+def _check_chunks(store: LadderStore, field: str, name: str, arr: zarr.Array) -> list[str]:
+    """Every chunk of one array: missing, truncated, undecodable or wrongly shaped ones."""
+    checked = LadderArray(store, field, name, arr)
+    missing, n_missing, n_expected = missing_chunk_keys(arr)
+    if n_expected > MAX_LISTED_CHUNKS and missing:
+        return [f"{field}/{name}: shape {arr.shape} needs {n_expected} chunks, the store holds {n_expected - n_missing}; "
+                "the array's metadata claims far more data than there is"]
+    problems = [f"{checked.chunk_location(key)} is missing (deleted, or never written)" for key in missing]
+    gone = set(missing)
+    for coords in itertools.product(*(range(-(-n // c)) for n, c in zip(arr.shape, arr.chunks))):
+        key = arr._chunk_key(coords)
+        problem = None if key in gone else chunk_problem(arr, key)
+        if problem:
+            problems.append(f"{checked.chunk_location(key)} is {problem}")
+    return problems
+
+
+def check_ladder(path: str | Path, *, quick: bool = False) -> list[str]:
+    """Validate a store against the contract; returns a list of problems (empty: valid).
+
+    Metadata, array dtypes and shapes always; unless ``quick``, also every chunk of every array (read and
+    decoded: missing, truncated, undecodable and wrongly shaped chunks).
+    """
     try:
         store = open_ladder(path)
     except UserError as err:
@@ -361,29 +700,44 @@ def check_ladder(path: str | Path) -> list[str]:
         if axis not in meta.pixel_size_um:
             problems.append(f"pixel_size_um has no value for axis {axis}")
     for field in meta.fields:
-        if field not in store.root:
-            problems.append(f"{field}: listed but missing")
-            continue
-        attrs = dict(store.root[field].attrs)
-        fmeta = attrs.get("dehaze", {})
-        if not fmeta.get("complete"):
-            problems.append(f"{field}: not marked complete")
-        ms = attrs.get("multiscales")
-        if not ms or ms[0].get("version") != NGFF_VERSION:
-            problems.append(f"{field}: no OME-NGFF {NGFF_VERSION} multiscales metadata")
-            continue
-        names = [a.get("name") for a in ms[0]["axes"]]
-        if names != meta.axes or any("type" not in a for a in ms[0]["axes"]) or ms[0]["axes"][0].get("type") != "degradation":
+        try:
+            problems += _check_field(store, field, quick)
+        except UserError as err:
+            problems.append(str(err).removeprefix(f"{store.path}: ").split("; the store is damaged")[0])
+    return problems
+
+
+def _check_field(store: LadderStore, field: str, quick: bool) -> list[str]:
+    meta, problems = store.meta, []
+    attrs = store._field_attrs(field)
+    fmeta = store.field_meta(field)
+    if not fmeta.complete:
+        problems.append(f"{field}: not marked complete")
+    ms = attrs.get("multiscales")
+    if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict) or ms[0].get("version") != NGFF_VERSION:
+        problems.append(f"{field}: no OME-NGFF {NGFF_VERSION} multiscales metadata")
+    else:
+        axes = ms[0].get("axes")
+        axes = axes if isinstance(axes, list) and all(isinstance(a, dict) for a in axes) else []
+        names = [a.get("name") for a in axes]
+        if names != meta.axes or any("type" not in a for a in axes) or axes[0].get("type") != "degradation":
             problems.append(f"{field}: axes {names} do not match {meta.axes} with h typed 'degradation'")
-        if IMAGE_ARRAY not in store.root[field]:
-            problems.append(f"{field}: image array '{IMAGE_ARRAY}' missing")
-            continue
-        img = store.image(field)
-        if img.ndim != len(meta.axes) or img.shape[0] != meta.n_steps:
-            problems.append(f"{field}: image shape {img.shape} does not match axes {meta.axes} and {meta.n_steps} steps")
-        for extra in fmeta.get("extras", []):
-            if extra not in store.root[field]:
-                problems.append(f"{field}: extra array {extra!r} listed but missing")
+    group = store._group(field)
+    if IMAGE_ARRAY not in group:
+        return [*problems, f"{field}: image array '{IMAGE_ARRAY}' missing"]
+    names = [IMAGE_ARRAY]
+    for extra in fmeta.extras:
+        if extra not in group:
+            problems.append(f"{field}: extra array {extra!r} listed but missing")
+        else:
+            names.append(extra)
+    for name in names:
+        arr = store.zarr_array(field, name)
+        problem = store.array_problem(field, name, arr)
+        if problem:
+            problems.append(problem)
+        elif not quick:
+            problems += _check_chunks(store, field, name, arr)
     return problems
 
 
@@ -394,8 +748,8 @@ def describe_ladder(store: LadderStore) -> str:
         f"{store.path}  ({m.source}, format {m.format_version}, {m.status})",
         f"  fields: {len(m.fields)}   steps: {m.n_steps}   axes: {' '.join(m.axes)}",
     ]
-    if m.fields and m.fields[0] in store.root and IMAGE_ARRAY in store.root[m.fields[0]]:
-        img = store.image(m.fields[0])
+    if m.fields and m.fields[0] in store.root and IMAGE_ARRAY in store._group(m.fields[0]):
+        img = store.zarr_array(m.fields[0], IMAGE_ARRAY)
         lines.append(f"  image shape per field: {img.shape} {img.dtype}, chunks {img.chunks}")
     px = ", ".join(f"{a}={v:g}" for a, v in m.pixel_size_um.items())
     lines.append(f"  pixel size (µm): {px}")

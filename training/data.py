@@ -94,6 +94,10 @@ class LadderPatches(Dataset):
         if bad or not self.steps:
             raise UserError(f"data.input_steps {self.steps}: each must be in {lowest}..{self.n_steps - 1}")
         for ref in fields:
+            # a deleted chunk would read as zeros: refuse it now, before any training (one listing per array)
+            self._checked(ref, "image").require_chunks()
+            if target == "noise_free" and kind in ("pair", "path") and "noise_free" in self._store(ref.store).field_meta(ref.field).extras:
+                self._checked(ref, "noise_free").require_chunks()
             shape = self._array(ref, "image").shape
             if min(shape[-2:]) < patch_size:
                 raise UserError(f"{self.store_paths[ref.store]}: field {ref.field} is {shape[-2]}x{shape[-1]} px, smaller than patch_size={patch_size}")
@@ -103,6 +107,10 @@ class LadderPatches(Dataset):
     # ---- lazy, per-process store access --------------------------------------------------------
     def _store(self, i: int) -> LadderStore:
         return open_ladder(self.store_paths[i])
+
+    def _checked(self, ref: FieldRef, name: str):  # noqa: ANN202 - the store's LadderArray
+        store = self._store(ref.store)
+        return store.image(ref.field) if name == "image" else store.extra(ref.field, name)
 
     def _array(self, ref: FieldRef, name: str):  # noqa: ANN202 - zarr or numpy array
         # Zarr handles are reopened in each worker process; in-memory arrays are inherited (fork) as they are.

@@ -30,8 +30,8 @@ from dehaze.models import build_model
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
 from dehaze.latents import ensure_latent_cache
-from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, load_checkpoint, load_model, prepare_run_dir,
-                         read_run, save_checkpoint)
+from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, load_checkpoint, load_model,
+                         prepare_run_dir, read_run, save_checkpoint)
 from dehaze.store import LadderStore
 from dehaze.train_config import LatentModel, OptimConfig, TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
@@ -80,14 +80,24 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):  # noqa: ANN20
 class RunLogger:
     """CSV (``log.csv``) and TensorBoard (``tb/``) logs; silent on ranks other than 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int = 0) -> None:
+        """``start_step``: the checkpoint's step a run resumes from; what a killed run logged after it is
+        dropped (log.csv rows, TensorBoard events), so no step appears twice."""
         self.enabled = enabled
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         path = run_dir / "log.csv"
+        if start_step and path.exists():
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            kept = [r for i, r in enumerate(rows) if i == 0 or (r and r[0].isdigit() and int(r[0]) <= start_step)]
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                csv.writer(f).writerows(kept)
+            os.replace(tmp, path)
         new = not path.exists()
         self.file = path.open("a", newline="")
         self.csv = csv.writer(self.file)
@@ -200,10 +210,8 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
     rank, world = init_distributed()
     if world > 1 and task.param_groups is not None:
         raise UserError(f"`dehaze train {kind}` runs on one process (its GAN steps are not data-parallel yet)")
-    if rank == 0:
-        prepare_run_dir(run_dir, info, resume)
-    if world > 1:
-        dist.barrier()
+    if rank == 0:  # -o conflicts now; the run description is written once the data and model are checked
+        check_run_dir(run_dir, info, resume)
     train_fields, val_fields = split_fields(stores, cfg.data.val_fraction, cfg.seed)
     paths = [str(s.path) for s in stores]
 
@@ -248,6 +256,10 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
                                  augment=cfg.data.augment, **common, **extra)
         val_ds = LadderPatches(paths, val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False,
                                **common) if val_fields else None
+    if rank == 0:
+        prepare_run_dir(run_dir, info, resume)
+    if world > 1:
+        dist.barrier()
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=StepSampler(step, cfg.steps, cfg.batch_size, rank, world),
                         num_workers=cfg.data.num_workers, generator=torch.Generator(), pin_memory=device.type == "cuda")
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size) if val_ds is not None else None
@@ -265,7 +277,7 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
             state["rng_cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(run_dir, state)
 
-    logger = RunLogger(run_dir, enabled=rank == 0)
+    logger = RunLogger(run_dir, enabled=rank == 0, start_step=step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (device.type == "cuda" and cfg.amp) else contextlib.nullcontext()
     bar = progress_bar(total=cfg.steps, initial=step, desc=f"train {kind}", unit="step", disable=not show_progress or rank != 0)
     val_psnr, bad_in_a_row = None, 0

@@ -1,0 +1,154 @@
+"""Issue #14: damaged stores are never read as data. A missing, truncated or undecodable chunk, corrupt or
+contradictory metadata: `check` finds it, and train, predict, evaluate and info refuse it in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dehaze.errors import UserError
+from dehaze.store import DamagedStore, check_ladder, open_ladder
+from tests.conftest import simulate_tiny_ladder
+from tests.test_evaluate import make_prediction
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    """A tiny simulated ladder (2 fields of 32x40, 4 steps, noise_free and truth extras)."""
+    return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
+
+
+@pytest.fixture(scope="module")
+def run(good, tmp_path_factory) -> Path:
+    from dehaze.train_config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
+                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
+    out = tmp_path_factory.mktemp("run") / "unet"
+    train("unet", [good], out, cfg, show_progress=False)
+    return out
+
+
+def damaged(good: Path, tmp_path: Path, name: str = "bad.zarr") -> Path:
+    out = tmp_path / name
+    shutil.copytree(good, out)
+    return out
+
+
+def truncate(chunk: Path) -> None:
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
+
+
+def one_line_error(result, *named: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for text in named:
+        assert text in result.stderr, (text, result.stderr)
+
+
+# ---- 1. no silent wrong data ------------------------------------------------------------------------
+def test_reading_a_missing_or_corrupt_chunk_names_store_field_step_and_chunk(good, tmp_path):
+    bad = damaged(good, tmp_path)
+    os.remove(bad / "field_001" / "0" / "2" / "0" / "0")
+    truncate(bad / "field_000" / "noise_free" / "1" / "0" / "0")
+    garbage = bad / "field_000" / "truth" / "0" / "0"
+    garbage.write_bytes(np.random.default_rng(0).bytes(len(garbage.read_bytes())))
+    store = open_ladder(bad)
+    with pytest.raises(UserError, match=r"bad.zarr: field_001, image array '0', step 2: chunk 2/0/0 is missing"):
+        store.image("field_001")[...]
+    with pytest.raises(UserError, match=r"field_000, noise-free image array 'noise_free', step 1: chunk 1/0/0 is truncated"):
+        store.extra("field_000", "noise_free")[1]
+    with pytest.raises(UserError, match=r"field_000, truth array 'truth': chunk 0/0 is (truncated|undecodable|wrongly)"):
+        np.asarray(store.extra("field_000", "truth"))
+    assert store.image("field_001")[1].shape == (32, 40)  # the other steps still read
+    with pytest.raises(UserError, match="step 2: chunk 2/0/0 is missing"):
+        store.image("field_001").require_chunks()
+
+
+def test_check_reads_every_chunk_and_quick_checks_metadata_only(cli, good, tmp_path):
+    bad = damaged(good, tmp_path)
+    os.remove(bad / "field_001" / "0" / "2" / "0" / "0")
+    truncate(bad / "field_000" / "noise_free" / "1" / "0" / "0")
+    problems = check_ladder(bad)
+    assert any("field_001, image array '0', step 2: chunk 2/0/0 is missing" in p for p in problems), problems
+    assert any("field_000, noise-free image array 'noise_free', step 1: chunk 1/0/0 is truncated" in p for p in problems), problems
+    one_line_error(cli("check", bad), "chunk 2/0/0 is missing", "chunk 1/0/0 is truncated")
+    assert cli("check", bad, "--quick").exit_code == 0
+    assert cli("check", good).exit_code == 0
+
+
+def test_check_reports_wrong_dtypes_and_shapes(cli, good, tmp_path):
+    floats = damaged(good, tmp_path, "floats.zarr")  # a float array where the camera's uint16 is expected
+    img = open_ladder(good).image("field_000")[...]
+    group = zarr.open_group(str(floats / "field_000"), mode="r+")
+    group.create_dataset("0", data=img.astype(np.float32), chunks=(1, 32, 40), overwrite=True, dimension_separator="/")
+    for args in (("check", floats), ("check", floats, "--quick")):
+        one_line_error(cli(*args), "field_000/0: dtype float32", "uint16")
+
+    huge = damaged(good, tmp_path, "huge.zarr")  # .zarray claims a shape far larger than its chunks
+    meta = json.loads((huge / "field_001" / "0" / ".zarray").read_text())
+    meta["shape"] = [4, 100_000, 100_000]
+    (huge / "field_001" / "0" / ".zarray").write_text(json.dumps(meta))
+    one_line_error(cli("check", huge), "field_001/0", "claims far more data")
+
+    steps = damaged(good, tmp_path, "steps.zarr")  # a truth array of another shape than its image
+    meta = json.loads((steps / "field_000" / "truth" / ".zarray").read_text())
+    meta["shape"] = [16, 40]
+    (steps / "field_000" / "truth" / ".zarray").write_text(json.dumps(meta))
+    one_line_error(cli("check", steps, "--quick"), "field_000/truth: shape (16, 40), expected (32, 40)")
+
+
+def test_train_refuses_a_deleted_chunk_before_writing_a_run(cli, good, tmp_path):
+    bad = damaged(good, tmp_path)
+    os.remove(bad / "field_000" / "0" / "0" / "0" / "0")
+    result = cli("train", "unet", "--data", bad, "-o", tmp_path / "r", "-q", "--set", "steps=2", "--set", "patch_size=16",
+                 "--set", "device=cpu", "--set", "model.base_channels=4", "--set", "model.depth=2")
+    one_line_error(result, "bad.zarr: field_000, image array '0', step 0: chunk 0/0/0 is missing")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_with_workers_reports_a_truncated_chunk_in_one_line(cli, good, tmp_path):
+    bad = damaged(good, tmp_path)
+    for step in range(4):
+        truncate(bad / "field_000" / "0" / str(step) / "0" / "0")
+        truncate(bad / "field_001" / "0" / str(step) / "0" / "0")
+    result = cli("train", "unet", "--data", bad, "-o", tmp_path / "r", "-q", "--set", "steps=2", "--set", "patch_size=16",
+                 "--set", "device=cpu", "--set", "model.base_channels=4", "--set", "model.depth=2",
+                 "--set", "data.num_workers=1", "--set", "data.val_fraction=0")
+    one_line_error(result, "bad.zarr: field_00", "is truncated")
+
+
+def test_damaged_store_error_from_a_dataloader_worker_is_cut_back_to_its_line():
+    wrapped = ("Caught DamagedStore in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\ndehaze.store.DamagedStore: /a.zarr: field_000: chunk 0/0/0 is missing')
+    assert str(DamagedStore(wrapped)) == "/a.zarr: field_000: chunk 0/0/0 is missing"
+
+
+def test_predict_refuses_a_deleted_input_chunk_before_writing(cli, good, run, tmp_path):
+    bad = damaged(good, tmp_path)
+    os.remove(bad / "field_001" / "0" / "3" / "0" / "0")
+    result = cli("predict", run, "--input", bad, "-o", tmp_path / "p.zarr", "-q")
+    one_line_error(result, "field_001, image array '0', step 3: chunk 3/0/0 is missing")
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_evaluate_refuses_missing_chunks_in_truth_or_prediction(cli, good, tmp_path):
+    pred = make_prediction(tmp_path / "pred.zarr", good, "blur", lambda x0, xt: xt)
+    bad_pred = damaged(pred, tmp_path, "bad_pred.zarr")
+    os.remove(bad_pred / "field_000" / "0" / "2" / "0" / "0")
+    result = cli("evaluate", bad_pred, "--truth", good, "--report", tmp_path / "rep1")
+    one_line_error(result, "bad_pred.zarr: field_000, image array '0', step 2: chunk 2/0/0 is missing")
+    bad_truth = damaged(good, tmp_path, "bad_truth.zarr")
+    os.remove(bad_truth / "field_001" / "0" / "1" / "0" / "0")
+    result = cli("evaluate", pred, "--truth", bad_truth, "--report", tmp_path / "rep2")
+    one_line_error(result, "bad_truth.zarr: field_001, image array '0', step 1: chunk 1/0/0 is missing")
+    assert not (tmp_path / "rep1" / "metrics.json").exists() and not (tmp_path / "rep2" / "metrics.json").exists()
+    assert cli("evaluate", pred, "--truth", good, "--report", tmp_path / "rep3").exit_code == 0
