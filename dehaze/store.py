@@ -373,6 +373,7 @@ class LadderStore:
     def _checked_array(self, field: str, name: str) -> LadderArray:
         key = (field, name)
         if key not in self._arrays:
+            self.field_meta(field)  # a field whose metadata does not parse is damaged, whatever its pixels
             arr = self.zarr_array(field, name)
             problem = self.array_problem(field, name, arr)
             if problem:

@@ -152,3 +152,85 @@ def test_evaluate_refuses_missing_chunks_in_truth_or_prediction(cli, good, tmp_p
     one_line_error(result, "bad_truth.zarr: field_001, image array '0', step 1: chunk 1/0/0 is missing")
     assert not (tmp_path / "rep1" / "metrics.json").exists() and not (tmp_path / "rep2" / "metrics.json").exists()
     assert cli("evaluate", pred, "--truth", good, "--report", tmp_path / "rep3").exit_code == 0
+
+
+# ---- 2. corrupt metadata is one line -----------------------------------------------------------------
+def _corrupt(kind: str, store: Path) -> str:
+    """Damage ``store`` one way; returns text the error must name."""
+    if kind == "root_zattrs":
+        (store / ".zattrs").write_text('{"dehaze": {"format_version": 1,')
+        return ".zattrs: unreadable store metadata"
+    if kind == "field_zattrs":
+        (store / "field_001" / ".zattrs").write_text("{not json")
+        return "field_001/.zattrs: unreadable metadata"
+    if kind == "zarray":
+        (store / "field_000" / "0" / ".zarray").write_text('{"shape": [4, 32')
+        return "field_000/0/.zarray: unreadable array metadata"
+    if kind == "field_meta_string":
+        attrs = json.loads((store / "field_001" / ".zattrs").read_text())
+        attrs["dehaze"] = "complete"
+        (store / "field_001" / ".zattrs").write_text(json.dumps(attrs))
+        return "field_001/.zattrs: 'dehaze' metadata is a str, not a mapping"
+    if kind == "field_missing":
+        shutil.rmtree(store / "field_001")
+        return "field_001 is listed in the metadata but missing"
+    if kind == "wrong_dtype":
+        meta = json.loads((store / "field_000" / "0" / ".zarray").read_text())
+        meta["dtype"] = "<f4"
+        (store / "field_000" / "0" / ".zarray").write_text(json.dumps(meta))
+        return "field_000/0: dtype float32"
+    if kind == "wrong_steps":
+        meta = json.loads((store / "field_000" / "0" / ".zarray").read_text())
+        meta["shape"][0] = 3
+        (store / "field_000" / "0" / ".zarray").write_text(json.dumps(meta))
+        return "field_000/0: shape (3, 32, 40) does not match axes"
+    raise ValueError(kind)
+
+
+CORRUPTIONS = ["root_zattrs", "field_zattrs", "zarray", "field_meta_string", "field_missing", "wrong_dtype", "wrong_steps"]
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_corrupt_metadata_is_one_line_for_every_command(cli, good, run, tmp_path, kind):
+    bad = damaged(good, tmp_path)
+    named = _corrupt(kind, bad)
+    one_line_error(cli("check", bad), named)
+    one_line_error(cli("check", bad, "--quick"), named)
+    if kind in ("root_zattrs",):
+        one_line_error(cli("info", bad), named)
+    else:
+        assert cli("info", bad).exit_code in (0, 2)  # info describes what it can; it never crashes
+    one_line_error(cli("train", "unet", "--data", bad, "-o", tmp_path / "r", "-q", "--set", "steps=2", "--set", "patch_size=16",
+                       "--set", "device=cpu", "--set", "model.base_channels=4", "--set", "model.depth=2"), named)
+    assert not (tmp_path / "r").exists()
+    one_line_error(cli("predict", run, "--input", bad, "-o", tmp_path / "p.zarr", "-q"), named)
+    assert not (tmp_path / "p.zarr").exists()
+    pred = make_prediction(tmp_path / "pred.zarr", good, "copy", lambda x0, xt: xt)
+    one_line_error(cli("evaluate", pred, "--truth", bad, "--report", tmp_path / "rep"), named)
+    if kind != "wrong_dtype":  # a prediction's images are float32, what <f4 says
+        bad_pred = damaged(pred, tmp_path, "bad_pred.zarr")
+        _corrupt(kind, bad_pred)
+        one_line_error(cli("evaluate", bad_pred, "--truth", good, "--report", tmp_path / "rep"), named)
+    assert not (tmp_path / "rep" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["field_meta_string", "field_zattrs"])
+def test_resumed_simulate_refuses_corrupt_field_metadata(cli, tiny_manifest_path, tmp_path, kind):
+    out = tmp_path / "sim.zarr"
+    assert cli("simulate", tiny_manifest_path, "-o", out, "-q").exit_code == 0
+    root = json.loads((out / ".zattrs").read_text())
+    root["dehaze"]["status"] = "incomplete"  # an interrupted run, resumed by the same command
+    (out / ".zattrs").write_text(json.dumps(root))
+    named = _corrupt(kind, out)
+    one_line_error(cli("simulate", tiny_manifest_path, "-o", out, "-q"), named)
+    assert cli("simulate", tiny_manifest_path, "-o", out, "-q", "--overwrite").exit_code == 0  # the fix the message names
+    assert check_ladder(out) == []
+
+
+def test_unreadable_run_description_is_one_line(cli, good, run, tmp_path):
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "run.json").write_text('{"format": 1, "kind": ')
+    one_line_error(cli("predict", broken, "--input", good, "-o", tmp_path / "p.zarr", "-q"), "run.json: unreadable run description")
+    (broken / "run.json").write_text('{"format": 1, "kind": "unet", "config": "big"}')
+    one_line_error(cli("predict", broken, "--input", good, "-o", tmp_path / "p.zarr", "-q"), "run.json")
