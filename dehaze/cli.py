@@ -147,7 +147,7 @@ def predict(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     step: Annotated[Optional[int], typer.Option("--step", min=0, help="Step of a single-image TIFF input.")] = None,
     tile: Annotated[Optional[int], typer.Option("--tile", min=16, help="Tile size in pixels (default: 256; for HDN its training patch size, the only size a ladder VAE is right at).")] = None,
-    margin: Annotated[int, typer.Option("--margin", min=0, help="Overlap kept away from each tile border.")] = 32,
+    margin: Annotated[Optional[int], typer.Option("--margin", min=0, help="Context dropped at each inner tile border, px (default 32, at most a quarter of the tile); must leave an inner area: tile > 2 x margin.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (tiles x samples) per forward pass.")] = 8,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the posterior samples.")] = 0,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (also on CPU: fast with AVX512-BF16/AMX).")] = "auto",

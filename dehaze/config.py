@@ -42,8 +42,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: expected dotted.key=value, e.g. --set camera.read_noise_e=4")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
+    check_yaml_size(value, f"--set {key.strip()}")
     return key.strip().split("."), value
 
 
@@ -74,20 +75,62 @@ def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
     return out
 
 
+MAX_YAML_NODES = 100_000  # values in a settings file once its aliases are expanded ("billion laughs": 10^9)
+MAX_YAML_DEPTH = 50  # nested mappings/lists; real manifests and configs are 3 or 4 deep
+
+
+def check_yaml_size(data: Any, source: str) -> None:
+    """Refuse YAML that expands past MAX_YAML_NODES values (nested aliases), nests deeper than
+    MAX_YAML_DEPTH, or refers to itself; iterative, and linear in the document (shared nodes counted once)."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (expanded size, depth) of a finished mapping or list
+    in_progress: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        obj, finished = stack.pop()
+        if not isinstance(obj, (dict, list)):
+            continue
+        children = [c for c in (obj.values() if isinstance(obj, dict) else obj) if isinstance(c, (dict, list))]
+        oid = id(obj)
+        if finished:
+            size = 1 + len(obj) + sum(memo[id(c)][0] for c in children)
+            depth = 1 + max((memo[id(c)][1] for c in children), default=0)
+            if size > MAX_YAML_NODES:
+                raise UserError(f"{source}: expands to more than {MAX_YAML_NODES} values (nested YAML aliases?); refusing it")
+            if depth > MAX_YAML_DEPTH:
+                raise UserError(f"{source}: nests more than {MAX_YAML_DEPTH} levels deep; refusing it")
+            memo[oid] = (size, depth)
+            in_progress.discard(oid)
+            continue
+        if oid in memo:
+            continue
+        if oid in in_progress:
+            raise UserError(f"{source}: a YAML alias refers to the value that contains it; refusing it")
+        in_progress.add(oid)
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children if id(c) not in memo)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, or raise a one-line :class:`UserError` naming the file."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a YAML file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a YAML text file (byte {exc.start} is not UTF-8)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML{where}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nests too deeply to read; refusing it") from None
+    check_yaml_size(data, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -39,12 +39,13 @@ PRECISIONS = get_args(Precision)
 
 
 DEFAULT_TILE = 256  # px; a strategy may choose its own (dehaze.predict.engine_tile)
+DEFAULT_MARGIN = 32  # px
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     tile: int | None = None  # px; None: the strategy's own choice, else DEFAULT_TILE
-    margin: int = 32
+    margin: int | None = None  # px; None: DEFAULT_MARGIN; either is capped at a quarter of the tile
     batch_size: int = 8  # images (tiles x samples) per forward pass
     samples: int = 1  # K posterior samples per input
     # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16": bf16 autocast on CPU too (fast where the CPU has
@@ -133,7 +134,8 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
     n_steps, planes = source.shape[0], list(np.ndindex(*source.shape[1:-2]))
     height, width = source.shape[-2:]
     tile = DEFAULT_TILE if opts.tile is None else opts.tile
-    pad_h, pad_w, th, tw, rows, cols = tile_geometry(height, width, tile, opts.margin, multiple)
+    margin = DEFAULT_MARGIN if opts.margin is None else opts.margin
+    pad_h, pad_w, th, tw, rows, cols = tile_geometry(height, width, tile, margin, multiple)
     arrays = {"0": (tuple(source.shape), "float32"), "std": (tuple(source.shape), "float32")}
     if opts.trajectory:
         arrays["trajectory"] = ((n_steps, *source.shape[1:]), "float32")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dehaze.engine import DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field, prepare_bundle
+from dehaze.engine import DEFAULT_MARGIN, DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import RunInfo, load_model, read_run, read_run_report
@@ -157,6 +157,11 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
         if strategy != "all" and STRATEGIES[names[0]].needs_ladder:
             raise UserError(f"--strategy {names[0]}: needs the input at every step (a ladder store or a (step, y, x) stack), not one image at --step")
         names = [n for n in names if not STRATEGIES[n].needs_ladder]
+    for name in names:  # an explicit margin must leave each tile an inner area (else: endless tiny tiles)
+        tile = engine_tile(STRATEGIES[name], runs.infos[STRATEGIES[name].primary], opts.tile)
+        if opts.margin is not None and 2 * opts.margin >= tile:
+            raise UserError(f"--margin {opts.margin} with {tile}-px tiles ({name}) leaves no inner area (a tile keeps "
+                            f"tile - 2 x margin px); give --tile above {2 * opts.margin} or a smaller --margin")
     if not names:
         raise UserError(f"--strategy all: these runs allow no strategy that restores images{' from one image at --step' if not src.whole_ladder else ''}; "
                         "add a unet, pixel, hdn or degradation run")
@@ -204,7 +209,8 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         k = samples or primary.config.model.mmse_samples
     else:
         k = (samples or 1) if "hvae" in spec.needs else 1  # latent strategies: samples around the estimate
-    opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile))
+    opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile),
+                   margin=DEFAULT_MARGIN if opts.margin is None else opts.margin)
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
     if "degradation" in spec.needs:  # how far the run's G moves: evaluate reports it beside the scores

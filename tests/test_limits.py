@@ -1,0 +1,75 @@
+"""Issue #14 items 6 and 5: no hang (tiles without an inner area, "billion laughs" YAML, absurd depth) and
+no traceback for values that pass a type check but cannot work."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from dehaze.config import read_yaml
+from dehaze.errors import UserError
+from tests.conftest import simulate_tiny_ladder
+from tests.test_damaged_stores import one_line_error
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
+
+
+@pytest.fixture(scope="module")
+def run(good, tmp_path_factory) -> Path:
+    from dehaze.train_config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
+                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
+    out = tmp_path_factory.mktemp("run") / "unet"
+    train("unet", [good], out, cfg, show_progress=False)
+    return out
+
+
+# ---- 6. no hang ------------------------------------------------------------------------------------
+def test_a_tile_whose_margins_leave_no_inner_area_is_refused(cli, good, run, tmp_path):
+    t0 = time.time()
+    one_line_error(cli("predict", run, "--input", good, "-o", tmp_path / "p.zarr", "--tile", "16", "--margin", "32", "-q"),
+                   "--margin 32 with 16-px tiles", "no inner area")
+    one_line_error(cli("predict", run, "--input", good, "-o", tmp_path / "p.zarr", "--margin", "128", "-q"), "256-px tiles")
+    assert time.time() - t0 < 30 and not (tmp_path / "p.zarr").exists()
+    # the default margin adapts to small tiles, an explicit one that leaves an inner area is taken as given
+    assert cli("predict", run, "--input", good, "-o", tmp_path / "a.zarr", "--tile", "16", "-q").exit_code == 0
+    assert cli("predict", run, "--input", good, "-o", tmp_path / "b.zarr", "--tile", "24", "--margin", "4", "-q").exit_code == 0
+
+
+def _laughs(levels: int = 9) -> str:
+    names = [chr(ord("a") + i) for i in range(levels + 1)]
+    lines = [f"{names[0]}: &{names[0]} [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text,named", [
+    (_laughs(), "expands to more than"),
+    ("a: &a [*a]\n", "refers to the value that contains it"),
+    ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests too deeply"),
+    ("a: " + "{b: " * 60 + "1" + "}" * 60 + "\n", "nests more than"),
+])
+def test_hostile_yaml_is_refused_quickly(cli, tmp_path, text, named):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    t0 = time.time()
+    with pytest.raises(UserError, match=named):
+        read_yaml(path)
+    one_line_error(cli("simulate", path, "-o", tmp_path / "s.zarr", "-q"), named)
+    one_line_error(cli("train", "unet", "--data", tmp_path / "none.zarr", "-o", tmp_path / "r", "--config", path), named)
+    one_line_error(cli("study", path, "-o", tmp_path / "study"), named)
+    assert time.time() - t0 < 20
+    assert not any((tmp_path / n).exists() for n in ("s.zarr", "r", "study"))
+
+
+def test_shared_yaml_anchors_still_load(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("a: &x {b: 1}\nc: *x\n")
+    assert read_yaml(path) == {"a": {"b": 1}, "c": {"b": 1}}
