@@ -130,6 +130,7 @@ def train(
     cfg = build_model(TrainConfig, raw, set_ or [], source)
     if cfg.model.kind != kind:
         raise UserError(f"model.kind={cfg.model.kind!r} does not match the trainer {kind!r}")
+    check_train_config(cfg, source)
     result = run_training(kind, list(data), output, cfg, resume=resume, base_run=base, show_progress=not quiet)
     psnr = f", validation PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     typer.echo(f"{output}: {kind} trained to step {result.step}{psnr}{' (resumed)' if result.resumed else ''}")
@@ -231,6 +232,18 @@ def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS
     typer.echo(json.dumps(models[kind].model_json_schema(), indent=2))
 
 
+def check_train_config(cfg: Any, source: str) -> None:
+    """What a TrainConfig's types allow but training cannot take: refused in one line before any work."""
+    betas = cfg.optim.betas
+    if not all(0.0 <= b < 1.0 for b in betas):
+        raise UserError(f"{source}: optim.betas {list(betas)}: each must be in [0, 1)")
+    if cfg.seed >= 2**64:
+        raise UserError(f"{source}: seed {cfg.seed} does not fit in 64 bits (torch's seeds are below 2**64)")
+    depth = getattr(cfg.model, "depth", None)
+    if cfg.model.kind in ("unet", "pixel") and depth is not None and cfg.patch_size % 2**depth:
+        raise UserError(f"{source}: patch_size={cfg.patch_size} must be a multiple of 2**model.depth = {2**depth}")
+
+
 def study_train_configs(cfg: Any) -> dict[str, Any]:
     """The validated training config of every trainer a study names (kind -> TrainConfig), in training
     order: each section merged onto the trainer's defaults with the same merge as ``train --config``."""
@@ -238,9 +251,12 @@ def study_train_configs(cfg: Any) -> dict[str, Any]:
     from dehaze.study_config import TRAIN_ORDER
     from dehaze.train_config import TrainConfig, train_config_dict
 
-    return {kind: build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device}), [],
-                              f"study trainers.{kind}")
-            for kind in TRAIN_ORDER if kind in cfg.trainers}
+    out = {kind: build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device}), [],
+                             f"study trainers.{kind}")
+           for kind in TRAIN_ORDER if kind in cfg.trainers}
+    for kind, train_cfg in out.items():
+        check_train_config(train_cfg, f"study trainers.{kind}")
+    return out
 
 
 def run_study(cfg: Any, output: Path, quiet: bool) -> Path:

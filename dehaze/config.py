@@ -7,6 +7,7 @@ are rejected by name, values are validated once, and the same model serves the C
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -142,6 +143,22 @@ def build_model(cls: type[M], data: dict[str, Any], overrides: list[str], source
     """Validate ``data`` with ``overrides`` applied as ``cls``; errors become one-line UserErrors."""
     merged = apply_overrides(data, overrides)
     try:
-        return cls.model_validate(merged)
+        model = cls.model_validate(merged)
     except ValidationError as err:
         raise UserError(format_validation_error(err, source)) from None
+    where = _non_finite(model.model_dump())
+    if where is not None:  # inf passes gt=0: an infinite lr, photon count or pixel size is never meant
+        raise UserError(f"{source}: {where[0]}: {where[1]} is not a finite number")
+    return model
+
+
+def _non_finite(obj: Any, path: str = "") -> tuple[str, float] | None:
+    """(dotted key, value) of the first infinite or NaN float in a dumped settings model, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path or "<root>", obj)
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None

@@ -26,7 +26,7 @@ class LineSample(StrictModel):
     """Line structures drawn by microsim's ``MatsLines`` in the simulated volume."""
 
     kind: Literal["matslines"] = "matslines"
-    density: PositiveFloat = Field(1.0, description="lines per pixel of field width (microsim: n_lines = nx * density)")
+    density: float = Field(1.0, gt=0, le=100, description="lines per pixel of field width (microsim: n_lines = nx * density)")
     length: int = Field(10, ge=1, description="MatsLines length factor: lines are nx/20 + length*ny/20*U(0,1) px long")
     azimuth: int = Field(10, ge=1, description="MatsLines azimuth: lines tilt out of the xy-plane by at most pi/azimuth")
     extent: float = Field(0.9, gt=0, le=1.5, description="lines are drawn inside this fraction of the volume's half-size (MatsLines max_r)")

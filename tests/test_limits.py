@@ -73,3 +73,42 @@ def test_shared_yaml_anchors_still_load(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("a: &x {b: 1}\nc: *x\n")
     assert read_yaml(path) == {"a": {"b": 1}, "c": {"b": 1}}
+
+
+# ---- 5. no traceback for values that type-check but cannot work --------------------------------------
+TRAIN = ["--set", "steps=2", "--set", "batch_size=2", "--set", "patch_size=16", "--set", "device=cpu",
+         "--set", "model.base_channels=4", "--set", "model.depth=2"]
+
+
+@pytest.mark.parametrize("override,named", [
+    ("optim.lr=inf", "optim.lr: inf is not a finite number"),
+    ("optim.lr=.nan", "optim.lr"),
+    ("optim.betas=[0.9, 1.5]", "optim.betas [0.9, 1.5]: each must be in [0, 1)"),
+    ("optim.betas=[-0.1, 0.99]", "optim.betas"),
+    (f"seed={2**70}", "does not fit in 64 bits"),
+    ("patch_size=18", "patch_size=18 must be a multiple of 2**model.depth = 4"),
+])
+def test_untrainable_configs_are_refused_before_a_run_is_written(cli, good, tmp_path, override, named):
+    one_line_error(cli("train", "unet", "--data", good, "-o", tmp_path / "r", "-q", *TRAIN, "--set", override), named)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("override,named", [
+    ("camera.peak_photons_per_s=.inf", "camera.peak_photons_per_s: inf is not a finite number"),
+    ("optics.pixel_size_um=.inf", "optics.pixel_size_um: inf is not a finite number"),
+    ("camera.exposure_ms=inf", "camera.exposure_ms: inf is not a finite number"),
+    ("sample.density=1e300", "sample.density"),
+])
+def test_infinite_or_absurd_simulation_values_are_refused(cli, tiny_manifest_path, tmp_path, override, named):
+    one_line_error(cli("simulate", tiny_manifest_path, "-o", tmp_path / "s.zarr", "-q", "--set", override), named)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_binary_yaml_is_one_line(cli, good, tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256)))
+    named = "binary.yaml: not a YAML text file"
+    one_line_error(cli("simulate", path, "-o", tmp_path / "s.zarr", "-q"), named)
+    one_line_error(cli("train", "unet", "--data", good, "-o", tmp_path / "r", "--config", path), named)
+    one_line_error(cli("study", path, "-o", tmp_path / "study"), named)
+    one_line_error(cli("ingest", tmp_path, "--manifest", path, "-o", tmp_path / "i.zarr"), named)
