@@ -126,3 +126,28 @@ def test_outputs_that_are_existing_files_are_refused(cli, good, run, tmp_path):
     one_line_error(cli("study", "-o", file, "-q"), "is a file")
     assert file.read_text() == "mine"
     assert os.listdir(tmp_path) == ["file"]
+
+
+def test_ingest_refuses_outputs_inside_a_store_and_other_kinds(good, tmp_path):
+    from acq_data import write_position_folder
+
+    from acquisition import ingest as ingest_mod
+    from acquisition.manifest import AcquisitionManifest
+    from dehaze.errors import UserError
+
+    folder = write_position_folder(tmp_path / "tiffs", n_positions=1)
+    manifest = AcquisitionManifest(pinhole_pattern=r"ph([\d.]+)um", position_pattern=r"pos(\d+)", pixel_size_um=0.08)
+    store = tmp_path / "sim.zarr"
+    shutil.copytree(good, store)
+    before = tree(store)
+    with pytest.raises(UserError, match="is inside the Zarr store"):
+        ingest_mod.ingest(folder, store / "acq.zarr", manifest, show_progress=False)
+    with pytest.raises(UserError, match="holds a simulation store"):
+        ingest_mod.ingest(folder, store, manifest, overwrite=True, show_progress=False)
+    assert tree(store) == before
+    out = tmp_path / "acq.zarr"
+    ingest_mod.ingest(folder, out, manifest, show_progress=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="move them out first"):
+        ingest_mod.ingest(folder, out, manifest, overwrite=True, show_progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
