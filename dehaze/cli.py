@@ -6,6 +6,7 @@ a traceback; an interrupted command exits with 130 and says how to resume.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -35,6 +36,10 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# a full disk, a quota, a read-only or forbidden folder: the machine's state, not a bug; one line, exit 2
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user mistakes into one line + exit 2, and Ctrl-C into a resumable-exit message."""
 
@@ -46,6 +51,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(err))
         except KeyboardInterrupt:
             _fail("interrupted; finished work is kept: rerun the same command to resume", code=130)
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            _fail(f"{where}{err.strerror or err}; make room or fix the folder's permissions, then rerun the same command "
+                  "(finished work is kept where the command resumes)")
 
     return wrapper
 

@@ -77,3 +77,38 @@ def test_a_resumed_run_logs_each_step_once(ladder, tmp_path, monkeypatch):
     counts = Counter((int(r[0]), r[1]) for r in rows[1:])
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
     assert {s for s, name in counts if name == "loss"} == set(range(1, 9))
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes(cli, tiny_manifest_path, tmp_path, monkeypatch):
+    import errno
+
+    from dehaze import store as store_mod
+    from dehaze.store import check_ladder
+
+    real, calls = store_mod.LadderStore.write_field, {"n": 0}
+
+    def fill_the_disk(self, field, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path / field / "0" / "0"))
+        return real(self, field, *args, **kwargs)
+
+    monkeypatch.setattr(store_mod.LadderStore, "write_field", fill_the_disk)
+    out = tmp_path / "s.zarr"
+    one_line_error(cli("simulate", tiny_manifest_path, "-o", out, "-q"), "No space left on device", "rerun the same command")
+    monkeypatch.setattr(store_mod.LadderStore, "write_field", real)
+    result = cli("simulate", tiny_manifest_path, "-o", out, "-q")
+    assert result.exit_code == 0 and "resumed" in result.stdout
+    assert check_ladder(out) == []
+
+
+def test_a_read_only_run_folder_is_one_line(cli, ladder, tmp_path, monkeypatch):
+    import errno
+
+    from dehaze import runs as runs_mod
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(runs_mod, "atomic_write_text", read_only)
+    one_line_error(cli("train", "unet", "--data", ladder, "-o", tmp_path / "r", "-q", *ARGS), "Read-only file system")
