@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional
@@ -312,6 +313,9 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
         test_manifest = manifest.model_copy(update={"n_fields": cfg.test_fields, "seed": manifest.seed + TEST_SEED_OFFSET})
         test = simulate_ladder(test_manifest, output / "test.zarr", workers=2, show_progress=not quiet).store
     runs = {kind: output / "runs" / kind for kind in train_cfgs}
+    for kind in _stale_runs(train_cfgs, runs):  # the study owns its runs: one of an edited section is retrained
+        say(f"[2/4] {kind}: its trainer section changed since {runs[kind]} was trained; training it again")
+        shutil.rmtree(runs[kind])
     todo = {kind: c for kind, c in train_cfgs.items() if _checkpoint_step(runs[kind]) < c.steps}  # new, or interrupted
     train_all(todo, ladder.path, runs, cfg.jobs, say, quiet)
     say("[3/4] predicting with every strategy")
@@ -374,6 +378,28 @@ def train_all(todo: dict[str, Any], data: Path, runs: dict[str, Path], jobs: int
                 kind = running.pop(future)
                 future.result()  # re-raises a trainer's error here (the pool waits for the other one to stop)
                 say(f"[2/4] trained {kind}")
+
+
+def _stale_runs(train_cfgs: dict[str, Any], runs: dict[str, Path]) -> list[str]:
+    """Kinds whose run folder holds a run of another config than the study's section (and the runs that
+    build on one of those). Model fields a trainer resolves from its base run (None in the section) are
+    not compared."""
+    from dehaze.runs import RUN_FILE, read_run
+
+    stale: list[str] = []
+    for kind, train_cfg in train_cfgs.items():
+        if BASES.get(kind) in stale:
+            stale.append(kind)
+            continue
+        if not (runs[kind] / RUN_FILE).is_file():
+            continue
+        old, new = read_run(runs[kind]).config.model_dump(mode="json"), train_cfg.model_dump(mode="json")
+        for key, value in new["model"].items():
+            if value is None:
+                old["model"][key] = None
+        if old != new:
+            stale.append(kind)
+    return stale
 
 
 def _checkpoint_step(run: Path) -> int:

@@ -21,7 +21,7 @@ import torch
 from dehaze.engine import DEFAULT_MARGIN, DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
-from dehaze.runs import RunInfo, load_model, read_run, read_run_report
+from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
 from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, create_ladder, finalize_with_step_stats,
                           open_ladder, refuse_inside_store)
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
@@ -186,6 +186,14 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
             for name in names]
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def engine_tile(spec: StrategySpec, primary: RunInfo, tile: int | None) -> int:
     """Tile size (px) for a strategy: the one asked for; else, for one-shot HDN, its run's training patch size;
     else DEFAULT_TILE.
@@ -218,7 +226,9 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         if check is not None:
             strategy_info["degradation_check"] = check
     run_list = sorted(str(Path(runs.dirs[kind]).resolve()) for kind in set(spec.needs) | {spec.primary})
-    identity = {"runs": run_list, "input": src.sha256, "strategy": strategy_info}
+    # the checkpoints too: a prediction from a run trained again (same folder) is made again
+    identity = {"runs": run_list, "checkpoints": [_file_sha256(Path(r) / CHECKPOINT_FILE) for r in run_list],
+                "input": src.sha256, "strategy": strategy_info}
     meta = DatasetMeta(
         source="prediction", manifest=identity,
         manifest_sha256=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
