@@ -34,9 +34,21 @@ def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
             raise UserError(f"{path}: truncated: page {i} image data ends at byte {max(ends, default=0)} but the file has {size} bytes")
 
 
+def _refuse_truncated(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, index: int, path: Path) -> None:
+    """tifffile reads the planes a truncated file has lost as zeros (with a logged warning): refuse them."""
+    pages = list(series.pages)
+    missing = sum(1 for pg in pages if pg is None)
+    size = tif.filehandle.size
+    short = sum(1 for pg in pages if pg is not None and any(o + n > size for o, n in zip(pg.dataoffsets, pg.databytecounts)))
+    if missing or short:
+        raise UserError(f"{path}: the file is truncated or damaged: {missing + short} of {len(pages)} image planes "
+                        f"of series {index} are missing or cut short ({size} bytes on disk); copy the file again")
+
+
 def _reader(path: Path, index: int, axes: str):
     def read() -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
+            _refuse_truncated(tif, tif.series[index], index, path)
             try:
                 data = tif.series[index].asarray(maxworkers=1)
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file

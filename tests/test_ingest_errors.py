@@ -194,3 +194,14 @@ def test_binary_only_ome_says_where_the_metadata_is(tmp_path, steps):
            '<BinaryOnly MetadataFile="series.companion.ome" UUID="urn:uuid:2"/></OME>')
     write_ome(tmp_path / "s_C0.ome.tif", steps[0][None], xml)
     _fails(tmp_path, tmp_path / "s_C0.ome.tif", "s_C0.ome.tif", "BinaryOnly", "series.companion.ome")
+
+
+@pytest.mark.parametrize("registration", ["true", "false"])
+def test_truncated_multi_channel_ome_tiff_is_refused_not_read_as_zeros(tmp_path, steps, registration):
+    """Issue #14: a cut OME-TIFF whose later planes are gone was ingested (registration off) as a complete
+    store whose steps 1-3 were zeros, or refused as 'cannot be registered' (registration on)."""
+    src = write_ome_channels(tmp_path / "s.ome.tif", steps, PINHOLES_UM)
+    data = src.read_bytes()
+    src.write_bytes(data[: int(len(data) * 0.4)])
+    _fails(tmp_path, src, "s.ome.tif", "truncated or damaged", "3 of 4 image planes",
+           extra=("--set", f"registration.enabled={registration}"))
