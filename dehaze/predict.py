@@ -29,6 +29,10 @@ from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_fo
 DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
 
 
+MAX_SINGLE_STEP = 1000  # --step of a single-image input
+MAX_SINGLE_STACK_BYTES = 4 * 2**30  # the (step + 1, y, x) stack a single image at --step is predicted in
+
+
 @dataclass
 class InputLadder:
     """What predict reads: fields of (h, [z,] y, x) arrays, from a ladder store or a TIFF."""
@@ -60,6 +64,10 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
         if data.ndim == 2:
             if step is None:
                 raise UserError(f"{path}: a single image needs --step T (which degradation step it was taken at)")
+            if step > MAX_SINGLE_STEP or (step + 1) * data.nbytes > MAX_SINGLE_STACK_BYTES:
+                raise UserError(f"--step {step}: a single image is predicted as step {step} of a {step + 1}-step ladder "
+                                f"({(step + 1) * data.nbytes / 2**30:.1f} GiB in memory); ladders have a few steps "
+                                f"(at most {MAX_SINGLE_STEP} here): give the step the image was taken at")
             stack = np.zeros((step + 1, *data.shape), dtype=data.dtype)
             stack[step] = data
             data, whole = stack, step == 0

@@ -112,3 +112,14 @@ def test_binary_yaml_is_one_line(cli, good, tmp_path):
     one_line_error(cli("train", "unet", "--data", good, "-o", tmp_path / "r", "--config", path), named)
     one_line_error(cli("study", path, "-o", tmp_path / "study"), named)
     one_line_error(cli("ingest", tmp_path, "--manifest", path, "-o", tmp_path / "i.zarr"), named)
+
+
+def test_a_single_image_at_an_absurd_step_is_refused(cli, good, run, tmp_path):
+    import tifffile
+
+    from dehaze.store import open_ladder
+
+    tifffile.imwrite(tmp_path / "one.tif", open_ladder(good).image("field_000")[3])
+    one_line_error(cli("predict", run, "--input", tmp_path / "one.tif", "-o", tmp_path / "o.zarr", "--step", "1000000", "-q"),
+                   "--step 1000000", "give the step the image was taken at")
+    assert not (tmp_path / "o.zarr").exists()
