@@ -408,7 +408,13 @@ def _checkpoint_step(run: Path) -> int:
     from dehaze.runs import CHECKPOINT_FILE
 
     path = run / CHECKPOINT_FILE
-    return int(torch.load(path, weights_only=True)["step"]) if path.is_file() else 0
+    if not path.is_file():
+        return 0
+    try:
+        return int(torch.load(path, weights_only=True)["step"])
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a damaged file
+        raise UserError(f"{path}: not a loadable checkpoint ({type(exc).__name__}); delete {run} and rerun the study "
+                        "to train it again") from None
 
 
 def _print_psnr_table(report: dict) -> None:

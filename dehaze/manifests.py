@@ -71,6 +71,9 @@ class Optics(StrictModel):
         return 1.22 * self.em_wavelength_nm * 1e-3 / self.na
 
 
+MAX_VOLUME_VOXELS = 2**30  # per simulated field: 4 GiB as float32 (the simulation holds a few such arrays)
+
+
 class Volume(StrictModel):
     """The simulated 3-D volume. Haze comes only from fluorophores inside it, so it must be thick."""
 
@@ -87,6 +90,11 @@ class Volume(StrictModel):
 
     @model_validator(mode="after")
     def _planes_inside(self) -> Volume:
+        voxels = self.field_shape_yx[0] * self.field_shape_yx[1] * self.nz
+        if voxels > MAX_VOLUME_VOXELS:
+            raise ValueError(f"field_shape_yx={list(self.field_shape_yx)} x nz={self.nz} is {voxels:.3g} voxels "
+                             f"({voxels * 4 / 2**30:.3g} GiB per float32 volume), more than the {MAX_VOLUME_VOXELS:.3g} "
+                             "a field may simulate; simulate smaller fields or fewer planes")
         planes = self.kept_planes
         if not planes:
             raise ValueError("keep_planes is empty: keep at least one plane")

@@ -98,6 +98,8 @@ def test_untrainable_configs_are_refused_before_a_run_is_written(cli, good, tmp_
     ("optics.pixel_size_um=.inf", "optics.pixel_size_um: inf is not a finite number"),
     ("camera.exposure_ms=inf", "camera.exposure_ms: inf is not a finite number"),
     ("sample.density=1e300", "sample.density"),
+    ("volume.field_shape_yx=[1000000, 1000000]", "more than the 1.07e+09 a field may simulate"),
+    ("volume.nz=1000000", "GiB per float32 volume"),
 ])
 def test_infinite_or_absurd_simulation_values_are_refused(cli, tiny_manifest_path, tmp_path, override, named):
     one_line_error(cli("simulate", tiny_manifest_path, "-o", tmp_path / "s.zarr", "-q", "--set", override), named)
@@ -123,3 +125,29 @@ def test_a_single_image_at_an_absurd_step_is_refused(cli, good, run, tmp_path):
     one_line_error(cli("predict", run, "--input", tmp_path / "one.tif", "-o", tmp_path / "o.zarr", "--step", "1000000", "-q"),
                    "--step 1000000", "give the step the image was taken at")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_predict_all_with_runs_that_restore_nothing_is_refused(cli, good, tmp_path):
+    from dehaze.train_config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig.model_validate({"model": {"kind": "hvae", "preset": "tiny"}, "steps": 1, "batch_size": 2,
+                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
+    train("hvae", [good], tmp_path / "hvae", cfg, show_progress=False)
+    one_line_error(cli("predict", tmp_path / "hvae", "--input", good, "-o", tmp_path / "d", "--strategy", "all", "-q"),
+                   "allow no strategy")
+    assert not (tmp_path / "d").exists()
+
+
+def test_study_rerun_with_a_truncated_checkpoint_is_one_line(cli, tmp_path):
+    import yaml
+
+    cfg = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
+           "trainers": {"unet": {"batch_size": 2, "patch_size": 16, "steps": 2, "data": {"val_patches": 2},
+                                 "model": {"base_channels": 4, "depth": 2}}}, "tile": 32, "device": "cpu"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli("study", path, "-o", tmp_path / "out", "-q").exit_code == 0
+    ckpt = tmp_path / "out" / "runs" / "unet" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    one_line_error(cli("study", path, "-o", tmp_path / "out", "-q"), "checkpoint.pt: not a loadable checkpoint")
