@@ -69,7 +69,7 @@ def simulate(
     output: Annotated[Path, typer.Option("-o", "--output", help="Ladder store to write (.zarr).")] = Path("ladder.zarr"),
     workers: Annotated[int, typer.Option("--workers", min=1, help="Fields simulated in parallel (local dask threads).")] = 1,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786); the store path must be shared.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from a different manifest.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from a different manifest. Only a dehaze store of the same kind holding nothing else is replaced (never your input, a symlink's target or a folder with your files).")] = False,
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -165,7 +165,7 @@ def predict(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the posterior samples.")] = 0,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (also on CPU: fast with AVX512-BF16/AMX).")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks (worth it on GPU; minutes of compilation on CPU).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a prediction store made with other runs or settings. Only a dehaze store of the same kind holding nothing else is replaced (never your input, a symlink's target or a folder with your files).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Predict x_0 from every step of a ladder store (or TIFF) with trained runs."""
@@ -195,7 +195,7 @@ def ingest(
     output: Annotated[Path, typer.Option("-o", "--output", help="Ladder store to write (.zarr).")] = Path("ladder.zarr"),
     manifest: Annotated[Optional[Path], typer.Option("--manifest", "-m", help="Acquisition manifest YAML (pinhole values, calibration); not needed for OME-TIFF/LIF with pinhole sizes.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the files, steps, pinholes, shapes and pixel sizes found; write nothing.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from other files or another manifest.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from other files or another manifest. Only a dehaze store of the same kind holding nothing else is replaced (never your input, a symlink's target or a folder with your files).")] = False,
     set_: SetOption = None,
     cache_mb: Annotated[Optional[float], typer.Option("--cache-mb", min=0, help="Raw pixels kept in memory between registration and writing, MB (default 2 GB); fields beyond it are read twice.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
