@@ -148,13 +148,17 @@ class DamagedStore(UserError):
         super().__init__(message)
 
 
-class ChunkMissing(Exception):
-    """A chunk read found no data (zarr would silently return the fill value); :class:`LadderArray`
-    turns it into a UserError naming store, field, array, step and chunk. Not a KeyError on purpose:
-    zarr treats a KeyError as "not written yet, use the fill value"."""
+class ChunkMissing(DamagedStore):
+    """A chunk read found no data (zarr would silently return the fill value). :class:`LadderArray` says
+    which field, array and step; read straight from a zarr array (a latent cache) it names the store and
+    chunk key. Not a KeyError on purpose: zarr takes a KeyError for "not written yet, use the fill value"."""
 
-    def __init__(self, key: str, reason: str = "missing (deleted, or never written)") -> None:
-        super().__init__(key)
+    def __init__(self, key: str, reason: str | None = None, store_path: str = "") -> None:
+        if reason is None:  # re-raised from a DataLoader worker with the whole message: see DamagedStore
+            super().__init__(key)
+            self.key, self.reason = "", ""
+            return
+        super().__init__(f"{store_path}: chunk {key} is {reason}; the store is damaged")
         self.key, self.reason = key, reason
 
 
@@ -168,9 +172,9 @@ class _CheckedDirectoryStore(zarr.DirectoryStore):
             try:
                 out[key] = self[key]
             except KeyError:
-                raise ChunkMissing(key) from None
+                raise ChunkMissing(key, "missing (deleted, or never written)", self.path) from None
             except OSError as exc:
-                raise ChunkMissing(key, f"unreadable ({exc.strerror or type(exc).__name__})") from None
+                raise ChunkMissing(key, f"unreadable ({exc.strerror or type(exc).__name__})", self.path) from None
         return out
 
 
@@ -919,7 +923,7 @@ def open_latent_cache(path: str | Path) -> LatentCache | None:
         meta = LatentCacheMeta.model_validate(json.loads(attrs.read_text())["dehaze_latents"])
     except (OSError, ValueError, KeyError, ValidationError):
         return None
-    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="r+")
+    root = zarr.open_group(_CheckedDirectoryStore(str(path), dimension_separator="/"), mode="r+")
     return LatentCache(path, root, meta)
 
 
@@ -931,6 +935,6 @@ def create_latent_cache(path: str | Path, meta: LatentCacheMeta) -> LatentCache:
             raise UserError(f"{path}: exists and is not a dehaze latent cache; choose another path")
         shutil.rmtree(path)
     ensure_writable_parent(path)
-    root = zarr.open_group(zarr.DirectoryStore(str(path), dimension_separator="/"), mode="w")
+    root = zarr.open_group(_CheckedDirectoryStore(str(path), dimension_separator="/"), mode="w")
     root.attrs.put({"dehaze_latents": meta.model_dump(mode="json")})
     return LatentCache(path, root, meta)

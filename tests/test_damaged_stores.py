@@ -234,3 +234,18 @@ def test_unreadable_run_description_is_one_line(cli, good, run, tmp_path):
     one_line_error(cli("predict", broken, "--input", good, "-o", tmp_path / "p.zarr", "-q"), "run.json: unreadable run description")
     (broken / "run.json").write_text('{"format": 1, "kind": "unet", "config": "big"}')
     one_line_error(cli("predict", broken, "--input", good, "-o", tmp_path / "p.zarr", "-q"), "run.json")
+
+
+def test_a_latent_cache_with_a_deleted_chunk_is_an_error_not_zeros(tmp_path):
+    from dehaze.store import LatentCacheMeta, create_latent_cache, open_latent_cache
+
+    meta = LatentCacheMeta(hvae_run="r", hvae_checkpoint_sha256="c", source_store="s", source_sha256="s", n_steps=2,
+                           level_channels=[2], fields=["field_000"], image_shape_yx=[8, 8])
+    cache = create_latent_cache(tmp_path / "latents.zarr", meta)
+    cache.write_field("field_000", [np.ones((2, 2, 8, 8), np.float32)])
+    cache.finalize()
+    os.remove(tmp_path / "latents.zarr" / "field_000" / "level_0" / "1" / "0" / "0" / "0")
+    level = open_latent_cache(tmp_path / "latents.zarr").level("field_000", 0)
+    assert level[0].sum() == 2 * 8 * 8
+    with pytest.raises(UserError, match=r"latents.zarr: chunk field_000/level_0/1/0/0/0 is missing"):
+        level[1]
