@@ -642,12 +642,13 @@ MAX_LISTED_CHUNKS = 1_000_000  # check enumerates the expected chunk keys of arr
 def existing_chunk_keys(arr: zarr.Array) -> set[str]:
     """The store keys of every chunk file of ``arr`` on disk (one directory walk)."""
     root = Path(arr.store.path) / arr.path
+    prefix = f"{arr.path}/" if arr.path else ""
     keys = set()
     for folder, dirs, files in os.walk(root):
         rel = os.path.relpath(folder, root)
         for name in files:
             if not name.startswith("."):
-                keys.add(f"{arr.path}/{name}" if rel == "." else f"{arr.path}/{rel.replace(os.sep, '/')}/{name}")
+                keys.add(f"{prefix}{name}" if rel == "." else f"{prefix}{rel.replace(os.sep, '/')}/{name}")
     return keys
 
 
@@ -660,8 +661,9 @@ def missing_chunk_keys(arr: zarr.Array) -> tuple[list[str], int, int]:
     n_expected = int(np.prod(grid, dtype=object))
     keys = (arr._chunk_key(coords) for coords in itertools.product(*(range(g) for g in grid)))
     if n_expected > MAX_LISTED_CHUNKS:
+        prefix_depth = arr.path.count("/") + 1 if arr.path else 0
         first = next((k for k in itertools.islice(keys, len(on_disk) + 1) if k not in on_disk), None)
-        present = sum(1 for k in on_disk if k.count("/") == arr.path.count("/") + arr.ndim)
+        present = sum(1 for k in on_disk if k.count("/") == prefix_depth + arr.ndim - 1)
         return ([first] if first else []), n_expected - present, n_expected
     missing = [k for k in keys if k not in on_disk]
     return missing, len(missing), n_expected

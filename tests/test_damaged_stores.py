@@ -249,3 +249,21 @@ def test_a_latent_cache_with_a_deleted_chunk_is_an_error_not_zeros(tmp_path):
     assert level[0].sum() == 2 * 8 * 8
     with pytest.raises(UserError, match=r"latents.zarr: chunk field_000/level_0/1/0/0/0 is missing"):
         level[1]
+
+
+def test_missing_chunk_keys_of_root_and_nested_arrays(tmp_path, monkeypatch):
+    from dehaze import store as store_mod
+
+    root = zarr.open_array(zarr.DirectoryStore(str(tmp_path / "a.zarr"), dimension_separator="/"), mode="w",
+                           shape=(3, 64, 64), chunks=(1, 32, 32), dtype="u2", dimension_separator="/")
+    root[...] = 1
+    group = zarr.open_group(zarr.DirectoryStore(str(tmp_path / "g.zarr"), dimension_separator="/"), mode="w")
+    nested = group.create_dataset("f/0", shape=(3, 64, 64), chunks=(1, 32, 32), dtype="u2", dimension_separator="/")
+    nested[...] = 1
+    os.remove(tmp_path / "a.zarr" / "2" / "1" / "0")
+    os.remove(tmp_path / "g.zarr" / "f" / "0" / "0" / "0" / "1")
+    assert store_mod.missing_chunk_keys(root) == (["2/1/0"], 1, 12)
+    assert store_mod.missing_chunk_keys(nested) == (["f/0/0/0/1"], 1, 12)
+    monkeypatch.setattr(store_mod, "MAX_LISTED_CHUNKS", 5)  # the path of huge claimed shapes: first key, exact count
+    assert store_mod.missing_chunk_keys(root) == (["2/1/0"], 1, 12)
+    assert store_mod.missing_chunk_keys(nested) == (["f/0/0/0/1"], 1, 12)
