@@ -108,7 +108,7 @@ def check(
     problems = check_ladder(store, quick=quick)
     if problems:
         raise UserError(f"{store}: invalid store: " + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-    typer.echo(f"{store}: valid ladder store")
+    typer.echo(f"{store}: valid ladder store" + (" (metadata, dtypes and shapes; chunks not read)" if quick else ""))
 
 
 @app.command()
