@@ -76,8 +76,10 @@ def settings(kind: str) -> StudyConfig:
 ABLATIONS = {
     "degradation": [("cyclegan", {"preset": "cyclegan"}, ["latent-direct", "latent-cold"]),
                     ("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"])],
-    "pixel": [("walk-trained", {"walk_weight": 1.0}, ["pixel-indi", "pixel-one-shot"]),
-              ("ladder-path", {"path": "ladder"}, ["pixel-indi", "pixel-one-shot"])],
+    "unet": [("residual", {"residual": True}, ["one-shot-unet"])],
+    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"]),
+              ("ladder-path", {"path": "ladder", "walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"]),
+              ("residual", {"residual": True}, ["pixel-indi", "pixel-one-shot"])],
 }
 LATENT_SAMPLES_CHECK = 4  # K of the in-distribution check: the one-shot latent estimate with K samples vs K = 1
 

@@ -75,13 +75,16 @@ class PixelModel(StrictModel):
     path: Literal["straight", "ladder"] = Field("straight", description="training path: straight InDI path from x_s (conditioned on t and s), or between neighbouring ladder steps (t only)")
     path_noise_std: float = Field(0.01, ge=0, description="InDI's small noise on x_t, in normalised units")
     sample_delta: float = Field(1.0, gt=0, description="step size delta of x_{t-d} = (d/t) R(x_t,t,s) + (1-d/t) x_t")
-    walk_weight: float = Field(0.0, ge=0, description="weight of a second loss on the state one sampler step of "
+    # On by default: measured on the CPU study ladder (800 steps, delta 0.25), it adds 0.5-2.6 dB to both the
+    # walk and the one-shot estimate (from x_T: walk 37.5 -> 38.8 dB, one-shot 39.5 -> 40.8 dB), for about
+    # twice the time per step.
+    walk_weight: float = Field(1.0, ge=0, description="weight of a second loss on the state one sampler step of "
                                "sample_delta from x_s reaches (R trained on the states its walk visits; straight path only)")
 
     @model_validator(mode="after")
     def _walk_needs_the_straight_path(self) -> PixelModel:
         if self.walk_weight and self.path != "straight":
-            raise ValueError("walk_weight needs path=straight (the walk's states lie on that path)")
+            raise ValueError("walk_weight needs path=straight (the walk's states lie on that path); set walk_weight: 0")
         return self
 
 

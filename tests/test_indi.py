@@ -85,7 +85,7 @@ def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
                        length=8, augment=False, path="straight")
     batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ds[0]}
     torch.manual_seed(0)
-    plain = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5))
+    plain = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=0.0))
     walking = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=1.0))
     walking.load_state_dict(plain.state_dict())
     with torch.no_grad():
@@ -99,3 +99,4 @@ def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
 def test_walk_weight_needs_the_straight_path():
     with pytest.raises(ValueError, match="walk_weight needs path=straight"):
         PixelModel(path="ladder", walk_weight=0.5)
+    assert PixelModel(path="ladder", walk_weight=0.0).walk_weight == 0.0

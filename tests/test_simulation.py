@@ -17,6 +17,7 @@ import yaml
 
 from dehaze.manifests import SimulationManifest
 from dehaze.store import field_name, open_ladder
+from dehaze.strategies import STRATEGIES
 from simulation import ladder as ladder_mod
 from simulation.ladder import plan_ladder, simulate_field, simulate_ladder
 from tests.conftest import TINY
@@ -206,7 +207,7 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
     for name in ("metrics.json", "psnr_per_step.png", "study_psnr.png", "montage.png", "uncertainty.png"):
         assert (report / name).stat().st_size > 1000, name
     assert (tmp_path / "out" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list((tmp_path / "out" / "predictions").glob("*.zarr"))) == 14
+    assert len(list((tmp_path / "out" / "predictions").glob("*.zarr"))) == len(STRATEGIES)
     for kind in cfg["trainers"]:
         assert (tmp_path / "out" / "runs" / kind / "checkpoint.pt").is_file(), kind
     scored = json.loads((report / "metrics.json").read_text())["truth_store"]
