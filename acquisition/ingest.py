@@ -41,7 +41,7 @@ from acquisition.register import apply_shifts, register_steps, valid_box
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.store import (DatasetMeta, LadderStore, check_output_store, create_ladder, ensure_writable_parent, field_name,
-                          finalize_with_step_stats, open_ladder, refuse_foreign_files, stats_samples)
+                          finalize_with_step_stats, open_ladder, output_lock, refuse_foreign_files, stats_samples)
 
 
 CACHE_MB = 2048  # raw pixels kept in memory between registration and writing (beyond: read again)
@@ -240,6 +240,14 @@ def ingest(
         _warn(w)
     if dry_run:
         return IngestReport(plan, "dry-run", warnings=warnings)
+    with output_lock(out):  # a second ingestion into this store is refused while this one writes
+        return _ingest_into(out, plan, manifest, overwrite, show_progress, _warn, warnings, cache_mb, lap, stage_s)
+
+
+def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite: bool, show_progress: bool,
+                 _warn: Callable[[str], None], warnings: list[str], cache_mb: float, lap: Callable[[str], None],
+                 stage_s: dict[str, float]) -> IngestReport:
+    """Stages 2 and 3 of :func:`ingest` (under its output lock)."""
     record, sha = _identity(manifest, plan)
     existing = _check_output(out, sha, overwrite)
     if existing is not None and existing.meta.status == "complete":

@@ -278,6 +278,13 @@ def run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     study resumes where it stopped (training runs continue with --resume semantics). A prediction made
     with other settings (samples, alpha, tile, or retrained runs) is made again.
     """
+    from dehaze.store import output_lock
+
+    with output_lock(output):  # a second study into this folder is refused while this one runs
+        return _run_study(cfg, output, quiet)
+
+
+def _run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     from dehaze.evaluate import evaluate as run_evaluate
     from dehaze.figures import step_montage
     from dehaze.manifests import load_simulation_manifest

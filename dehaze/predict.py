@@ -23,7 +23,7 @@ from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
 from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, create_ladder, finalize_with_step_stats,
-                          open_ladder, refuse_inside_store)
+                          open_ladder, output_lock, refuse_inside_store)
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
 
 DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
@@ -244,17 +244,18 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         fields=src.fields, prediction=PredictionInfo(method=name, run_dirs=run_list, input_store=str(src.path),
                                                      input_sha256=src.sha256, strategy=strategy_info),
     )
-    out, state = create_ladder(output, meta, overwrite=overwrite, replace_stale=replace_stale, keep=[src.path])
-    if state == "complete":
+    with output_lock(output):  # a second predict into this store is refused while this one writes
+        out, state = create_ladder(output, meta, overwrite=overwrite, replace_stale=replace_stale, keep=[src.path])
+        if state == "complete":
+            return out
+        multiple = max(int(getattr(getattr(bundle, kind), "multiple", 1)) for kind in spec.needs)
+        todo = [f for f in src.fields if f not in out.completed_fields()]
+        bar = progress_bar(total=len(todo), desc=f"predict {name}", unit="field", disable=not show_progress)
+        for field in todo:
+            predict_field(spec.fn, bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
+                          out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress,
+                          needs_ladder=spec.needs_ladder)
+            bar.update(1)
+        bar.close()
+        finalize_with_step_stats(out)
         return out
-    multiple = max(int(getattr(getattr(bundle, kind), "multiple", 1)) for kind in spec.needs)
-    todo = [f for f in src.fields if f not in out.completed_fields()]
-    bar = progress_bar(total=len(todo), desc=f"predict {name}", unit="field", disable=not show_progress)
-    for field in todo:
-        predict_field(spec.fn, bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
-                      out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress,
-                      needs_ladder=spec.needs_ladder)
-        bar.update(1)
-    bar.close()
-    finalize_with_step_stats(out)
-    return out

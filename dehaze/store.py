@@ -21,12 +21,14 @@ store that :func:`check_ladder` reports as incomplete and that a rerun of the sa
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numcodecs
 import numpy as np
@@ -528,6 +530,61 @@ def refuse_inside_store(path: str | Path, what: str, *, itself: bool = False) ->
             if parent.is_dir() and _is_zarr_node(parent):
                 where = "is" if parent == candidate else "is inside"
                 raise UserError(f"{path}: {where} the Zarr store {parent}; choose {what} outside any store")
+
+
+LOCK_SUFFIX = ".dehaze-lock"
+
+
+def lock_file(path: str | Path) -> Path:
+    """The lock file of the output ``path``: beside it (a store may be replaced or not exist yet)."""
+    path = Path(path).absolute()
+    return path.parent / f".{path.name}{LOCK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path, what: str = "-o") -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` while a command writes it; a second writer of the
+    same path is refused in one line, naming the holder's pid.
+
+    The lock is an ``flock`` on a file beside the output, which the kernel releases when the holder's
+    process ends however it ends (a ``kill -9`` leaves no stale lock). The file is removed on release; a
+    waiter that locked a removed file tries again on the new one. Where no lock file can be made (a
+    missing or read-only parent folder, a path inside a store) the command runs unlocked: it writes
+    nothing there either, and its own checks say why in one line.
+    """
+    lock = lock_file(path)
+    parent = lock.parent
+    if not parent.is_dir() or _is_zarr_node(parent) or any(_is_zarr_node(p) for p in parent.parents):
+        yield
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{path}: is being written by another dehaze process (pid {holder}); wait for it to finish "
+                            f"or choose another {what}") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed this file as we opened it: lock the current one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def check_output_store(path: Path, source: str, *, replacing: bool, keep: Sequence[str | Path] = ()) -> None:

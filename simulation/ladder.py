@@ -33,7 +33,8 @@ import numpy as np
 from dehaze.errors import UserError
 from dehaze.manifests import SimulationManifest
 from dehaze.progress import progress_bar
-from dehaze.store import DatasetMeta, LadderStore, create_ladder, field_name, finalize_with_step_stats, open_ladder
+from dehaze.store import (DatasetMeta, LadderStore, create_ladder, field_name, finalize_with_step_stats, open_ladder,
+                          output_lock)
 from simulation.camera import camera_image, expected_adu
 from simulation.forward import FoldedPlaneConvolver
 from simulation.optics import PsfWindow, ladder_psfs, psf_window
@@ -238,6 +239,7 @@ def simulate_ladder(
     # Connect first: an unreachable scheduler must not leave an empty store behind.
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(connect_scheduler(scheduler)) if scheduler else None
+        stack.enter_context(output_lock(out))  # a second simulate of this store is refused while this one writes
         store, state = create_ladder(out, dataset_meta(manifest), overwrite=overwrite)
         if state == "complete":
             return SimulationReport(store, state, 0)
@@ -246,5 +248,5 @@ def simulate_ladder(
         fft_workers = max(1, (os.cpu_count() or 1) // max(1, workers)) if client is None else 1
         plan = plan_ladder(manifest, fft_workers=fft_workers)
         _run_on_dask(_simulate_and_write, todo, plan, str(store.path), max(1, workers), client, show_progress)
-    finalize_with_step_stats(store)
+        finalize_with_step_stats(store)
     return SimulationReport(store, state, len(todo))
