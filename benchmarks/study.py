@@ -94,20 +94,21 @@ def _walk_summary(entry: dict) -> dict:
 def run_ablations(cfg: StudyConfig, work: Path) -> dict:
     """Train each variant of ABLATIONS next to the study's runs, predict the test ladder with the strategies
     it changes, and score them; plus the one-shot latent estimate with K posterior samples."""
-    from dehaze.cli import study_train_configs
+    from dehaze.config import build_model
     from dehaze.evaluate import evaluate
     from dehaze.predict import predict
     from dehaze.runs import read_run_report
+    from dehaze.train_config import TrainConfig, train_config_dict
     from training.loop import train
 
-    base_cfgs, out = study_train_configs(cfg), {}
+    out = {}
     test, runs = work / "test.zarr", work / "runs"
     for kind, variants in ABLATIONS.items():
         for name, model, strategies in variants:
             run = work / "ablations" / f"{kind}-{name}"
-            base = base_cfgs[kind]
-            variant_cfg = base.model_copy(update={"model": base.model.model_copy(update=model)})
-            variant_cfg = type(base).model_validate(variant_cfg.model_dump(mode="json"))  # re-validated (presets refill)
+            # the study's section with the overrides merged on, validated as a new config (a preset fills its fields)
+            variant_cfg = build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device},
+                                                                     {"model": model}), [], f"ablation {kind} {name}")
             if _checkpoint_step(run) < variant_cfg.steps:
                 print(f"[ablation] training {kind} {name}")
                 train(kind, [work / "ladder.zarr"], run, variant_cfg, resume=(run / "run.json").is_file(),
