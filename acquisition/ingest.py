@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -240,8 +241,33 @@ def ingest(
         _warn(w)
     if dry_run:
         return IngestReport(plan, "dry-run", warnings=warnings)
+    refuse_fields_beyond_memory(plan)
     with output_lock(out):  # a second ingestion into this store is refused while this one writes
         return _ingest_into(out, plan, manifest, overwrite, show_progress, _warn, warnings, cache_mb, lap, stage_s)
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's memory (None if the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    return next(f"{n / 2**e:.3g} {unit}" for e, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "bytes")) if n >= 2**e or e == 0)
+
+
+def refuse_fields_beyond_memory(plan: Plan) -> None:
+    """A field is read whole (every step) and registered into a copy of the same size: refuse, before any
+    pixel is read, a field whose two copies would not fit in this machine's memory."""
+    series = plan.positions[0].steps[0].series
+    stack = plan.n_steps * math.prod(plan.spatial_shape) * series.dtype.itemsize
+    ram = physical_memory_bytes()
+    if ram and 2 * stack > ram:
+        raise UserError(f"{plan.source}: one field is {plan.n_steps} steps of {' x '.join(map(str, plan.spatial_shape))} px "
+                        f"({series.dtype}, from {series.label}): {_bytes(2 * stack)} to read and register, more than "
+                        f"this machine's {_bytes(ram)} of memory; crop or bin the images, or ingest on a larger machine")
 
 
 def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite: bool, show_progress: bool,

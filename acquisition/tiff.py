@@ -39,10 +39,48 @@ def _refuse_truncated(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, i
     pages = list(series.pages)
     missing = sum(1 for pg in pages if pg is None)
     size = tif.filehandle.size
-    short = sum(1 for pg in pages if pg is not None and any(o + n > size for o, n in zip(pg.dataoffsets, pg.databytecounts)))
+    short = sum(1 for pg in pages if pg is not None and _cut_short(pg))
     if missing or short:
         raise UserError(f"{path}: the file is truncated or damaged: {missing + short} of {len(pages)} image planes "
                         f"of series {index} are missing or cut short ({size} bytes on disk); copy the file again")
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.3g} MiB"
+
+
+def _refuse_lying_sizes(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, index: int, meta: ImageMeta,
+                        shape: tuple[int, ...], path: Path, *, one_file: bool) -> None:
+    """Before any pixel is read (or memory allocated for it): OME-XML sizes must describe the planes the
+    file holds. A SizeX/SizeY other than the planes' (tifffile then reads the pages as something else), or
+    a SizeZ x SizeC x SizeT that claims more planes than the file has (tifffile would allocate them all
+    and hand back zeros for the missing ones) is refused, saying which keys and how much memory. The planes
+    of a multi-file set are checked when it is read (:func:`_refuse_truncated`), once its members are found."""
+    sizes = meta.sizes
+    plane = shape[-2] * shape[-1] * series.dtype.itemsize
+    if (sizes["Y"], sizes["X"]) != tuple(shape[-2:]):
+        claimed = sizes["Y"] * sizes["X"] * series.dtype.itemsize
+        raise UserError(f"{path}: OME-XML Pixels SizeX={sizes['X']} SizeY={sizes['Y']} (image {meta.name!r}; {_gib(claimed)} "
+                        f"per plane) but the planes in the file are {shape[-1]} x {shape[-2]} px: the OME-XML does not "
+                        "describe the pixel data; export the file again")
+    if not one_file:
+        return
+    pages = list(series.pages)
+    missing = sum(1 for pg in pages if pg is None)
+    size = tif.filehandle.size
+    short = sum(1 for pg in pages if pg is not None and _cut_short(pg))
+    if missing or short:
+        keys = " ".join(f"Size{a}={sizes[a]}" for a in "ZCT")
+        raise UserError(f"{path}: the file is truncated or damaged, or its OME-XML sizes lie: {missing + short} of {len(pages)} "
+                        f"image planes of series {index} are missing or cut short (OME-XML Pixels {keys}: {len(pages)} planes "
+                        f"of {shape[-1]} x {shape[-2]} px, {_gib(len(pages) * plane)} in memory; {size} bytes on disk); "
+                        "copy the file again, or export it with metadata that matches its planes")
+
+
+def _cut_short(page: tifffile.TiffPage) -> bool:
+    """Whether a page's image data runs past the end of its own file (a member of a set is another file)."""
+    size = page.parent.filehandle.size
+    return any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts))
 
 
 def _reader(path: Path, index: int, axes: str):
@@ -138,6 +176,7 @@ def read_tiff_series(path: Path) -> list[SeriesInfo]:
             for i, s in enumerate(series):
                 meta = images[i] if i < len(images) else images[0]
                 data_shape = _shape(s.shape, s.axes, path)
+                _refuse_lying_sizes(tif, s, i, meta, data_shape, path, one_file=not members)
                 out.append(
                     SeriesInfo(
                         path=path, index=i, name=meta.name or f"series {i}", kind="ome-tiff", shape=data_shape,

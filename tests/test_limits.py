@@ -151,3 +151,47 @@ def test_study_rerun_with_a_truncated_checkpoint_is_one_line(cli, tmp_path):
     ckpt = tmp_path / "out" / "runs" / "unet" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     one_line_error(cli("study", path, "-o", tmp_path / "out", "-q"), "checkpoint.pt: not a loadable checkpoint")
+
+
+# ---- 4. impossible sizes: OME-XML that lies about the pixel data, a field beyond memory ---------------------
+@pytest.mark.parametrize("key,value,named", [
+    ("SizeX", 64_000_000, "7.63 GiB per plane"),
+    ("SizeY", 6_400_000, "781 MiB per plane"),
+    ("SizeC", 400_000, "3.05 GiB in memory"),
+    ("SizeT", 1_000_000, "30.5 GiB in memory"),
+    ("SizeZ", 1_000_000, "30.5 GiB in memory"),
+])
+def test_ome_xml_sizes_that_lie_about_the_pixel_data_are_refused_before_reading(cli, tmp_path, key, value, named):
+    """An OME-TIFF of 4 planes of 64 x 64 px whose XML (patched after writing) claims far more: tifffile would
+    read other pages or allocate every claimed plane (and fill the missing ones with zeros)."""
+    import numpy as np
+    import tifffile
+    from acq_data import PINHOLES_UM, hazy_steps, ome_xml, write_ome
+
+    xml = ome_xml([{"pinhole": p} for p in PINHOLES_UM], (64, 64))
+    src = write_ome(tmp_path / "lies.ome.tif", np.stack(hazy_steps()), xml)
+    honest = {"SizeX": 64, "SizeY": 64, "SizeC": 4, "SizeT": 1, "SizeZ": 1}[key]
+    tifffile.tiffcomment(src, xml.replace(f'{key}="{honest}"', f'{key}="{value}"').encode())
+    t0 = time.time()
+    result = cli("ingest", src, "-o", tmp_path / "l.zarr", "-q")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dehaze: error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{key}={value}" in errors[0] and named in errors[0] and "lies.ome.tif" in errors[0], errors[0]
+    assert time.time() - t0 < 20 and not (tmp_path / "l.zarr").exists()
+
+
+def test_a_field_beyond_the_machines_memory_is_refused_before_reading(cli, tmp_path, monkeypatch):
+    import tifffile
+    from acq_data import PINHOLES_UM, hazy_steps
+
+    from acquisition import ingest as ingest_mod
+
+    for pinhole, image in zip(PINHOLES_UM, hazy_steps()):
+        tifffile.imwrite(tmp_path / f"ph{pinhole:g}um.tif", image)
+    monkeypatch.setattr(ingest_mod, "physical_memory_bytes", lambda: 48 * 2**10)  # a 48 KiB machine: 2 x 32 KiB do not fit
+    read = []
+    monkeypatch.setattr(ingest_mod, "_read_position", lambda *a: read.append(a))
+    result = cli("ingest", tmp_path, "-o", tmp_path / "l.zarr", "-q", "--set", r"pinhole_pattern=ph([\d.]+)um",
+                 "--set", "pixel_size_um=0.1", "--set", "um_per_au=80")
+    one_line_error(result, "one field is 4 steps of 64 x 64 px (uint16", "64 KiB to read and register, more than this machine's 48 KiB")
+    assert not read and not (tmp_path / "l.zarr").exists()
