@@ -42,7 +42,8 @@ from acquisition.register import apply_shifts, register_steps, valid_box
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.store import (DatasetMeta, LadderStore, check_output_store, create_ladder, ensure_writable_parent, field_name,
-                          finalize_with_step_stats, open_ladder, output_lock, refuse_foreign_files, stats_samples)
+                          finalize_with_step_stats, format_bytes, open_ladder, output_lock, physical_memory_bytes,
+                          refuse_foreign_files, stats_samples)
 
 
 CACHE_MB = 2048  # raw pixels kept in memory between registration and writing (beyond: read again)
@@ -246,18 +247,6 @@ def ingest(
         return _ingest_into(out, plan, manifest, overwrite, show_progress, _warn, warnings, cache_mb, lap, stage_s)
 
 
-def physical_memory_bytes() -> int | None:
-    """This machine's memory (None if the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _bytes(n: float) -> str:
-    return next(f"{n / 2**e:.3g} {unit}" for e, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "bytes")) if n >= 2**e or e == 0)
-
-
 def refuse_fields_beyond_memory(plan: Plan) -> None:
     """A field is read whole (every step) and registered into a copy of the same size: refuse, before any
     pixel is read, a field whose two copies would not fit in this machine's memory."""
@@ -266,8 +255,8 @@ def refuse_fields_beyond_memory(plan: Plan) -> None:
     ram = physical_memory_bytes()
     if ram and 2 * stack > ram:
         raise UserError(f"{plan.source}: one field is {plan.n_steps} steps of {' x '.join(map(str, plan.spatial_shape))} px "
-                        f"({series.dtype}, from {series.label}): {_bytes(2 * stack)} to read and register, more than "
-                        f"this machine's {_bytes(ram)} of memory; crop or bin the images, or ingest on a larger machine")
+                        f"({series.dtype}, from {series.label}): {format_bytes(2 * stack)} to read and register, more than "
+                        f"this machine's {format_bytes(ram)} of memory; crop or bin the images, or ingest on a larger machine")
 
 
 def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite: bool, show_progress: bool,

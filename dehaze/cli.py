@@ -251,9 +251,38 @@ def check_train_config(cfg: Any, source: str) -> None:
         raise UserError(f"{source}: optim.betas {list(betas)}: each must be in [0, 1)")
     if cfg.seed >= 2**64:
         raise UserError(f"{source}: seed {cfg.seed} does not fit in 64 bits (torch's seeds are below 2**64)")
+    from dehaze.store import format_bytes, physical_memory_bytes
+
+    batch = 2 * cfg.batch_size * cfg.patch_size**2 * 4  # an input and a target patch each, float32: a lower bound
+    ram = physical_memory_bytes()
+    if ram and batch > ram:
+        raise UserError(f"{source}: batch_size={cfg.batch_size} with patch_size={cfg.patch_size}: a batch is at least "
+                        f"{format_bytes(batch)} (input and target patches, float32), more than this machine's "
+                        f"{format_bytes(ram)} of memory; give a smaller batch_size or patch_size")
+    params = _parameter_count(cfg.model)
+    if ram and params is not None and 16 * params > ram:
+        raise UserError(f"{source}: model: {params:.3g} parameters, {format_bytes(16 * params)} with their gradients and "
+                        f"optimiser state (float32), more than this machine's {format_bytes(ram)} of memory; give a smaller "
+                        "model (width, channels, depth)")
     depth = getattr(cfg.model, "depth", None)
     if cfg.model.kind in ("unet", "pixel") and depth is not None and cfg.patch_size % 2**depth:
         raise UserError(f"{source}: patch_size={cfg.patch_size} must be a multiple of 2**model.depth = {2**depth}")
+
+
+def _parameter_count(model_cfg: Any) -> int | None:
+    """Parameters of the network a model config builds, counted on torch's meta device (nothing is
+    allocated); None for a model that needs its base run to be built, or cannot be built on meta."""
+    import torch
+
+    from dehaze.models import build_model
+
+    if model_cfg.kind in ("latent", "degradation"):
+        return None
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(model_cfg).parameters())
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked when it is built
+        return None
 
 
 def study_train_configs(cfg: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
 from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, create_ladder, finalize_with_step_stats,
-                          open_ladder, output_lock, refuse_inside_store)
+                          format_bytes, open_ladder, output_lock, physical_memory_bytes, refuse_inside_store)
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
 
 DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
@@ -167,6 +167,7 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
         names = [n for n in names if not STRATEGIES[n].needs_ladder]
     for name in names:  # an explicit margin must leave each tile an inner area (else: endless tiny tiles)
         tile = engine_tile(STRATEGIES[name], runs.infos[STRATEGIES[name].primary], opts.tile)
+        _refuse_beyond_memory(name, samples_for(STRATEGIES[name], runs.infos[STRATEGIES[name].primary], samples), tile, samples)
         if opts.margin is not None and 2 * opts.margin >= tile:
             raise UserError(f"--margin {opts.margin} with {tile}-px tiles ({name}) leaves no inner area (a tile keeps "
                             f"tile - 2 x margin px); give --tile above {2 * opts.margin} or a smaller --margin")
@@ -216,15 +217,31 @@ def engine_tile(spec: StrategySpec, primary: RunInfo, tile: int | None) -> int:
     return primary.config.patch_size if spec.primary == "hdn" else DEFAULT_TILE
 
 
+def samples_for(spec: StrategySpec, primary: RunInfo, samples: int | None) -> int:
+    """K, the samples per input of a strategy."""
+    if spec.samples:  # one-shot-hdn: K posterior draws make the MMSE and std
+        return samples or primary.config.model.mmse_samples
+    return (samples or 1) if "hvae" in spec.needs else 1  # latent strategies: samples around the estimate
+
+
+def _refuse_beyond_memory(name: str, k: int, tile: int, samples: int | None) -> None:
+    """The K samples of a tile go through the networks together: refuse a K x tile x tile input that would
+    not fit in this machine's memory (the network's activations take many times more)."""
+    need = k * tile * tile * 4
+    ram = physical_memory_bytes()
+    if ram and need > ram:
+        key = "--samples" if samples else "the run's model.mmse_samples"
+        raise UserError(f"{key} {k} ({name}): the {k} samples of a {tile} x {tile} px tile go through the networks together: "
+                        f"{format_bytes(need)} for the input alone, more than this machine's {format_bytes(ram)} of memory; "
+                        "give fewer samples or a smaller --tile")
+
+
 def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, src: InputLadder, output: Path,
                  device: torch.device, samples: int | None, opts: EngineOptions, *, overwrite: bool,
                  replace_stale: bool, show_progress: bool) -> LadderStore:
     primary = runs.infos[spec.primary]
     delta = getattr(primary.config.model, "sample_delta", 1.0)
-    if spec.samples:  # one-shot-hdn: K posterior draws make the MMSE and std
-        k = samples or primary.config.model.mmse_samples
-    else:
-        k = (samples or 1) if "hvae" in spec.needs else 1  # latent strategies: samples around the estimate
+    k = samples_for(spec, primary, samples)
     opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile),
                    margin=DEFAULT_MARGIN if opts.margin is None else opts.margin)
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,

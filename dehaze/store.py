@@ -532,6 +532,18 @@ def refuse_inside_store(path: str | Path, what: str, *, itself: bool = False) ->
                 raise UserError(f"{path}: {where} the Zarr store {parent}; choose {what} outside any store")
 
 
+def physical_memory_bytes() -> int | None:
+    """This machine's memory (None where the system does not say): what sizes are checked against."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    return next(f"{n / 2**e:.3g} {unit}" for e, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "bytes")) if n >= 2**e or e == 0)
+
+
 LOCK_SUFFIX = ".dehaze-lock"
 
 

@@ -87,6 +87,9 @@ TRAIN = ["--set", "steps=2", "--set", "batch_size=2", "--set", "patch_size=16", 
     ("optim.betas=[-0.1, 0.99]", "optim.betas"),
     (f"seed={2**70}", "does not fit in 64 bits"),
     ("patch_size=18", "patch_size=18 must be a multiple of 2**model.depth = 4"),
+    # 4. sizes whose arrays would not fit in memory: refused before anything is allocated
+    ("batch_size=1000000000", "batch_size=1000000000 with patch_size=16: a batch is at least 1.86 TiB"),
+    ("model.base_channels=100000", "model: 6.03e+12 parameters, 87.7 TiB with their gradients and optimiser state"),
 ])
 def test_untrainable_configs_are_refused_before_a_run_is_written(cli, good, tmp_path, override, named):
     one_line_error(cli("train", "unet", "--data", good, "-o", tmp_path / "r", "-q", *TRAIN, "--set", override), named)
@@ -195,3 +198,15 @@ def test_a_field_beyond_the_machines_memory_is_refused_before_reading(cli, tmp_p
                  "--set", "pixel_size_um=0.1", "--set", "um_per_au=80")
     one_line_error(result, "one field is 4 steps of 64 x 64 px (uint16", "64 KiB to read and register, more than this machine's 48 KiB")
     assert not read and not (tmp_path / "l.zarr").exists()
+
+
+def test_posterior_samples_beyond_memory_are_refused_before_any_work(cli, good, tmp_path):
+    from dehaze.train_config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig.model_validate({"model": {"kind": "hdn", "preset": "tiny"}, "steps": 1, "batch_size": 2,
+                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
+    train("hdn", [good], tmp_path / "hdn", cfg, show_progress=False)
+    one_line_error(cli("predict", tmp_path / "hdn", "--input", good, "-o", tmp_path / "p.zarr", "--samples", "1000000000", "-q"),
+                   "--samples 1000000000 (one-shot-hdn)", "16 x 16 px tile", "954 GiB for the input alone")
+    assert not (tmp_path / "p.zarr").exists()
