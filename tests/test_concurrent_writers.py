@@ -100,3 +100,24 @@ def test_two_simulates_at_once_one_refused_the_other_valid(tmp_path, tiny_manife
     one_line_error(cli("simulate", path, "-o", out, "-q"), f"(pid {first.pid})")
     assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
     assert check_ladder(out) == [] and open_ladder(out).meta.status == "complete"
+
+
+def test_two_predicts_at_once_one_refused_the_other_valid(tmp_path, cli):
+    from dehaze.train_config import TrainConfig
+    from training.loop import train
+
+    ladder = simulate_tiny_ladder(tmp_path / "ladder.zarr", 6, [64, 64])
+    cfg = TrainConfig.model_validate({"model": {"kind": "pixel", "base_channels": 4, "depth": 2}, "steps": 1, "batch_size": 2,
+                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
+    train("pixel", [ladder], tmp_path / "pixel", cfg, show_progress=False)
+    out = tmp_path / "p.zarr"
+    args = ["predict", str(tmp_path / "pixel"), "--input", str(ladder), "-o", str(out), "--tile", "16", "--margin", "4",
+            "--device", "cpu", "-q"]
+    first = subprocess.Popen([sys.executable, "-m", "dehaze.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / ".zattrs").exists():  # the store exists only under the lock
+        time.sleep(0.005)
+    assert first.poll() is None, "the first predict finished before the second started; make it bigger"
+    one_line_error(cli(*args), f"{out}: is being written by another dehaze process (pid {first.pid})")
+    assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    assert check_ladder(out) == [] and open_ladder(out).meta.status == "complete"
