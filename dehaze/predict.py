@@ -55,9 +55,11 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
         import tifffile
 
         try:
-            data = tifffile.imread(path)
+            data = _read_tiff(path)
         except FileNotFoundError:
             raise UserError(f"{path}: no such file") from None
+        except UserError:
+            raise
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types for a bad file
             raise UserError(f"{path}: not a readable TIFF ({exc})") from None
         data = np.asarray(data)
@@ -86,6 +88,27 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
     m = store.meta
     return InputLadder(path, m.manifest_sha256, store.fields, m.n_steps, m.spatial_axes, m.pixel_size_um,
                        m.pinhole_au, {f: store.image(f) for f in store.fields})
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """The first series of a TIFF, refused before it is allocated when its metadata (OME-XML, ImageJ) claims
+    planes the file does not hold (tifffile would allocate them all and fill them with zeros) or more bytes
+    than this machine's memory."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        pages = list(series.pages)
+        missing = sum(1 for pg in pages if pg is None)
+        need = int(np.prod(series.shape, dtype=np.float64)) * series.dtype.itemsize
+        if missing:
+            raise UserError(f"{path}: its metadata claims {len(pages)} planes of shape {tuple(series.shape)} ({format_bytes(need)}) "
+                            f"but {missing} are not in the file (truncated, or sizes that lie); copy or export the file again")
+        ram = physical_memory_bytes()
+        if ram and need > ram:
+            raise UserError(f"{path}: a {tuple(series.shape)} {series.dtype} image is {format_bytes(need)}, more than this "
+                            f"machine's {format_bytes(ram)} of memory; crop it or save it as a ladder store")
+        return series.asarray(maxworkers=1)
 
 
 def pick_device(name: str) -> torch.device:

@@ -210,3 +210,19 @@ def test_posterior_samples_beyond_memory_are_refused_before_any_work(cli, good, 
     one_line_error(cli("predict", tmp_path / "hdn", "--input", good, "-o", tmp_path / "p.zarr", "--samples", "1000000000", "-q"),
                    "--samples 1000000000 (one-shot-hdn)", "16 x 16 px tile", "954 GiB for the input alone")
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_a_tiff_input_whose_metadata_claims_missing_planes_is_refused_before_allocation(cli, run, tmp_path):
+    """predict --input an OME-TIFF of 4 planes whose XML claims SizeT=1000000: tifffile would allocate 30 GiB of zeros."""
+    import numpy as np
+    import tifffile
+    from acq_data import PINHOLES_UM, hazy_steps, ome_xml, write_ome
+
+    xml = ome_xml([{"pinhole": p} for p in PINHOLES_UM], (64, 64))
+    src = write_ome(tmp_path / "lies.ome.tif", np.stack(hazy_steps()), xml)
+    tifffile.tiffcomment(src, xml.replace('SizeT="1"', 'SizeT="1000000"').encode())
+    result = cli("predict", run, "--input", src, "-o", tmp_path / "p.zarr", "-q")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dehaze: error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "claims 4000000 planes" in errors[0] and "30.5 GiB" in errors[0], errors[0]
+    assert not (tmp_path / "p.zarr").exists()
