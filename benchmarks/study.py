@@ -72,14 +72,15 @@ def settings(kind: str) -> StudyConfig:
 
 
 # Variants trained beside the study's runs (same data, same steps), each scored with the strategies it changes:
-# kind -> (name, model overrides, strategies). They measure the recipe choices with and without.
+# kind -> (name, model overrides, strategies). They measure the recipe choices with and without. (The
+# residual restorers were measured on this ladder by a first run with residual: true; README, "The restorers".)
 ABLATIONS = {
-    "degradation": [("cyclegan", {"preset": "cyclegan"}, ["latent-direct", "latent-cold"]),
-                    ("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"])],
-    "unet": [("residual", {"residual": True}, ["one-shot-unet"])],
-    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"]),
-              ("ladder-path", {"path": "ladder", "walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"]),
-              ("residual", {"residual": True}, ["pixel-indi", "pixel-one-shot"])],
+    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"])],
+}
+# Slower variants (--degradation-ablations; 5-15 min each on 2 idle cores, the per-step CycleGAN the slowest)
+DEGRADATION_ABLATIONS = {
+    "degradation": [("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"]),
+                    ("cyclegan", {"preset": "cyclegan"}, ["latent-direct", "latent-cold"])],
 }
 LATENT_SAMPLES_CHECK = 4  # K of the in-distribution check: the one-shot latent estimate with K samples vs K = 1
 
@@ -91,7 +92,7 @@ def _walk_summary(entry: dict) -> dict:
             "psnr_per_input_step": {t: v["mean"]["psnr"] for t, v in entry["steps"].items()}}
 
 
-def run_ablations(cfg: StudyConfig, work: Path) -> dict:
+def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
     """Train each variant of ABLATIONS next to the study's runs, predict the test ladder with the strategies
     it changes, and score them; plus the one-shot latent estimate with K posterior samples."""
     from dehaze.config import build_model
@@ -103,8 +104,8 @@ def run_ablations(cfg: StudyConfig, work: Path) -> dict:
 
     out = {}
     test, runs = work / "test.zarr", work / "runs"
-    for kind, variants in ABLATIONS.items():
-        for name, model, strategies in variants:
+    for kind, kind_variants in variants.items():
+        for name, model, strategies in kind_variants:
             run = work / "ablations" / f"{kind}-{name}"
             # the study's section with the overrides merged on, validated as a new config (a preset fills its fields)
             variant_cfg = build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device},
@@ -172,6 +173,8 @@ def main() -> None:
     group.add_argument("--gpu", action="store_true", help="reference-sized run (needs CUDA)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (resumable)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the recipe variants trained beside the study")
+    parser.add_argument("--degradation-ablations", action="store_true",
+                        help="also train the degradation variants (walk-finetuned R, the seed's CycleGAN): slow on a CPU")
     args = parser.parse_args()
     kind = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
     if kind == "gpu" and not torch.cuda.is_available():
@@ -183,7 +186,8 @@ def main() -> None:
                     if part.get("steps") is not None and _checkpoint_step(work / "runs" / kind) >= part["steps"])
     t0 = time.perf_counter()
     report_dir = run_study(cfg, work, quiet=False)
-    ablations = {} if args.no_ablations else run_ablations(cfg, work)
+    chosen = {**ABLATIONS, **(DEGRADATION_ABLATIONS if args.degradation_ablations else {})}
+    ablations = {} if args.no_ablations else run_ablations(cfg, work, chosen)
     wall_s = time.perf_counter() - t0
     report = json.loads((report_dir / "metrics.json").read_text())
     summary = {}
