@@ -59,3 +59,23 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+# ---- shared by the reliability tests (damaged stores, limits, output paths, concurrent writers) ---------
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    """A tiny simulated ladder (2 fields of 32x40, 4 steps, noise_free and truth extras), one per module."""
+    return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
+
+
+@pytest.fixture(scope="module")
+def run(good, tmp_path_factory) -> Path:
+    """A 2-step unet run on ``good``."""
+    from dehaze.train_config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
+                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
+    out = tmp_path_factory.mktemp("run") / "unet"
+    train("unet", [good], out, cfg, show_progress=False)
+    return out

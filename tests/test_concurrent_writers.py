@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from acq_data import write_position_folder
 
@@ -25,23 +24,6 @@ HOLD = ("import sys, time\nfrom dehaze.store import output_lock\nwith output_loc
 STUDY = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
          "trainers": {"unet": {"batch_size": 2, "patch_size": 16, "steps": 2, "data": {"val_patches": 2},
                                "model": {"base_channels": 4, "depth": 2}}}, "tile": 32, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
-
-
-@pytest.fixture(scope="module")
-def run(good, tmp_path_factory) -> Path:
-    from dehaze.train_config import TrainConfig
-    from training.loop import train
-
-    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
-                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
-    out = tmp_path_factory.mktemp("run") / "unet"
-    train("unet", [good], out, cfg, show_progress=False)
-    return out
 
 
 def _hold(path: Path) -> subprocess.Popen:

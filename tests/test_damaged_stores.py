@@ -14,26 +14,7 @@ import zarr
 
 from dehaze.errors import UserError
 from dehaze.store import DamagedStore, check_ladder, open_ladder
-from tests.conftest import simulate_tiny_ladder
 from tests.test_evaluate import make_prediction
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    """A tiny simulated ladder (2 fields of 32x40, 4 steps, noise_free and truth extras)."""
-    return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
-
-
-@pytest.fixture(scope="module")
-def run(good, tmp_path_factory) -> Path:
-    from dehaze.train_config import TrainConfig
-    from training.loop import train
-
-    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
-                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
-    out = tmp_path_factory.mktemp("run") / "unet"
-    train("unet", [good], out, cfg, show_progress=False)
-    return out
 
 
 def damaged(good: Path, tmp_path: Path, name: str = "bad.zarr") -> Path:

@@ -11,26 +11,8 @@ from pathlib import Path
 import pytest
 
 from dehaze.store import check_ladder
-from tests.conftest import simulate_tiny_ladder
 from tests.test_damaged_stores import one_line_error
 from tests.test_evaluate import make_prediction
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
-
-
-@pytest.fixture(scope="module")
-def run(good, tmp_path_factory) -> Path:
-    from dehaze.train_config import TrainConfig
-    from training.loop import train
-
-    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
-                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
-    out = tmp_path_factory.mktemp("run") / "unet"
-    train("unet", [good], out, cfg, show_progress=False)
-    return out
 
 
 def tree(path: Path) -> list[tuple[str, int]]:
