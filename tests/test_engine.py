@@ -130,8 +130,9 @@ def test_strategy_limits(loaded, tiles):
         assert torch.allclose(run(name, ones), direct, atol=1e-6), name
         assert not torch.allclose(run(name, replace(b, alpha=0.5)), direct, atol=1e-4), name
     # a one-step schedule [t, 0] is the one-shot latent restorer decode(R(E(x), t)), for every non-refining variant
+    # (R: the degradation run's restorer, which that run fine-tunes on its loop's states)
     t = torch.full((len(x),), 3.0)
-    one_shot = b.hvae.decode(b.latent(b.hvae.encode(x, sample=False), t))
+    one_shot = b.hvae.decode(b.degradation.restorer(b.hvae.encode(x, sample=False), t))
     for name in ("latent-direct", "latent-combine-d", "latent-combine-r", "latent-combine-dr", "latent-cold"):
         assert torch.allclose(run(name, schedule=[3.0, 0.0]), one_shot, atol=1e-6), name
         assert torch.allclose(run(name, ones, schedule=[3.0, 0.0]), run("latent-direct", schedule=[3.0, 0.0]), atol=1e-6)

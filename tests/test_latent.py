@@ -26,7 +26,7 @@ from training.loop import train
 MODELS = {
     "hvae": {"preset": "tiny"},
     "latent": {"width": 8, "time_embed_dim": 8},
-    "degradation": {"width": 8, "pool_size": 3},
+    "degradation": {"width": 8, "pool_size": 3, "restorer_walk_weight": 0.0},  # R frozen: the round trip checks it is the latent run's
 }
 
 
