@@ -328,15 +328,9 @@ def _run_study(cfg: Any, output: Path, quiet: bool) -> Path:
     missing = [k for k, need in BASES.items() if k in train_cfgs and need not in train_cfgs]
     if missing:
         raise UserError(f"study trainers: {missing[0]} builds on {BASES[missing[0]]}; add that trainer too")
-    from dehaze.store import refuse_inside_store
+    from dehaze.store import make_output_folder
 
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: exists and is a file; a study writes a folder: choose another -o")
-    refuse_inside_store(output, "the study folder", itself=True)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{output}: cannot create the study folder ({exc.strerror}); choose another -o") from None
+    make_output_folder(output, "the study folder", "choose another -o")
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     say("[1/4] simulating the ladder")
     ladder = simulate_ladder(manifest, output / "ladder.zarr", workers=2, show_progress=not quiet).store

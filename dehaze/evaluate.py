@@ -34,7 +34,7 @@ import numpy as np
 from dehaze import __version__
 from dehaze.errors import UserError
 from dehaze.metrics import SSIM_WIN, frc_resolution_um, ms_ssim, psnr, psnr_range_invariant, ssim
-from dehaze.store import LadderStore, open_ladder, refuse_inside_store
+from dehaze.store import LadderStore, make_output_folder, open_ladder
 
 Target = Literal["camera", "noise_free"]
 DEFAULT_BASELINES: tuple[str, ...] = ("unet", "hdn")
@@ -240,14 +240,7 @@ def evaluate(
                 if name in ("std", "trajectory") or (name == "noise_free" and target == "noise_free"):
                     store.extra(field, name).require_chunks()
 
-    report_dir = Path(report_dir)
-    if report_dir.exists() and not report_dir.is_dir():
-        raise UserError(f"{report_dir}: exists and is a file; --report is a folder: choose another path")
-    refuse_inside_store(report_dir, "a report folder", itself=True)
-    try:
-        report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{report_dir}: cannot create report folder ({exc.strerror})") from None
+    report_dir = make_output_folder(report_dir, "a report folder", "choose another --report")
 
     # ---- methods: the hazy input first, then each prediction store under a unique key ----------
     methods: dict[str, dict[str, Any]] = {

@@ -521,6 +521,20 @@ def _is_zarr_node(path: Path) -> bool:
     return any((path / name).is_file() for name in (".zattrs", ".zgroup", ".zarray"))
 
 
+def make_output_folder(path: str | Path, what: str, fix: str) -> Path:
+    """Create the folder ``path`` for several outputs (a study, a report), or refuse it in one line: an
+    existing file, a folder inside or being a Zarr store, or one that cannot be made. ``fix`` ends each message."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is a file; {what} is a folder: {fix}")
+    refuse_inside_store(path, what, itself=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create {what} ({exc.strerror}); {fix}") from None
+    return path
+
+
 def refuse_inside_store(path: str | Path, what: str, *, itself: bool = False) -> None:
     """Refuse an output ``path`` inside a Zarr store (it would nest a foreign tree in it), or, with
     ``itself``, that is one (a folder of outputs: its files would go into the store)."""

@@ -89,6 +89,16 @@ class PixelModel(StrictModel):
 
 
 # ---- ladder VAEs (dehaze.models.hvae): HVAE and supervised HDN ---------------------------------------
+def fill_from_preset(data: Any, presets: dict[str, dict[str, Any]], default: str, fields: tuple[str, ...]) -> Any:
+    """Raw model settings with every ``fields`` key left out (or null) taken from the named preset. An
+    unknown preset is left for the field validation to report."""
+    if isinstance(data, dict):
+        preset = presets.get(data.get("preset", default))
+        if preset is not None:
+            data = {**data, **{k: preset[k] for k in fields if data.get(k) is None}}
+    return data
+
+
 HVAEPreset = Literal["hdn-reference", "small", "tiny"]
 HVAE_PRESETS: dict[str, dict[str, float | int]] = {
     # Prakash et al. 2022's configuration (the reference model has about 7.3 M parameters; ours 7.5 M);
@@ -117,11 +127,7 @@ class _LadderVAEModel(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            preset = HVAE_PRESETS.get(data.get("preset", "hdn-reference"))
-            if preset is not None:  # an unknown preset is reported by the field validation
-                data = {**data, **{k: preset[k] for k in _LADDER_FIELDS if data.get(k) is None}}
-        return data
+        return fill_from_preset(data, HVAE_PRESETS, "hdn-reference", _LADDER_FIELDS)
 
 
 class HVAEModel(_LadderVAEModel):
@@ -192,11 +198,7 @@ class DegradationModel(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            preset = DEGRADATION_PRESETS.get(data.get("preset", "supervised"))
-            if preset is not None:  # an unknown preset is reported by the field validation
-                data = {**data, **{k: preset[k] for k in _DEGRADATION_FIELDS if data.get(k) is None}}
-        return data
+        return fill_from_preset(data, DEGRADATION_PRESETS, "supervised", _DEGRADATION_FIELDS)
 
 
 ModelConfig = Annotated[Union[UNetModel, PixelModel, HVAEModel, HDNModel, LatentModel, DegradationModel], Field(discriminator="kind")]
