@@ -79,8 +79,7 @@ ABLATIONS = {
 }
 # Slower variants (--degradation-ablations; 5-15 min each on 2 idle cores, the per-step CycleGAN the slowest)
 DEGRADATION_ABLATIONS = {
-    # (recorded in study_cpu.json as walk-finetuned-R, {"restorer_walk_weight": 1.0}, when a frozen R was the default)
-    "degradation": [("frozen-R", {"restorer_walk_weight": 0.0}, ["latent-direct", "latent-cold", "latent-combine-dr"]),
+    "degradation": [("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"]),
                     ("cyclegan", {"preset": "cyclegan"}, ["latent-direct", "latent-cold"])],
 }
 LATENT_SAMPLES_CHECK = 4  # K of the in-distribution check: the one-shot latent estimate with K samples vs K = 1

@@ -185,10 +185,10 @@ class DegradationModel(StrictModel):
                                      "(the squared distance G leaves, relative to the distance it must move)")
     lambda_gan: float | None = Field(None, ge=0, description="weight of the adversarial (LSGAN) generator terms")
     pool_size: int = Field(50, ge=0, description="image pool of past fakes shown to the discriminators")
-    # On by default: measured on the CPU study (ablation degradation:walk-finetuned-R of study_cpu.json), the
-    # direct loop gains 0.3-3.0 dB from every input step (33.2 vs 30.3 dB from step 1, 24.6 vs 24.3 from x_T)
-    # and latent-cold 1.9 dB from x_T, for about 1.5x the degradation run's time.
-    restorer_walk_weight: float = Field(1.0, ge=0, description="fine-tune the latent restorer R in this run on the "
+    # Off by default, measured both ways: on the CPU study (ablation degradation:walk-finetuned-R of
+    # study_cpu.json, 800 steps) the direct loop gains 0.3-3.0 dB from every input step; on the demo (300
+    # steps) it loses (latent-direct from step 1 24.8 vs 29.4 dB, latent-cold from x_T 6.4 vs 24.9 dB).
+    restorer_walk_weight: float = Field(0.0, ge=0, description="fine-tune the latent restorer R in this run on the "
                                         "states its loop visits: loss |R(z_t,t) - z_0|^2 + w |R(G(R(z_t,t),t), t-1) - z_0|^2 "
                                         "(0: R stays the base run's, frozen)")
     restorer_lr: float = Field(1e-4, gt=0, description="learning rate of that fine-tuning (Adam)")
