@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import fft as sfft
@@ -166,7 +167,7 @@ def _upsampled_correlation(half: np.ndarray, shape: tuple[int, int], centre: np.
     small. A Nyquist row or column (even sizes) stands for +1/2 and -1/2 cycles/px alike, so it enters as
     cos(pi y): the interpolant is real and symmetric, and exact at whole lags.
     """
-    offsets = np.arange(-reach, reach + 1e-9, step)
+    offsets = _grid(step, reach)
     ys, xs = centre[0] + offsets, centre[1] + offsets
     # e^(2 pi i (centre + offset) f) = e^(2 pi i centre f) e^(2 pi i offset f): the offsets' part is the same
     # at every call (cached), the centre's is one vector
@@ -180,12 +181,19 @@ def _upsampled_correlation(half: np.ndarray, shape: tuple[int, int], centre: np.
     return (rows.astype(half.dtype) @ half @ cols.astype(half.dtype)).real, offsets
 
 
+def _grid(step: float, reach: float) -> np.ndarray:
+    """Offsets k * step for |k| <= round(reach / step): symmetric, and 0 is on it (a grid from -reach that
+    missed 0 by half a step gave identical images a shift of 0.01 px and cost them a row and a column)."""
+    k = int(round(reach / step))
+    return step * np.arange(-k, k + 1, dtype=np.float64)
+
+
 @functools.lru_cache(maxsize=32)
 def _offset_phases(n: int, step: float, reach: float, half: bool) -> np.ndarray:
     """e^(2 pi i offset f) for the grid offsets of :func:`_upsampled_correlation` and the frequencies f of an
     axis of n: (offsets, n) for a whole axis, or (n // 2 + 1, offsets) times the half-spectrum column weights
     for the half axis. Read-only (callers multiply into new arrays)."""
-    offsets = np.arange(-reach, reach + 1e-9, step)
+    offsets = _grid(step, reach)
     if half:
         phases = np.exp(2j * math.pi * np.outer(sfft.rfftfreq(n), offsets)) * _half_columns(n)[:, None]
     else:
@@ -359,9 +367,9 @@ BLOCK_PX = 1 << 16  # pixels shifted at a time (rows of a plane): the float32 wo
 
 
 def _source_index(n: int, whole: float, first: int, stop: int) -> np.ndarray:
-    """Input index read for positions ``first .. stop-1`` of a line of ``n`` moved by ``whole`` px: the
-    position clamped to the line (a filter tap beyond the edge repeats it), then moved, clamped again."""
-    return np.clip(np.clip(np.arange(first, stop), 0, n - 1) - int(whole), 0, n - 1)
+    """Input index read for positions ``first .. stop-1`` of a line of ``n`` moved by ``whole`` px, before
+    clamping (a value outside 0 .. n-1 is a filter tap beyond the edge)."""
+    return np.arange(first, stop) - int(whole)
 
 
 def _tap_sum(a: np.ndarray, w: np.ndarray, axis: int, n: int) -> np.ndarray:
@@ -373,26 +381,52 @@ def _tap_sum(a: np.ndarray, w: np.ndarray, axis: int, n: int) -> np.ndarray:
     return out
 
 
+def _beyond_edges(work: np.ndarray, index: np.ndarray, n: int, axis: int, line: Callable[[int], np.ndarray]) -> None:
+    """Taps one pixel beyond an edge (index -1 or n) of ``work`` (gathered with ``index`` clamped) get Keys'
+    boundary value f(-1) = 3 f(0) - 3 f(1) + f(2) (and its mirror at n): the interpolation stays exact for
+    quadratics up to the edge, where a repeated edge pixel pulled row 0 towards row 1 (on a ramp shifted by
+    -0.3 px, 1022 where 1030 is right). Taps further out only reach pixels outside the kept (valid) area.
+    ``line(i)``: input line i as gathered along the other axis (float32)."""
+    if n < 3:
+        return
+    for beyond, (a, b, c) in ((-1, (0, 1, 2)), (n, (n - 1, n - 2, n - 3))):
+        hit = np.flatnonzero(index == beyond)
+        if hit.size:
+            value = 3 * line(a) - 3 * line(b) + line(c)
+            for k in hit:
+                work[(slice(None),) * (work.ndim + axis) + (k,)] = value
+
+
 def _shift_plane(plane: np.ndarray, shift_px: np.ndarray, out: np.ndarray) -> None:
-    """One (y, x) plane moved by (dy, dx) px into ``out``: output pixel p reads input p - shift, edge values
-    repeated. Whole pixels by index gathers (values untouched); the fraction by separable 4-tap cubic
-    convolution reading positions i-2 .. i+1 (interpolating: integer shifts change nothing), integers
-    rounded and clipped. Done in blocks of rows of about BLOCK_PX pixels."""
+    """One (y, x) plane moved by (dy, dx) px into ``out``: output pixel p reads input p - shift. Whole pixels
+    by index gathers (values untouched, edge values repeated beyond the plane); the fraction by separable
+    4-tap cubic convolution (Keys, the four input pixels around the point read; interpolating:
+    integer shifts change nothing), with Keys' boundary values for a tap one pixel beyond an edge (see
+    :func:`_beyond_edges`), so every pixel of the valid area (:func:`valid_box`) is interpolated from the
+    plane, never copied from a neighbour; integers rounded and clipped. Done in blocks of rows of about
+    BLOCK_PX pixels."""
     ny, nx = plane.shape
     rows_per_block = max(1, BLOCK_PX // nx)
     whole = np.floor(shift_px + 1e-9)
     frac = shift_px - whole
     wy, wx = (_keys_weights(f) if f >= 1e-9 else None for f in frac)
-    cols = _source_index(nx, whole[1], -2, nx + 1) if wx is not None else _source_index(nx, whole[1], 0, nx)
+    cols_at = _source_index(nx, whole[1], -2, nx + 1) if wx is not None else _source_index(nx, whole[1], 0, nx)
+    cols = np.clip(cols_at, 0, nx - 1)
     info = np.iinfo(plane.dtype) if np.issubdtype(plane.dtype, np.integer) else None
     for r0 in range(0, ny, rows_per_block):
         r1 = min(ny, r0 + rows_per_block)
-        rows = _source_index(ny, whole[0], r0 - 2, r1 + 1) if wy is not None else _source_index(ny, whole[0], r0, r1)
+        rows_at = _source_index(ny, whole[0], r0 - 2, r1 + 1) if wy is not None else _source_index(ny, whole[0], r0, r1)
+        rows = np.clip(rows_at, 0, ny - 1)
         block = np.take(np.take(plane, rows, axis=0), cols, axis=1)  # two 1-D gathers: 4x quicker than one 2-D
         if wy is None and wx is None:
             out[r0:r1] = block
             continue
         work = block.astype(np.float32)
+        if wy is not None:
+            _beyond_edges(work, rows_at, ny, -2, lambda i: np.take(plane[i], cols).astype(np.float32))
+        if wx is not None:
+            _beyond_edges(work, cols_at, nx, -1, lambda j: work[:, int(np.flatnonzero(cols_at == j)[0])].copy()
+                          if np.any(cols_at == j) else np.take(plane[:, j], rows).astype(np.float32))
         if wy is not None:
             work = _tap_sum(work, wy, -2, r1 - r0)
         if wx is not None:

@@ -115,3 +115,28 @@ def test_prepare_on_a_region_equals_the_whole_plane(shape):
     reach = _max_offset_px(cfg)
     for offset in [(0, 0), (reach, -reach), (-reach, reach), (7, 3)]:
         assert np.allclose(_crop(prepared, cfg, offset), _crop(whole, cfg, offset), atol=1e-3)
+
+
+@pytest.mark.parametrize("shift", [(-0.3, 0.0), (0.3, 0.0), (0.0, -0.3), (0.0, 0.45), (-1.3, 2.7), (0.2, -0.6)])
+def test_subpixel_shift_of_a_ramp_is_exact_up_to_the_edges(shift):
+    """Every pixel of the kept area is interpolated from the plane (Keys' boundary values one pixel beyond an
+    edge), never copied from its neighbour: a ramp stays a ramp, row 0 and column 0 included."""
+    yy, xx = np.mgrid[:32, :40]
+    ramp = (1000 + 100 * yy + 7 * xx).astype(np.uint16)
+    out = apply_shifts(ramp[None], np.array([shift]))[0]
+    y0, y1, x0, x1 = valid_box(np.array([shift, (0.0, 0.0)]), ramp.shape)
+    expected = 1000 + 100 * (yy - shift[0]) + 7 * (xx - shift[1])
+    assert np.abs(out - expected)[y0:y1, x0:x1].max() <= 0.5  # rounding back to uint16 only
+    if shift[0] < 0:
+        assert y0 == 0  # row 0 is kept, and right
+        assert out[0, x0] == pytest.approx(expected[0, x0], abs=0.5)
+
+
+def test_identical_steps_register_to_exactly_zero_and_keep_every_row():
+    rng = np.random.default_rng(3)
+    plane = (ndimage.gaussian_filter(rng.random((96, 96)), 1.5) * 4000).astype(np.uint16)
+    stack = np.stack([plane] * 3)
+    result = register_steps(stack, Registration())
+    assert np.abs(result.shifts).max() <= 1e-3
+    assert valid_box(result.shifts, plane.shape) == (0, 96, 0, 96)
+    assert np.array_equal(apply_shifts(stack, result.shifts), stack)
