@@ -233,7 +233,7 @@ def test_a_latent_cache_with_a_deleted_chunk_is_an_error_not_zeros(tmp_path):
 
 
 def test_missing_chunk_keys_of_root_and_nested_arrays(tmp_path, monkeypatch):
-    from dehaze import store as store_mod
+    from dehaze.store import chunks as store_mod  # where MAX_LISTED_CHUNKS is read
 
     root = zarr.open_array(zarr.DirectoryStore(str(tmp_path / "a.zarr"), dimension_separator="/"), mode="w",
                            shape=(3, 64, 64), chunks=(1, 32, 32), dtype="u2", dimension_separator="/")
