@@ -3,6 +3,15 @@
 Reads metadata only (no pixels). Source order is: files in natural name order, series in file order, then
 along the step axis; manifest lists of pinhole values follow it. Steps are then sorted by pinhole size
 (cleanest first) inside every field of view, and every field must have the same pinhole values.
+
+Readers are listed in :data:`READERS`: a vendor format is one module with a ``read_*_series(path) ->
+list[SeriesInfo]`` function (metadata only; pixels through each series' ``read``) plus one line there.
+
+Dyes are never steps by accident: channels (or files) whose emission or excitation wavelengths differ, or
+that are transmitted light, are refused as steps unless ``step_axis`` says so explicitly (then a warning).
+Per step, the plan keeps what the store records: wavelengths, NA, the pinhole in µm and AU and where the
+AU came from (a vendor's AU at another wavelength is recomputed at the step's emission; a manifest
+calibration wins over both).
 """
 
 from __future__ import annotations
@@ -12,15 +21,26 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any, Callable
+
+from acquisition.lif import LIF_SUFFIXES, read_lif_series
 from acquisition.manifest import AcquisitionManifest
+from acquisition.ome import ChannelMeta
 from acquisition.series import SeriesInfo
 from acquisition.tiff import TIFF_SUFFIXES, read_tiff_series
-from acquisition.lif import LIF_SUFFIXES, read_lif_series
 from acquisition.units import length_to_um, pinhole_um_to_au
 from dehaze.errors import UserError
 
+# file suffixes -> reader (metadata of every series in the file); a new vendor format is one line here
+READERS: tuple[tuple[tuple[str, ...], Callable[[Path], list[SeriesInfo]]], ...] = (
+    (TIFF_SUFFIXES, read_tiff_series),
+    (LIF_SUFFIXES, read_lif_series),
+)
+SUFFIXES = tuple(suffix for suffixes, _ in READERS for suffix in suffixes)
+
 _AXIS = {"channel": "C", "time": "T", "z": "Z"}
 REL_TOL = 1e-3  # pixel sizes and pinhole values closer than this are equal
+WAVELENGTH_TOL_NM = 5.0  # channels whose wavelengths differ by more are different dyes (or filters)
 MAX_PLAUSIBLE_PIXEL_UM = 20.0  # a larger lateral pixel from file metadata is a dpi tag, not a calibration
 
 
@@ -35,6 +55,12 @@ class Step:
     order: int  # source order inside its field (acquisition order as far as the files tell)
     pinhole_um: float | None = None
     pinhole_au: float | None = None
+    pinhole_au_source: str = ""  # where pinhole_au came from (file, recomputed at the emission, manifest calibration)
+
+    @property
+    def light(self) -> ChannelMeta:
+        """The channel this step reads (its wavelengths)."""
+        return self.series.channel(self.channel)
 
     @property
     def label(self) -> str:
@@ -68,6 +94,8 @@ class Plan:
     em_wavelength_nm: float | None
     na: float | None
     warnings: list[str] = field(default_factory=list)
+    step_optics: list[dict[str, Any]] = field(default_factory=list)  # per step (first field): what the store records
+    images: list[str] = field(default_factory=list)  # listing of the images of files that hold several (dry run)
 
     @property
     def n_steps(self) -> int:
@@ -79,16 +107,27 @@ class Plan:
         lines = [
             f"{self.source}: {len(self.files)} file(s), {len(self.positions)} field(s) of view, {self.n_steps} steps",
             f"  shape per step: {self.spatial_shape} (axes {' '.join(self.spatial_axes)}), pixel size (µm): {px}",
-            f"  emission: {self.em_wavelength_nm or '?'} nm, NA: {self.na or '?'}; pinhole values from: {self.units_source}",
-            "  step  pinhole_um  pinhole_au  source (first field)",
+            f"  emission: {_nm(self.em_wavelength_nm).replace('-', '?')} nm, NA: {f'{self.na:g}' if self.na else '?'}; pinhole values from: {self.units_source}",
+            "  step  pinhole_um  pinhole_au   em_nm   ex_nm  source (first field)",
         ]
         for t, step in enumerate(self.positions[0].steps):
-            um = "-" if self.pinhole_um is None else f"{self.pinhole_um[t]:.4g}"
+            um = "-" if self.pinhole_um is None else f"{self.pinhole_um[t]:.5g}"
             au = "-" if self.pinhole_au[t] is None else f"{self.pinhole_au[t]:.4g}"
-            lines.append(f"  {t:>4}  {um:>10}  {au:>10}  {step.label}")
+            optics = self.step_optics[t] if t < len(self.step_optics) else {}
+            em, ex = (_nm(optics.get(k)) for k in ("em_wavelength_nm", "ex_wavelength_nm"))
+            lines.append(f"  {t:>4}  {um:>10}  {au:>10}  {em:>6}  {ex:>6}  {step.label}")
+        sources = dict.fromkeys(o.get("pinhole_au_source", "") for o in self.step_optics) if self.step_optics else {}
+        for source in sources:
+            if source:
+                lines.append(f"  pinhole_au: {source}")
+        lines += self.images
         for pos in self.positions:
             lines.append(f"  field {pos.key or '(single)'}: " + ", ".join(s.label for s in pos.steps))
         return "\n".join(lines)
+
+
+def _nm(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}".removesuffix(".0")
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -99,21 +138,86 @@ def list_files(source: Path, pattern: str) -> list[Path]:
     """The readable image files of SOURCE (a file, or the files matching ``pattern`` in a folder)."""
     if not source.exists():
         raise UserError(f"{source}: no such file or folder")
-    suffixes = TIFF_SUFFIXES + LIF_SUFFIXES
     if source.is_file():
         return [source]
-    files = sorted((p for p in source.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")), key=_natural_key)
+    files = sorted((p for p in source.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")), key=_natural_key)
     if not files:
         raise UserError(f"{source}: no TIFF, OME-TIFF or LIF files matching {pattern!r}")
     return files
 
 
 def read_series(path: Path) -> list[SeriesInfo]:
-    if path.suffix.lower() in LIF_SUFFIXES:
-        return read_lif_series(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        return read_tiff_series(path)
-    raise UserError(f"{path}: unsupported file type {path.suffix!r} (TIFF, OME-TIFF or LIF)")
+    """The series of one file, by the reader its suffix names (:data:`READERS`)."""
+    for suffixes, reader in READERS:
+        if path.suffix.lower() in suffixes:
+            return reader(path)
+    raise UserError(f"{path}: unsupported file type {path.suffix!r} (known: {', '.join(SUFFIXES)})")
+
+
+def _light(ch: ChannelMeta) -> str:
+    if ch.transmitted:
+        return "transmitted light"
+    parts = [f"{k} {_nm(v)} nm" for k, v in (("em", ch.em_wavelength_nm), ("ex", ch.ex_wavelength_nm)) if v is not None]
+    return "/".join(parts) or "wavelength unknown"
+
+
+def not_one_dye(channels: list[ChannelMeta]) -> str | None:
+    """Why these channels cannot be pinhole steps of one dye (None: nothing says they differ)."""
+    if any(ch.transmitted for ch in channels):
+        return "transmitted light" + ("" if all(ch.transmitted for ch in channels) else " beside fluorescence")
+    for key, what in (("em_wavelength_nm", "emission"), ("ex_wavelength_nm", "excitation")):
+        values = [getattr(ch, key) for ch in channels if getattr(ch, key) is not None]
+        if values and max(values) - min(values) > WAVELENGTH_TOL_NM:
+            return f"different dyes: {what} " + ", ".join(f"{_nm(v)}" for v in dict.fromkeys(values)) + " nm"
+    return None
+
+
+def _image_listing(found: list[SeriesInfo], taken: list[SeriesInfo]) -> list[str]:
+    """Lines of the dry run: the images of each file that holds several, which were taken, which refused."""
+    lines: list[str] = []
+    files = dict.fromkeys(s.path for s in found if s.n_series_in_file > 1)
+    for path in files:
+        lines.append(f"  images in {path.name} (* taken as steps):")
+        seen = set()
+        for s in (s for s in found if s.path == path):
+            if s.index in seen:
+                continue
+            seen.add(s.index)
+            ch = s.channel(0)
+            pin = " / ".join(p for p in ((f"{ch.pinhole:.5g} {ch.pinhole_unit or 'µm'}" if ch.pinhole is not None else ""),
+                                         (f"{ch.pinhole_airy:.4g} AU" if ch.pinhole_airy is not None else "")) if p) or "no pinhole"
+            mark = "*" if any(t.path == path and t.index == s.index for t in taken) else " "
+            t_, c_, z_, y_, x_ = s.shape
+            lines.append(f"   {mark} {s.index:>3} {s.name!r}: {s.dims or f'x={x_} y={y_} z={z_} t={t_} c={c_}'}, {s.dtype}, pinhole {pin}"
+                         + (f" — refused: {s.refusal}" if s.refusal else ""))
+    return lines
+
+
+def _choose_images(found: list[SeriesInfo], m: AcquisitionManifest) -> list[SeriesInfo]:
+    """The series the manifest's ``image`` names (all when it names none); an unknown one is refused with the file's list."""
+    if m.image is None:
+        return found
+    wanted = m.image if isinstance(m.image, list) else [m.image]
+    out = []
+    for path in dict.fromkeys(s.path for s in found):
+        here = [s for s in found if s.path == path]
+        for w in wanted:
+            hit = [s for s in here if (s.index == w if isinstance(w, int) else s.name == w)]
+            if not hit:
+                names = ", ".join(f"{i} {n!r}" for i, n in dict.fromkeys((s.index, s.name) for s in here))
+                raise UserError(f"{path}: no image {w!r} (manifest image); its images: {names}")
+            out += [s for s in hit if s not in out]
+    return out
+
+
+def _refuse_unusable(s: SeriesInfo, found: list[SeriesInfo]) -> None:
+    if s.refusal is None:
+        return
+    others = dict.fromkeys((t.index, t.name, "x-y" if t.refusal is None else t.refusal.split(" (")[0]) for t in found if t.path == s.path)
+    listing = "; ".join(f"{i} {n!r}: {k}" for i, n, k in others)
+    if all(k != "x-y" for _, _, k in others):
+        raise UserError(f"{s.label}: {s.refusal}; this file holds no x-y image to ingest (its images: {listing})")
+    raise UserError(f"{s.label}: {s.refusal}; choose x-y images with image: NAME or INDEX (or a list) in the manifest (this file's images: {listing})")
 
 
 def _has_channel_pinholes(s: SeriesInfo) -> bool:
@@ -127,8 +231,33 @@ def _step_axis(series: list[SeriesInfo], m: AcquisitionManifest) -> str | None:
     if m.channel is not None:  # one channel chosen: the steps cannot be the channels
         return None
     if any(_has_channel_pinholes(s) for s in series) or (len(series) == 1 and series[0].shape[1] > 1):
+        if m.channel_em_nm is None:  # channels of several dyes (or transmitted light) are never steps by accident
+            for s in series:
+                why = not_one_dye(s.channels[: s.shape[1]]) if s.shape[1] > 1 else None
+                if why:
+                    chans = ", ".join(f"{c} {_light(s.channel(c))}" for c in range(min(4, s.shape[1]))) + (" ..." if s.shape[1] > 4 else "")
+                    em = next((ch.em_wavelength_nm for ch in s.channels if ch.em_wavelength_nm and not ch.transmitted), None)
+                    choose = f"channel: N (one step per file; N of: {chans})" + (f", or channel_em_nm: {_nm(em)} to keep the channels of one dye taken at every pinhole" if em else "")
+                    raise UserError(f"{s.label}: its channels are {why}, not pinhole steps of one dye; choose one with {choose}; "
+                                    "set step_axis: channel only if they really are pinhole steps")
         return "C"
     return None
+
+
+def _check_one_dye(positions: dict[str, list[Step]], m: AcquisitionManifest, warnings: list[str]) -> None:
+    """Steps (files, series or channels) of different dyes or of transmitted light: refused unless the
+    manifest sets step_axis explicitly (then a warning: the store records each step's wavelengths)."""
+    for steps in positions.values():
+        why = not_one_dye([st.light for st in steps])
+        if why is None:
+            continue
+        detail = ", ".join(f"{st.series.path.name}{f' [{st.axis}={st.index}]' if st.axis else ''}: {_light(st.light)}"
+                           for st in steps[:4]) + (" ..." if len(steps) > 4 else "")
+        if m.step_axis == "auto":
+            raise UserError(f"the steps are {why}, not pinhole steps of one dye ({detail}); take one dye's files (files: GLOB), "
+                            "image or channel: N; set step_axis explicitly only if they really are pinhole steps")
+        warnings.append(f"the steps are {why} ({detail}): taken as pinhole steps because step_axis is {m.step_axis}")
+        return
 
 
 def _match(pattern: str, s: SeriesInfo, what: str) -> str:
@@ -221,17 +350,52 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
 
 
+def _vendor_au(st: Step, em_nm: float | None) -> tuple[float | None, str]:
+    """A vendor's Airy units at the step's emission wavelength: LAS X computes ``PinholeAiry`` at one
+    wavelength for every channel (``EmissionWavelengthForPinholeAiryCalculation``), and 1 AU scales with
+    the wavelength, so AU(em) = AU(vendor) * vendor_nm / em."""
+    ch = st.light
+    au, at = st.pinhole_au, ch.pinhole_airy_at_nm
+    if au is None:
+        return None, ""
+    if at is None or em_nm is None:
+        return au, f"file ({st.series.kind})" + (f", computed by the vendor at {_nm(at)} nm" if at else "")
+    if abs(at - em_nm) <= 0.5:
+        return au, f"file ({st.series.kind}), at {_nm(at)} nm, the step's emission"
+    return au * at / em_nm, f"file ({st.series.kind}) {au:.4g} AU at {_nm(at)} nm, recomputed at the step's emission {_nm(em_nm)} nm"
+
+
+def _optics(st: Step, em_nm: float | None, na: float | None) -> dict[str, Any]:
+    """What the store records of one step: its light, optics and pinhole with the AU's source."""
+    ch = st.light
+    return {
+        "source": st.label,
+        "pinhole_um": st.pinhole_um,
+        "pinhole_au": st.pinhole_au,
+        "pinhole_au_source": st.pinhole_au_source,
+        "pinhole_au_file": ch.pinhole_airy,
+        "pinhole_au_file_at_nm": ch.pinhole_airy_at_nm,
+        "em_wavelength_nm": em_nm,
+        "ex_wavelength_nm": ch.ex_wavelength_nm,
+        "transmitted_light": ch.transmitted,
+        "na": na,
+    }
+
+
 def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
     """Build the ingestion :class:`Plan` of SOURCE from file metadata and the manifest (no pixels read)."""
     source = Path(source)
     files = list_files(source, m.files)
-    series: list[SeriesInfo] = []
+    found: list[SeriesInfo] = []
     in_sets: set[Path] = set()  # files of multi-file OME-TIFF sets already read (any member reads the whole set)
     for f in files:
         if f.resolve() not in in_sets:
-            found = read_series(f)
-            in_sets |= {p.resolve() for s in found for p in s.set_files}
-            series += found
+            here = read_series(f)
+            in_sets |= {p.resolve() for s in here for p in s.set_files}
+            found += here
+    series = _choose_images(found, m)
+    for s in series:
+        _refuse_unusable(s, found)
     axis = _step_axis(series, m)
     if m.pinhole_pattern is not None and axis is not None:
         raise UserError(f"{source}: pinhole_pattern parses one value per file, but the steps lie along {axis}; give a pinhole_um list instead")
@@ -252,9 +416,10 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
             st.order = len(group)
             group.append(st)
     units_source = _assign_pinholes(positions, m)
+    warnings: list[str] = []
+    _check_one_dye(positions, m, warnings)
 
     # --- optics and calibration: the manifest's values win over the files' (a warning where they differ) ---
-    warnings: list[str] = []
     all_steps = [st for steps in positions.values() for st in steps]
     file_na = next((s.na for s in series if s.na), None)
     na = _prefer(m.na, file_na, "na", all_steps[0].label, warnings)
@@ -267,13 +432,23 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
     calibrated = m.um_per_au is not None or (m.magnification_at_pinhole is not None and na is not None and None not in em_of.values())
     if m.magnification_at_pinhole is not None and not calibrated:
         raise UserError("magnification_at_pinhole needs em_wavelength_nm and na (the files do not give them): add them to the manifest")
+    cal = f"um_per_au={m.um_per_au:g}" if m.um_per_au else f"magnification_at_pinhole={m.magnification_at_pinhole}, 1 AU = 1.22*{em or 0:g} nm/{na or 0:g}"
+    recomputed = False
     for st in all_steps:
-        if st.pinhole_au is None and st.pinhole_um is not None and calibrated:
+        from_file = st.pinhole_au is not None and units_source.startswith("file")
+        if st.pinhole_um is not None and calibrated:  # the manifest's calibration wins over a vendor's AU
             st.pinhole_au = pinhole_um_to_au(st.pinhole_um, um_per_au=m.um_per_au, magnification_at_pinhole=m.magnification_at_pinhole,
                                              em_wavelength_nm=em_of[id(st)], na=na)
+            st.pinhole_au_source = f"manifest calibration ({cal})" + (f", replacing the file's {st.light.pinhole_airy:.4g} AU" if from_file else "")
+        elif from_file:
+            st.pinhole_au, st.pinhole_au_source = _vendor_au(st, em_of[id(st)])
+            recomputed |= "recomputed" in st.pinhole_au_source
+        elif st.pinhole_au is not None:
+            st.pinhole_au_source = units_source
     if calibrated and units_source.startswith(("file", "manifest (pinhole_um")):
-        cal = f"um_per_au={m.um_per_au}" if m.um_per_au else f"magnification_at_pinhole={m.magnification_at_pinhole}, 1 AU = 1.22*{em:g} nm/{na:g}"
         units_source += f"; AU from manifest calibration ({cal})"
+    elif recomputed:
+        units_source += "; AU recomputed at each step's emission wavelength"
 
     # --- sort by pinhole, check duplicates, missing values and agreement between fields ---
     use_um = all(st.pinhole_um is not None for steps in positions.values() for st in steps)
@@ -341,4 +516,5 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
         source=source, files=files, positions=ordered, spatial_axes=spatial_axes, spatial_shape=shape,
         pixel_size_um=px_ref, pinhole_um=[st.pinhole_um for st in ref.steps] if use_um else None,
         pinhole_au=pinhole_au, units_source=units_source, em_wavelength_nm=em, na=na, warnings=warnings,
+        step_optics=[_optics(st, em_of[id(st)], na) for st in ref.steps], images=_image_listing(found, series),
     )

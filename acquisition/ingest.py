@@ -3,7 +3,8 @@
 Stages (one field of T+1 steps, shapes (h, [z,] y, x)):
 
 1. :func:`acquisition.discover.discover` reads metadata only: files, steps, fields, pinhole values (sorted,
-   cleanest first), shapes and pixel sizes, all checked.
+   cleanest first), shapes and pixel sizes, all checked; then one plane of every file is decoded (also in a
+   dry run: a file whose compression cannot be decoded fails there, not after the dry run said all was well).
 2. Every field is read and checked (NaN/inf planes) and registered to its cleanest step
    (:mod:`acquisition.register`); only its shifts are kept, and its raw pixels while they fit in
    ``cache_mb`` (beyond that, stage 3 reads the field again): memory is that budget plus a few fields per
@@ -173,10 +174,24 @@ def _shift_and_crop(raw: np.ndarray, plan: dict[str, Any]) -> np.ndarray:
 
 def _identity(m: AcquisitionManifest, plan: Plan) -> tuple[dict[str, Any], str]:
     """The manifest recorded in the store, and its hash (manifest + source files' absolute paths, sizes,
-    mtimes: the same files however the command spells their paths)."""
+    mtimes: the same files however the command spells their paths). The record also holds, per step, what
+    was read of it (``steps``: emission and excitation wavelength, NA, pinhole in µm and AU with the AU's
+    source and the file's own AU), so that dyes taken for steps, or a recomputed AU, can be seen afterwards."""
     files = [{"name": str(p.resolve()), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in plan.files]
     record = {"acquisition": m.model_dump(mode="json"), "source": str(plan.source.resolve()), "files": files}
-    return record, hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    sha = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return {**record, "steps": plan.step_optics}, sha
+
+
+def probe_files(plan: Plan) -> None:
+    """Decode one plane of every file the plan reads (each file once): an undecodable compression or a
+    corrupt strip is a UserError now, before anything is written or said to be fine."""
+    seen: set[Path] = set()
+    for pos in plan.positions:
+        for st in pos.steps:
+            if st.series.path not in seen and st.series.probe is not None:
+                seen.add(st.series.path)
+                st.series.probe()
 
 
 def _check_output(out: Path, sha: str, overwrite: bool) -> LadderStore | None:
@@ -237,6 +252,7 @@ def ingest(
         clock = now
 
     plan = discover(source, manifest)
+    probe_files(plan)
     lap("discover")
     for w in plan.warnings:
         _warn(w)

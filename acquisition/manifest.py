@@ -68,9 +68,15 @@ class AcquisitionManifest(StrictModel):
         None, description="regex whose group 'position' (or first group) names the field of view in file/series names"
     )
     step_axis: Literal["auto", "file", "channel", "time", "z"] = Field(
-        "auto", description="where the steps are: one per file/series, or along an axis of each file (auto: channels with distinct pinholes)"
+        "auto", description="where the steps are: one per file/series, or along an axis of each file (auto: channels with distinct "
+        "pinholes, never channels of different dyes or transmitted light; set it to take such steps anyway, with a warning)"
     )
-    channel: int | None = Field(None, ge=0, description="channel to use when the steps are not along channels")
+    image: int | str | list[int | str] | None = Field(
+        None, description="take only this image (series) of each file, by index from 0 or by name, or a list of them: e.g. one "
+        "image of a Leica project (.lif) whose steps lie along time or z; default: every image, each one step (a LIF project "
+        "with one image per pinhole)"
+    )
+    channel: int | None = Field(None, ge=0, description="channel to use when the steps are not along channels (one dye of several)")
     channel_em_nm: PositiveFloat | None = Field(
         None, description="steps along channels with several dyes: keep the channels of this emission wavelength (nm)"
     )

@@ -1,7 +1,11 @@
 """OME-XML parsing: per image, the channels' pinhole sizes, wavelengths, pixel sizes, NA and magnification.
 
-Only what ingestion needs is read, namespace-agnostic (OME 2008-2016 schemas). Values keep their unit
-strings here; :mod:`acquisition.units` converts them (OME's defaults: µm for lengths, nm for wavelengths).
+Only what ingestion needs is read, namespace-agnostic. Schemas 2010-04 to 2016-06 keep the per-channel values on
+``Pixels/Channel`` (``PinholeSize``, ``EmissionWavelength``, ``ExcitationWavelength``, ``IlluminationType``);
+2008-09 and older keep them on ``Image/LogicalChannel`` (``PinholeSize``, ``EmWave``, ``ExWave``), mapped to
+channels by its ``ChannelComponent@Index``, and the objective's ``LensNA`` as a child element rather than an
+attribute: both are read. Lengths keep their unit strings here; :mod:`acquisition.units` converts them (OME's
+defaults: µm for lengths, nm for wavelengths).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ class ChannelMeta:
     pinhole: float | None = None  # native value; a diameter
     pinhole_unit: str | None = None  # None: µm (the OME default)
     pinhole_airy: float | None = None  # vendor Airy-unit value where the format has one (Leica LIF)
+    pinhole_airy_at_nm: float | None = None  # wavelength the vendor computed pinhole_airy at (None: the emission's)
     em_wavelength_nm: float | None = None
+    ex_wavelength_nm: float | None = None
+    transmitted: bool = False  # transmitted light (brightfield, DIC, phase): not a fluorescence pinhole step
 
 
 @dataclass
@@ -50,6 +57,46 @@ def _float(elem: ET.Element, key: str, where: str) -> float | None:
         raise UserError(f"{where}: {key}={raw!r} is not a number") from None
 
 
+TRANSMITTED_CONTRAST = {"brightfield", "phase", "dic", "hoffman", "obliqueillumination", "polarizedlight", "darkfield"}
+TRANSMITTED_MODES = {"brightfield", "phasecontrast", "differentialinterferencecontrast", "dic"}
+
+
+def _wavelength_nm(elem: ET.Element, keys: tuple[str, ...], where: str) -> float | None:
+    """A wavelength (nm) from the first of ``keys`` present (with its ``...Unit``, nm by default)."""
+    for key in keys:
+        value = _float(elem, key, where)
+        if value is not None:
+            return length_to_um(value, elem.get(f"{key}Unit", "nm"), f"{where} {key}") * 1e3
+    return None
+
+
+def _channel(ch: ET.Element, where: str) -> ChannelMeta:
+    """A ``Channel`` (2010-2016) or ``LogicalChannel`` (2008-09 and older) element."""
+    contrast = (ch.get("ContrastMethod") or "").lower()
+    mode = (ch.get("AcquisitionMode") or ch.get("Mode") or "").lower()
+    return ChannelMeta(
+        name=ch.get("Name", ch.get("ID", "")),
+        pinhole=_float(ch, "PinholeSize", where),
+        pinhole_unit=ch.get("PinholeSizeUnit"),
+        em_wavelength_nm=_wavelength_nm(ch, ("EmissionWavelength", "EmWave"), where),
+        ex_wavelength_nm=_wavelength_nm(ch, ("ExcitationWavelength", "ExWave"), where),
+        transmitted=(ch.get("IlluminationType") or "").lower() == "transmitted" or contrast in TRANSMITTED_CONTRAST or mode in TRANSMITTED_MODES,
+    )
+
+
+def _objective_value(obj: ET.Element, key: str, where: str) -> float | None:
+    """An Objective value: an attribute (2010-2016) or a child element's text (2008-09)."""
+    value = _float(obj, key, where)
+    if value is None:
+        child = next((e for e in obj if _local(e.tag) == key), None)
+        if child is not None and (child.text or "").strip():
+            try:
+                value = float(child.text.strip())
+            except ValueError:
+                raise UserError(f"{where}: Objective {key}={child.text.strip()!r} is not a number") from None
+    return value
+
+
 def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
     """Parse OME-XML into one :class:`ImageMeta` per ``Image``; malformed XML is a one-line UserError."""
     try:
@@ -59,7 +106,7 @@ def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
     objectives: dict[str, tuple[float | None, float | None]] = {}
     for obj in root.iter():
         if _local(obj.tag) == "Objective":
-            objectives[obj.get("ID", "")] = (_float(obj, "LensNA", where), _float(obj, "NominalMagnification", where))
+            objectives[obj.get("ID", "")] = (_objective_value(obj, "LensNA", where), _objective_value(obj, "NominalMagnification", where))
     images = []
     for img in (e for e in root if _local(e.tag) == "Image"):
         name = img.get("Name", img.get("ID", ""))
@@ -79,19 +126,15 @@ def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
             # a UUID equal to the document's own is this file, whatever FileName says (renamed exports)
             if ref is not None and (ref.text or "").strip() != root.get("UUID") and ref.get("FileName") not in meta.files:
                 meta.files.append(str(ref.get("FileName")))
-        for ch in (e for e in pixels if _local(e.tag) == "Channel"):
-            em = _float(ch, "EmissionWavelength", here)
-            if em is not None:
-                em = length_to_um(em, ch.get("EmissionWavelengthUnit", "nm"), f"{here} EmissionWavelength") * 1e3
-            meta.channels.append(
-                ChannelMeta(
-                    name=ch.get("Name", ch.get("ID", "")),
-                    pinhole=_float(ch, "PinholeSize", here),
-                    pinhole_unit=ch.get("PinholeSizeUnit"),
-                    em_wavelength_nm=em,
-                )
-            )
-        settings = next((e for e in img if _local(e.tag) == "ObjectiveSettings"), None)
+        meta.channels = [_channel(ch, here) for ch in pixels if _local(ch.tag) == "Channel"]
+        if not meta.channels:  # 2008-09 and older: LogicalChannel, placed by its ChannelComponent@Index
+            logical: dict[int, ChannelMeta] = {}
+            for k, lc in enumerate(e for e in img if _local(e.tag) == "LogicalChannel"):
+                comp = next((e for e in lc if _local(e.tag) == "ChannelComponent"), None)
+                index = int(comp.get("Index", k)) if comp is not None else k
+                logical[index] = _channel(lc, here)
+            meta.channels = [logical.get(c, ChannelMeta()) for c in range(max(logical, default=-1) + 1)]
+        settings = next((e for e in img if _local(e.tag) in ("ObjectiveSettings", "ObjectiveRef")), None)
         if settings is not None and settings.get("ID") in objectives:
             meta.na, meta.magnification = objectives[settings.get("ID")]
         elif len(objectives) == 1:

@@ -25,6 +25,7 @@ class SeriesInfo:
     shape: tuple[int, int, int, int, int]  # T, C, Z, Y, X
     dtype: np.dtype
     read: Callable[[], np.ndarray]  # -> (T, C, Z, Y, X) array
+    probe: Callable[[], None] | None = None  # decodes one plane (a file that cannot be decoded fails in --dry-run)
     channels: list[ChannelMeta] = field(default_factory=list)  # one per C (may be empty: nothing known)
     pixel_size_um: dict[str, float] = field(default_factory=dict)  # x, y, z where known
     na: float | None = None
@@ -32,6 +33,8 @@ class SeriesInfo:
     position_hint: str = ""  # a field-of-view key the format itself gives (LIF mosaic tile)
     n_series_in_file: int = 1
     set_files: tuple[Path, ...] = ()  # every file of a multi-file OME-TIFF set this series spans (else empty)
+    dims: str = ""  # the format's own dimensions, for listings (LIF: "x=512 y=512 z=10 c=2")
+    refusal: str | None = None  # why this series cannot be pinhole steps (an XZ or λ scan): refused when used
 
     @property
     def label(self) -> str:
@@ -54,7 +57,9 @@ def to_tczyx(data: np.ndarray, axes: str, where: str) -> np.ndarray:
             raise UserError(f"{where}: axis {a} appears twice in {axes!r} (unnamed page axes are read as Z)")
     extra = [a for a in axes if a not in CANONICAL]
     if "S" in extra and data.shape[axes.index("S")] > 1:
-        raise UserError(f"{where}: RGB/multi-sample images are not supported; save one grey channel per pinhole step")
+        raise UserError(f"{where}: {data.shape[axes.index('S')]} samples per pixel (axis S of {axes!r}): pixels holding several "
+                        "interleaved values are not read as pinhole steps; save each channel as its own grey plane "
+                        "(e.g. ImageJ: Image > Color > Split Channels)")
     for a in extra:  # length-1 extra axes are dropped; longer ones are ambiguous
         if data.shape[axes.index(a)] != 1:
             raise UserError(f"{where}: unsupported axis {a!r} of length {data.shape[axes.index(a)]} in {axes!r}")

@@ -1,12 +1,20 @@
 """TIFF readers (tifffile): OME-TIFF with OME-XML metadata, ImageJ hyperstacks and plain TIFFs.
 
-Truncated files are caught before reading pixels: every strip/tile a page points at must lie inside the
-file (tifffile would otherwise hand back zeros with only a log message).
+Compressed data (LZW, Deflate, Zstd, JPEG-XR ...) is decoded by ``imagecodecs``, a dependency. Truncated
+files are caught before reading pixels: every strip/tile a page points at must lie inside the file, an
+ImageJ stack must hold the images its header announces, and a page chain tifffile found broken is refused
+(tifffile would otherwise hand back fewer planes, or zeros, with only a log message). tifffile's own log
+lines are kept out of the output: what they say becomes part of our one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import tifffile
@@ -17,6 +25,38 @@ from acquisition.units import length_to_um
 from dehaze.errors import UserError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+_BROKEN = ("invalid page offset", "corrupted", "truncated")  # words of tifffile log lines on a broken file
+
+
+class _TifffileLog(logging.Filter):
+    """Keeps tifffile's log records out of the output while this thread reads a file (collected instead);
+    other threads and other callers of tifffile are left alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = getattr(self._local, "said", None)
+        if said is None:
+            return True
+        said.append(record.getMessage())
+        return False
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        outer = getattr(self._local, "said", None)
+        self._local.said = said = []
+        try:
+            yield said
+        finally:
+            self._local.said = outer
+            if outer is not None:
+                outer.extend(said)
+
+
+_LOG = _TifffileLog()
+logging.getLogger("tifffile").addFilter(_LOG)
 
 
 def _open(path: Path) -> tifffile.TiffFile:
@@ -24,6 +64,27 @@ def _open(path: Path) -> tifffile.TiffFile:
         return tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path}: cannot read as TIFF (truncated or corrupt: {str(exc).splitlines()[0]})") from None
+
+
+def _refuse_broken(said: list[str], path: Path) -> None:
+    """tifffile logged that the file's structure is broken (and went on with what it could read): refuse."""
+    broken = next((m for m in said if any(w in m.lower() for w in _BROKEN)), None)
+    if broken is not None:
+        first = broken.splitlines()[0].split("> ", 1)[-1]
+        raise UserError(f"{path}: truncated or damaged ({first}; {path.stat().st_size} bytes on disk); copy the file again")
+
+
+def _refuse_short_imagej(tif: tifffile.TiffFile, path: Path) -> None:
+    """An ImageJ stack whose header announces more images than the file holds (a cut copy: tifffile falls
+    back to the first page, which would pass for a single plane)."""
+    announced = int((tif.imagej_metadata or {}).get("images", 1) or 1)
+    series = tif.series[0]
+    page = series.keyframe
+    plane = page.imagelength * page.imagewidth * max(1, page.samplesperpixel)
+    held = math.prod(series.shape) // max(1, plane)
+    if announced > held:
+        raise UserError(f"{path}: truncated: its ImageJ header announces {announced} images but the file holds {held} "
+                        f"({path.stat().st_size} bytes on disk); copy the file again")
 
 
 def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
@@ -83,17 +144,48 @@ def _cut_short(page: tifffile.TiffPage) -> bool:
     return any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts))
 
 
+def _decode_error(path: Path, page: tifffile.TiffPage | None, exc: Exception) -> UserError:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    compression = "" if page is None else f"{getattr(page.compression, 'name', page.compression)} compression; "
+    hint = ("install imagecodecs (pip install imagecodecs), which decodes it" if "imagecodecs" in text
+            else "the file is corrupt or its compression is not supported: export it uncompressed or LZW/Deflate/Zstd")
+    return UserError(f"{path}: cannot decode image data ({compression}{type(exc).__name__}: {text}); {hint}")
+
+
 def _reader(path: Path, index: int, axes: str):
     def read() -> np.ndarray:
-        with tifffile.TiffFile(path) as tif:
+        with _LOG.capture() as said, tifffile.TiffFile(path) as tif:
             _refuse_truncated(tif, tif.series[index], index, path)
             try:
                 data = tif.series[index].asarray(maxworkers=1)
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
-                raise UserError(f"{path}: cannot decode image data ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                raise _decode_error(path, tif.series[index].keyframe, exc) from None
+            _refuse_broken(said, path)
         return to_tczyx(data, axes, str(path))
 
     return read
+
+
+def _prober(path: Path, index: int, members: tuple[Path, ...] = ()):
+    """Decodes the first plane of series ``index`` (of a multi-file set: the first plane of every member),
+    what ``--dry-run`` checks of every file."""
+
+    def decode(tif: tifffile.TiffFile, page: tifffile.TiffPage | None, where: Path) -> None:
+        if page is None:
+            raise UserError(f"{where}: series {index} has no image plane in the file; copy the file again")
+        try:
+            page.asarray(maxworkers=1)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt or undecodable file
+            raise _decode_error(where, page, exc) from None
+
+    def probe() -> None:
+        for where in members or (path,):
+            with _LOG.capture() as said, tifffile.TiffFile(where) as tif:
+                pages = tif.pages if members else tif.series[index].pages
+                decode(tif, next((pg for pg in pages if pg is not None), None), where)
+                _refuse_broken(said, where)
+
+    return probe
 
 
 def _resolution_um(tif: tifffile.TiffFile, path: Path) -> dict[str, float]:
@@ -164,37 +256,54 @@ def _shape(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, ...]:
 
 def read_tiff_series(path: Path) -> list[SeriesInfo]:
     """One :class:`SeriesInfo` per image series in a TIFF file (OME: per ``Image``)."""
-    with _open(path) as tif:
-        _check_complete(tif, path)
-        series = list(tif.series)
-        if not series:
-            raise UserError(f"{path}: cannot read as TIFF (corrupt: no image found)")
-        out = []
-        if tif.is_ome:
-            images = parse_ome_xml(tif.ome_metadata or "", str(path))
-            members = _set_members(path, images)
-            for i, s in enumerate(series):
-                meta = images[i] if i < len(images) else images[0]
-                data_shape = _shape(s.shape, s.axes, path)
-                _refuse_lying_sizes(tif, s, i, meta, data_shape, path, one_file=not members)
-                out.append(
-                    SeriesInfo(
-                        path=path, index=i, name=meta.name or f"series {i}", kind="ome-tiff", shape=data_shape,
-                        dtype=s.dtype, read=_reader(path, i, s.axes), channels=meta.channels,
-                        pixel_size_um=meta.pixel_size_um, na=meta.na, magnification=meta.magnification,
-                        n_series_in_file=len(series), set_files=members,
-                    )
-                )
-            return out
-        px = _resolution_um(tif, path)
-        kind = "imagej-tiff" if tif.is_imagej else "tiff"
-        for i, s in enumerate(series):
-            data_shape = _shape(s.shape, s.axes, path)
-            out.append(
-                SeriesInfo(
-                    path=path, index=i, name=f"series {i}", kind=kind, shape=data_shape, dtype=s.dtype,
-                    read=_reader(path, i, s.axes), channels=[ChannelMeta() for _ in range(data_shape[1])],
-                    pixel_size_um=px, n_series_in_file=len(series),
-                )
-            )
+    with _LOG.capture() as said, _open(path) as tif:
+        series = _series(tif, path)
+        out = _ome_series(tif, path, series) if tif.is_ome else _plain_series(tif, path, series)
+        _refuse_broken(said, path)  # after the checks above, whose messages say more
         return out
+
+
+def _series(tif: tifffile.TiffFile, path: Path) -> list[tifffile.TiffPageSeries]:
+    """The file's series, its structure checked complete."""
+    _check_complete(tif, path)
+    series = list(tif.series)
+    if not series:
+        raise UserError(f"{path}: cannot read as TIFF (corrupt: no image found)")
+    if tif.is_imagej:
+        _refuse_short_imagej(tif, path)
+    return series
+
+
+def _ome_series(tif: tifffile.TiffFile, path: Path, series: list[tifffile.TiffPageSeries]) -> list[SeriesInfo]:
+    images = parse_ome_xml(tif.ome_metadata or "", str(path))
+    members = _set_members(path, images)
+    out = []
+    for i, s in enumerate(series):
+        meta = images[i] if i < len(images) else images[0]
+        data_shape = _shape(s.shape, s.axes, path)
+        _refuse_lying_sizes(tif, s, i, meta, data_shape, path, one_file=not members)
+        out.append(
+            SeriesInfo(
+                path=path, index=i, name=meta.name or f"series {i}", kind="ome-tiff", shape=data_shape,
+                dtype=s.dtype, read=_reader(path, i, s.axes), probe=_prober(path, i, members), channels=meta.channels,
+                pixel_size_um=meta.pixel_size_um, na=meta.na, magnification=meta.magnification,
+                n_series_in_file=len(series), set_files=members,
+            )
+        )
+    return out
+
+
+def _plain_series(tif: tifffile.TiffFile, path: Path, series: list[tifffile.TiffPageSeries]) -> list[SeriesInfo]:
+    px = _resolution_um(tif, path)
+    kind = "imagej-tiff" if tif.is_imagej else "tiff"
+    out = []
+    for i, s in enumerate(series):
+        data_shape = _shape(s.shape, s.axes, path)
+        out.append(
+            SeriesInfo(
+                path=path, index=i, name=f"series {i}", kind=kind, shape=data_shape, dtype=s.dtype,
+                read=_reader(path, i, s.axes), probe=_prober(path, i), channels=[ChannelMeta() for _ in range(data_shape[1])],
+                pixel_size_um=px, n_series_in_file=len(series),
+            )
+        )
+    return out

@@ -123,28 +123,53 @@ def write_ome_set(folder: Path, steps: list[np.ndarray], pinholes: list[float]) 
     return [write_ome(folder / name, img[None], xml) for name, img in zip(names, steps)]
 
 
-def write_lif(path: Path, images: list[tuple[str, np.ndarray, dict[str, str]]], pixel_m: float = 1e-7) -> Path:
+def leica_detectors(bands_nm: list[tuple[float, float]], lasers_nm: list[float] = (488.0,), transmitted: int | None = None) -> str:
+    """ATLConfocalSettingDefinition children as LAS X writes them: one active detector per channel, its band
+    (Spectro/MultiBand, same Channel number) and the active laser lines."""
+    bands = "".join(f'<MultiBand Channel="{k + 1}" TargetWaveLengthBegin="{lo}" TargetWaveLengthEnd="{hi}"/>' for k, (lo, hi) in enumerate(bands_nm))
+    dets = "".join(f'<Detector Name="{"PMT Trans" if k == transmitted else f"HyD {k + 1}"}" Type="{"PMT" if k == transmitted else "HyD"}" '
+                   f'Channel="{k + 1}" IsActive="1"/>' for k in range(len(bands_nm)))
+    dets += f'<Detector Name="PMT {len(bands_nm) + 1}" Type="PMT" Channel="{len(bands_nm) + 1}" IsActive="0"/>'  # an inactive one
+    lines = "".join(f'<LaserLineSetting LaserLine="{w}" IntensityDev="5.0"/>' for w in lasers_nm) + '<LaserLineSetting LaserLine="638" IntensityDev="0"/>'
+    return f"<Spectro>{bands}</Spectro><AotfList><Aotf>{lines}</Aotf></AotfList><DetectorList>{dets}</DetectorList>"
+
+
+def write_lif(path: Path, images: list[tuple], pixel_m: float = 1e-7) -> Path:
     """A Leica LIF file (LAS X container layout): XML header in UTF-16, then one memory block per image.
 
-    ``images``: (name, (y, x) uint16 plane, ATLConfocalSettingDefinition attributes such as Pinhole in metres).
+    ``images``: (name, data, ATLConfocalSettingDefinition attributes such as Pinhole in metres[, dims[, children]]).
+    ``dims``: the LIF DimIDs in XML order (default (1, 2): x, y; (1, 2, 4) a time series, (1, 3) an XZ scan,
+    (1, 2, 5) a λ-scan); ``data`` is (y, x), or (c, ...) with one axis per dim in reverse order, e.g.
+    (c, t, y, x). ``children``: XML inside the settings element (e.g. :func:`leica_detectors`).
     """
     children = []
     blocks = []
-    for i, (name, plane, settings) in enumerate(images):
-        ny, nx = plane.shape
+    for i, entry in enumerate(images):
+        name, data, settings = entry[:3]
+        dims = tuple(entry[3]) if len(entry) > 3 and entry[3] else (1, 2)
+        inner = entry[4] if len(entry) > 4 else ""
+        data = np.asarray(data)
+        if data.ndim == len(dims):
+            data = data[None]
+        n_channels = data.shape[0]
+        sizes = list(reversed(data.shape[1:]))  # per dim in XML order
+        plane = 2 * sizes[0] * sizes[1]
         attrs = " ".join(f'{k}="{v}"' for k, v in settings.items())
+        chans = "".join(
+            f'<ChannelDescription DataType="0" ChannelTag="0" Resolution="12" NameOfMeasuredQuantity="" Min="0" Max="4095" Unit="" '
+            f'LUTName="Green" IsLUTInverted="0" BytesInc="{c * plane}" BitInc="0"/>' for c in range(n_channels))
+        incs = [2, 2 * sizes[0]] + [plane * n_channels * int(np.prod(sizes[2:k])) for k in range(2, len(sizes))]
+        desc = "".join(
+            f'<DimensionDescription DimID="{d}" NumberOfElements="{n}" Origin="0" Length="{pixel_m * (n - 1)}" Unit="m" BitInc="0" BytesInc="{inc}"/>'
+            for d, n, inc in zip(dims, sizes, incs))
+        block = np.moveaxis(data, 0, -3) if data.ndim > 3 else data
         children.append(
             f'<Element Name="{name}" Visibility="1" CopyOption="1" UniqueID="{uuid.uuid4()}"><Data><Image TextDescription="">'
-            "<ImageDescription><Channels>"
-            '<ChannelDescription DataType="0" ChannelTag="0" Resolution="12" NameOfMeasuredQuantity="" Min="0" Max="4095" Unit="" LUTName="Green" IsLUTInverted="0" BytesInc="0" BitInc="0"/>'
-            "</Channels><Dimensions>"
-            f'<DimensionDescription DimID="1" NumberOfElements="{nx}" Origin="0" Length="{pixel_m * (nx - 1)}" Unit="m" BitInc="0" BytesInc="2"/>'
-            f'<DimensionDescription DimID="2" NumberOfElements="{ny}" Origin="0" Length="{pixel_m * (ny - 1)}" Unit="m" BitInc="0" BytesInc="{2 * nx}"/>'
-            "</Dimensions></ImageDescription>"
-            f'<Attachment Name="HardwareSettingList" Application="LAS AF"><ATLConfocalSettingDefinition {attrs}/></Attachment>'
-            f'</Image></Data><Memory Size="{plane.nbytes}" MemoryBlockID="MemBlock_{i + 1}"/><Children/></Element>'
+            f"<ImageDescription><Channels>{chans}</Channels><Dimensions>{desc}</Dimensions></ImageDescription>"
+            f'<Attachment Name="HardwareSettingList" Application="LAS AF"><ATLConfocalSettingDefinition {attrs}>{inner}</ATLConfocalSettingDefinition></Attachment>'
+            f'</Image></Data><Memory Size="{block.nbytes}" MemoryBlockID="MemBlock_{i + 1}"/><Children/></Element>'
         )
-        blocks.append((f"MemBlock_{i + 1}", plane.astype("<u2").tobytes()))
+        blocks.append((f"MemBlock_{i + 1}", np.ascontiguousarray(block).astype("<u2").tobytes()))
     xml = (
         '<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" CopyOption="1" UniqueID="0">'
         '<Data><Experiment Path="project.lif"/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/>'

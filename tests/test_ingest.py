@@ -242,7 +242,7 @@ def test_two_dyes_at_every_pinhole_along_channels(tmp_path, steps):
     chans = [{"pinhole": PINHOLES_UM[i], "em": em} for i in range(4) for em in (525, 610)]
     data = np.stack([img for i in range(4) for img in (steps[i], other[i])])
     write_ome(tmp_path / "s.ome.tif", data, ome_xml(chans, steps[0].shape))
-    with pytest.raises(UserError, match="duplicated pinhole value.*channel_em_nm"):
+    with pytest.raises(UserError, match="different dyes: emission 525, 610 nm.*channel_em_nm: 525"):
         ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(), dry_run=True)
     report = ingest(tmp_path / "s.ome.tif", tmp_path / "l.zarr", AcquisitionManifest(channel_em_nm=610), show_progress=False)
     assert report.plan.em_wavelength_nm == 610 and report.store.meta.pinhole_um == PINHOLES_UM
