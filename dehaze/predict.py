@@ -22,8 +22,8 @@ from dehaze.engine import DEFAULT_MARGIN, DEFAULT_TILE, PRECISIONS, EngineOption
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
 from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
-from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, create_ladder, finalize_with_step_stats,
-                          format_bytes, open_ladder, output_lock, physical_memory_bytes, refuse_inside_store)
+from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, finalize_with_step_stats,
+                          format_bytes, open_ladder, physical_memory_bytes, refuse_inside_store, writing_output)
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
 
 DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
@@ -157,7 +157,7 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
 
     ``samples`` (K) defaults to the HDN run's ``mmse_samples`` for one-shot-hdn and to 1 (posterior
     means, deterministic) for the latent strategies. ``overwrite``/``replace_stale``: see
-    :func:`dehaze.store.create_ladder`.
+    :func:`dehaze.store.plan_output`.
     """
     dev = pick_device(device)
     if opts.precision not in PRECISIONS:
@@ -284,8 +284,9 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         fields=src.fields, prediction=PredictionInfo(method=name, run_dirs=run_list, input_store=str(src.path),
                                                      input_sha256=src.sha256, strategy=strategy_info),
     )
-    with output_lock(output):  # a second predict into this store is refused while this one writes
-        out, state = create_ladder(output, meta, overwrite=overwrite, replace_stale=replace_stale, keep=[src.path])
+    # one writer per store (a second predict is refused); a store of these runs and input resumes or is complete
+    with writing_output(output, meta, overwrite=overwrite, replace_stale=replace_stale, keep=[src.path]) as plan:
+        out, state = plan.open(), plan.state
         if state == "complete":
             return out
         multiple = max(int(getattr(getattr(bundle, kind), "multiple", 1)) for kind in spec.needs)

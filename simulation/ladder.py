@@ -33,8 +33,7 @@ import numpy as np
 from dehaze.errors import UserError
 from dehaze.manifests import SimulationManifest
 from dehaze.progress import progress_bar
-from dehaze.store import (DatasetMeta, LadderStore, create_ladder, field_name, finalize_with_step_stats, open_ladder,
-                          output_lock)
+from dehaze.store import DatasetMeta, LadderStore, field_name, finalize_with_step_stats, open_ladder, writing_output
 from simulation.camera import camera_image, expected_adu
 from simulation.forward import FoldedPlaneConvolver
 from simulation.optics import PsfWindow, ladder_psfs, psf_window
@@ -239,8 +238,9 @@ def simulate_ladder(
     # Connect first: an unreachable scheduler must not leave an empty store behind.
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(connect_scheduler(scheduler)) if scheduler else None
-        stack.enter_context(output_lock(out))  # a second simulate of this store is refused while this one writes
-        store, state = create_ladder(out, dataset_meta(manifest), overwrite=overwrite)
+        # one writer per store (a second simulate is refused); a store of this manifest resumes or is complete
+        output = stack.enter_context(writing_output(out, dataset_meta(manifest), overwrite=overwrite))
+        store, state = output.open(), output.state
         if state == "complete":
             return SimulationReport(store, state, 0)
         done = store.completed_fields()

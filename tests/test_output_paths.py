@@ -133,3 +133,53 @@ def test_ingest_refuses_outputs_inside_a_store_and_other_kinds(good, tmp_path):
     with pytest.raises(UserError, match="move them out first"):
         ingest_mod.ingest(folder, out, manifest, overwrite=True, show_progress=False)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def _meta(sha: str, source: str = "acquisition"):
+    from dehaze.store import DatasetMeta
+
+    return DatasetMeta(source=source, manifest={}, manifest_sha256=sha, n_steps=2, pinhole_au=[1.0, 2.0],
+                       spatial_axes=["y", "x"], pixel_size_um={"y": 0.1, "x": 0.1}, fields=["field_000"])
+
+
+def test_plan_output_decides_before_anything_is_written_or_removed(tmp_path):
+    """The lifecycle in two steps (what ingest needs: decide, then read and register, then create): the plan
+    names the state, and the old store stays until open()."""
+    from dehaze.errors import UserError
+    from dehaze.store import create_ladder, open_ladder, plan_output
+
+    path = tmp_path / "s.zarr"
+    assert plan_output(path, _meta("a")).state == "new" and not path.exists()
+    create_ladder(path, _meta("a"))
+    with pytest.raises(UserError, match="made from other files or another manifest; pass --overwrite"):
+        plan_output(path, _meta("b"), made_from="other files or another manifest")
+    plan = plan_output(path, _meta("b"), overwrite=True)
+    assert (plan.state, plan.replaces) == ("new", True) and open_ladder(path, require_complete=False).meta.manifest_sha256 == "a"
+    assert plan.open().meta.manifest_sha256 == "b" and open_ladder(path, require_complete=False).meta.manifest_sha256 == "b"
+    assert plan_output(path, _meta("b")).state == "resumed"
+    # a store of the same identity that its writer cannot resume is rebuilt without --overwrite
+    rebuilt = plan_output(path, _meta("b"), resumable=lambda store: False)
+    assert (rebuilt.state, rebuilt.replaces) == ("new", True)
+
+
+def test_writing_output_discards_only_a_store_it_created_and_keeps_it_on_ctrl_c(tmp_path):
+    from dehaze.store import create_ladder, writing_output
+
+    path = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError), writing_output(path, _meta("a"), discard_on_error=True) as plan:
+        plan.open()
+        raise RuntimeError("failed while writing")
+    assert not path.exists()
+    with pytest.raises(KeyboardInterrupt), writing_output(path, _meta("a"), discard_on_error=True) as plan:
+        plan.open()
+        raise KeyboardInterrupt
+    assert path.exists()  # Ctrl-C: kept for the rerun
+    shutil.rmtree(path)
+    create_ladder(path, _meta("a"))
+    with pytest.raises(RuntimeError), writing_output(path, _meta("b"), overwrite=True, discard_on_error=True) as plan:
+        raise RuntimeError("failed before open: the old store is still the user's")
+    assert json.loads((path / ".zattrs").read_text())["dehaze"]["manifest_sha256"] == "a"
+    with pytest.raises(RuntimeError), writing_output(path, _meta("a"), discard_on_error=True) as plan:  # resumed: kept
+        assert plan.state == "resumed" and plan.open() is plan.existing
+        raise RuntimeError
+    assert path.exists()

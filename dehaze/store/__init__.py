@@ -43,18 +43,19 @@ from dehaze.store.layout import CHUNK_YX, IMAGE_ARRAY, field_name
 from dehaze.store.memory import format_bytes, physical_memory_bytes
 from dehaze.store.meta import FORMAT_VERSION, DatasetMeta, FieldMeta, PredictionInfo, StepStats
 from dehaze.store.ngff import NGFF_VERSION, ngff_multiscales
-from dehaze.store.output import (LOCK_SUFFIX, check_output_store, create_ladder, ensure_writable_parent, lock_file,
-                                 make_output_folder, output_lock, refuse_foreign_files, refuse_inside_store)
+from dehaze.store.output import (LOCK_SUFFIX, OutputPlan, check_output_store, create_ladder, ensure_writable_parent, lock_file,
+                                 make_output_folder, output_lock, plan_output, refuse_foreign_files, refuse_inside_store,
+                                 writing_output)
 from dehaze.store.stats import (STATS_PIXELS_PER_STEP, finalize_with_step_stats, stats_samples, step_stats_from_samples,
                                 summarize)
 
 __all__ = [
     "CHUNK_YX", "FORMAT_VERSION", "IMAGE_ARRAY", "LATENT_FORMAT_VERSION", "LOCK_SUFFIX", "MAX_LISTED_CHUNKS",
     "NGFF_VERSION", "STATS_PIXELS_PER_STEP", "CheckedDirectoryStore", "ChunkMissing", "DamagedStore", "DatasetMeta",
-    "FieldMeta", "LadderArray", "LadderStore", "LatentCache", "LatentCacheMeta", "PredictionInfo", "StepStats",
+    "FieldMeta", "LadderArray", "LadderStore", "LatentCache", "LatentCacheMeta", "OutputPlan", "PredictionInfo", "StepStats",
     "check_ladder", "check_output_store", "chunk_problem", "create_ladder", "create_latent_cache", "describe_ladder",
     "ensure_writable_parent", "existing_chunk_keys", "field_name", "finalize_with_step_stats", "format_bytes",
     "lock_file", "make_output_folder", "missing_chunk_keys", "ngff_multiscales", "open_ladder", "open_latent_cache",
-    "output_lock", "physical_memory_bytes", "refuse_foreign_files", "refuse_inside_store", "stats_samples",
-    "step_stats_from_samples", "summarize",
+    "output_lock", "physical_memory_bytes", "plan_output", "refuse_foreign_files", "refuse_inside_store", "stats_samples",
+    "step_stats_from_samples", "summarize", "writing_output",
 ]

@@ -7,8 +7,9 @@ import contextlib
 import fcntl
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 from dehaze.errors import UserError
 from dehaze.store.chunks import open_checked_group
@@ -138,46 +139,113 @@ def check_output_store(path: Path, source: str, *, replacing: bool, keep: Sequen
         raise UserError(f"{path}: exists and is a file, not a ladder store; choose another output path")
 
 
-def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False,
-                  replace_stale: bool = False, keep: Sequence[str | Path] = ()) -> tuple[LadderStore, str]:
-    """Create a store, or reopen an interrupted one made from the same manifest.
+@dataclass
+class OutputPlan:
+    """What writing a store of ``meta`` at ``path`` will do, decided by :func:`plan_output` before any work.
 
-    Returns ``(store, state)`` with state ``"new"``, ``"resumed"`` or ``"complete"``. An existing store
-    from another manifest is refused unless ``overwrite`` (which also rebuilds one of the same manifest) or
-    ``replace_stale`` (for a writer that owns the folder, e.g. a study: a store of the same manifest is
-    reopened, one of another is replaced). A path that is not a ladder store is never deleted (nothing the
-    user had is lost); neither is a store of another kind (``meta.source``), one holding other files, a
-    store reached through a symbolic link, or one of the ``keep`` paths (the command's inputs); and no
-    store is made inside another (see :func:`check_output_store`).
+    ``state``: ``"new"`` (nothing there yet, or a store that :meth:`open` replaces: ``replaces``),
+    ``"resumed"`` (an interrupted store of the same identity, kept and completed) or ``"complete"``
+    (nothing to do). Nothing is written or removed until :meth:`open`.
+    """
+
+    path: Path
+    meta: DatasetMeta
+    state: Literal["new", "resumed", "complete"]
+    existing: LadderStore | None = None  # the store at ``path`` now, if any
+    replaces: bool = False  # open() first removes ``existing`` (another identity's store, or --overwrite)
+    store: LadderStore | None = None  # set by open()
+    created: bool = False  # open() made a fresh store at ``path`` (what writing_output may discard)
+
+    def open(self) -> LadderStore:
+        """The store to write: the existing one when resumed or complete; else a fresh one (replacing
+        ``existing`` when ``replaces``) holding only ``meta``."""
+        if self.store is None:
+            if self.state != "new":
+                self.store = self.existing
+            else:
+                if self.replaces:
+                    shutil.rmtree(self.path)
+                elif self.path.is_dir():  # an empty folder (plan_output refused any other)
+                    self.path.rmdir()
+                root = open_checked_group(self.path, "w")
+                put_meta(root, self.meta)
+                self.store, self.created = LadderStore(self.path, root, self.meta), True
+        assert self.store is not None
+        return self.store
+
+
+def plan_output(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False, replace_stale: bool = False,
+                keep: Sequence[str | Path] = (), resumable: Callable[[LadderStore], bool] | None = None,
+                made_from: str = "a different manifest") -> OutputPlan:
+    """Decide, before any work and writing nothing, what becomes of the output store ``path`` for ``meta``.
+
+    A store of the same identity (``meta.manifest_sha256``) is complete (nothing to do) or resumed, unless
+    ``overwrite`` (rebuild it) or ``resumable(store)`` says it cannot be (rebuilt too: e.g. an ingestion
+    interrupted before every field was planned). A store of another identity is refused in one line
+    naming ``made_from``, unless ``overwrite`` or ``replace_stale`` (for a writer that owns the folder,
+    e.g. a study). Never replaced: a path that is not a ladder store (an empty folder is taken), a store
+    of another kind (``meta.source``), one holding other files, a store reached through a symbolic link,
+    one of the ``keep`` paths (the command's inputs); no store is made inside another (see
+    :func:`check_output_store`); a parent folder that cannot be written is refused now.
     """
     path = Path(path)
     check_output_store(path, meta.source, replacing=False, keep=keep)
-    if path.exists():
-        if not looks_like_ladder(path):
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-            else:
-                raise UserError(f"{path}: exists and is not a dehaze ladder store; choose another output path")
-        else:
-            existing = open_ladder(path, require_complete=False)
-            same = existing.meta.manifest_sha256 == meta.manifest_sha256
-            if existing.meta.source != meta.source:
-                raise UserError(f"{path}: holds a {existing.meta.source} store; this command writes {meta.source} stores "
-                                "and never replaces another kind: choose another output path")
-            if same and not overwrite:
-                state = "complete" if existing.meta.status == "complete" else "resumed"
-                return existing, state
-            if not (overwrite or replace_stale):
-                raise UserError(
-                    f"{path}: holds a store made from a different manifest; pass --overwrite to replace it or choose another output path"
-                )
-            check_output_store(path, meta.source, replacing=True, keep=keep)
-            refuse_foreign_files(existing)
-            shutil.rmtree(path)
+    if path.exists() and looks_like_ladder(path):
+        existing = open_ladder(path, require_complete=False)
+        if existing.meta.source != meta.source:
+            raise UserError(f"{path}: holds a {existing.meta.source} store; this command writes {meta.source} stores "
+                            "and never replaces another kind: choose another output path")
+        if existing.meta.manifest_sha256 == meta.manifest_sha256 and not overwrite:
+            if existing.meta.status == "complete":
+                return OutputPlan(path, meta, "complete", existing)
+            if resumable is None or resumable(existing):
+                return OutputPlan(path, meta, "resumed", existing)
+        elif not (overwrite or replace_stale):
+            raise UserError(f"{path}: holds a store made from {made_from}; pass --overwrite to replace it or choose another output path")
+        check_output_store(path, meta.source, replacing=True, keep=keep)
+        refuse_foreign_files(existing)
+        ensure_writable_parent(path)
+        return OutputPlan(path, meta, "new", existing, replaces=True)
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"{path}: exists and is not a dehaze ladder store; choose another output path")
     ensure_writable_parent(path)
-    root = open_checked_group(path, "w")
-    put_meta(root, meta)
-    return LadderStore(path, root, meta), "new"
+    return OutputPlan(path, meta, "new")
+
+
+@contextlib.contextmanager
+def writing_output(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False, replace_stale: bool = False,
+                   keep: Sequence[str | Path] = (), resumable: Callable[[LadderStore], bool] | None = None,
+                   made_from: str = "a different manifest", discard_on_error: bool = False,
+                   what: str = "-o") -> Iterator[OutputPlan]:
+    """The output lifecycle of a command that writes the store ``path``: hold its lock (:func:`output_lock`:
+    a second writer is refused), decide what becomes of it (:func:`plan_output`, same keywords) and yield
+    the plan; the command calls ``plan.open()`` when it is ready to write.
+
+    ``discard_on_error``: a store this run created is removed if the block fails (for a writer whose
+    partial store cannot be resumed), except on Ctrl-C, which keeps finished fields for the rerun.
+    """
+    with output_lock(path, what):
+        plan = plan_output(path, meta, overwrite=overwrite, replace_stale=replace_stale, keep=keep,
+                           resumable=resumable, made_from=made_from)
+        try:
+            yield plan
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            if discard_on_error and plan.created:
+                shutil.rmtree(plan.path, ignore_errors=True)
+            raise
+
+
+def create_ladder(path: str | Path, meta: DatasetMeta, *, overwrite: bool = False,
+                  replace_stale: bool = False, keep: Sequence[str | Path] = ()) -> tuple[LadderStore, str]:
+    """Create a store, or reopen an interrupted one made from the same manifest, without a lock (see
+    :func:`writing_output` for commands): :func:`plan_output` then :meth:`OutputPlan.open`.
+
+    Returns ``(store, state)`` with state ``"new"``, ``"resumed"`` or ``"complete"``.
+    """
+    plan = plan_output(path, meta, overwrite=overwrite, replace_stale=replace_stale, keep=keep)
+    return plan.open(), plan.state
 
 
 def refuse_foreign_files(store: LadderStore) -> None:
