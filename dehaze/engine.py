@@ -140,7 +140,6 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
     if opts.trajectory:
         arrays["trajectory"] = ((n_steps, *source.shape[1:]), "float32")
     out.begin_field(field, arrays)
-    group = out.root[field]
     units = [(h, p, r) for h in range(n_steps) for p in planes for r in rows]
     done = out.field_progress(field)
     per_pass = max(1, opts.batch_size // opts.samples)
@@ -169,10 +168,10 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
         keep = slice(ylo - y0, min(yhi, height) - y0)
         rows_out = (slice(ylo, min(yhi, height)), slice(0, width))
         if ylo < height:
-            group["0"][(h, *plane, *rows_out)] = norm.invert(mean[keep, :width])
-            group["std"][(h, *plane, *rows_out)] = std[keep, :width] * np.float32(norm.scale)
+            out.write_block(field, "0", (h, *plane, *rows_out), norm.invert(mean[keep, :width]))
+            out.write_block(field, "std", (h, *plane, *rows_out), std[keep, :width] * np.float32(norm.scale))
             if traj is not None:
-                group["trajectory"][(slice(None), *plane, *rows_out)] = norm.invert(traj[:, keep, :width])
+                out.write_block(field, "trajectory", (slice(None), *plane, *rows_out), norm.invert(traj[:, keep, :width]))
         out.set_field_progress(field, u + 1)
         bar.update(1)
     bar.close()

@@ -171,3 +171,18 @@ def test_replace_stale_reopens_the_same_and_replaces_another(tmp_path):
         create_ladder(path, meta("b"))
     store, state = create_ladder(path, meta("b"), replace_stale=True)
     assert state == "new" and store.meta.manifest_sha256 == "b" and open_ladder(path, require_complete=False).completed_fields() == set()
+
+
+def test_write_block_writes_a_region_of_a_begun_field_only(tmp_path):
+    """The engine's writer: rows into arrays made by begin_field; an array not begun is a bug, said at once."""
+    from dehaze.store import DatasetMeta, create_ladder
+
+    meta = DatasetMeta(source="prediction", manifest={}, manifest_sha256="p", n_steps=2, pinhole_au=[1.0, 2.0],
+                       spatial_axes=["y", "x"], pixel_size_um={"y": 0.1, "x": 0.1}, fields=["field_000"])
+    store, _ = create_ladder(tmp_path / "p.zarr", meta)
+    with pytest.raises(ValueError, match="not begun"):
+        store.write_block("field_000", "0", (0, slice(0, 2), slice(0, 4)), np.ones((2, 4), np.float32))
+    store.begin_field("field_000", {"0": ((2, 4, 4), "float32")})
+    store.write_block("field_000", "0", (1, slice(0, 2), slice(0, 4)), np.full((2, 4), 3, np.float32))
+    step = store.root["field_000"]["0"][1]  # (step 0 was never written: reading it is an error, not NaN)
+    assert (step[:2] == 3).all() and np.isnan(step[2:]).all()

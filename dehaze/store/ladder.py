@@ -101,6 +101,7 @@ class LadderStore:
         self.root = root
         self.meta = meta
         self._arrays: dict[tuple[str, str], LadderArray] = {}
+        self._writing: dict[tuple[str, str], zarr.Array] = {}  # arrays opened by begin_field, for write_block
 
     # ---- reading -------------------------------------------------------------------------------
     @property
@@ -208,6 +209,7 @@ class LadderStore:
     def _forget(self, field: str) -> None:
         """Drop the checked arrays of a field about to be (re)written (their zarr metadata may change)."""
         self._arrays = {k: v for k, v in self._arrays.items() if k[0] != field}
+        self._writing = {k: v for k, v in self._writing.items() if k[0] != field}
 
     def write_field(
         self,
@@ -260,7 +262,16 @@ class LadderStore:
                                      overwrite=True, dimension_separator="/", fill_value=np.nan if np.dtype(dtype).kind == "f" else 0)
         elif fmeta.get("complete"):
             raise ValueError(f"{field} is already complete")
+        self._writing.update({(field, name): group[name] for name in arrays})
         return group
+
+    def write_block(self, field: str, name: str, where: tuple[Any, ...], values: np.ndarray) -> None:
+        """Write ``values`` into the region ``where`` (ints and slices, one per axis) of the array ``name``
+        of a field begun with :meth:`begin_field`: the engine writes one row of tiles at a time."""
+        key = (field, name)
+        if key not in self._writing:
+            raise ValueError(f"{field}/{name}: not begun (call begin_field first)")
+        self._writing[key][where] = values
 
     def field_progress(self, field: str) -> int:
         return int(self.field_meta(field).info.get("progress", 0)) if field in self.root else 0
