@@ -186,3 +186,15 @@ def test_write_block_writes_a_region_of_a_begun_field_only(tmp_path):
     store.write_block("field_000", "0", (1, slice(0, 2), slice(0, 4)), np.full((2, 4), 3, np.float32))
     step = store.root["field_000"]["0"][1]  # (step 0 was never written: reading it is an error, not NaN)
     assert (step[:2] == 3).all() and np.isnan(step[2:]).all()
+
+
+def test_info_prints_pinhole_values_with_their_decimals(tmp_path):
+    """Issue #15 item 6: a 103.5 µm pinhole shows as 103.5, not 104."""
+    from dehaze.store import DatasetMeta, create_ladder, describe_ladder
+
+    meta = DatasetMeta(source="acquisition", manifest={}, manifest_sha256="a", n_steps=3, pinhole_au=[0.55, 1.125, None],
+                       pinhole_um=[50.25, 103.5, 1234.5], spatial_axes=["y", "x"], pixel_size_um={"y": 0.1, "x": 0.1},
+                       fields=["field_000"])
+    store, _ = create_ladder(tmp_path / "a.zarr", meta)
+    rows = [line.split() for line in describe_ladder(store).splitlines() if line.strip()[:1].isdigit()]
+    assert [row[1:3] for row in rows] == [["0.55", "50.25"], ["1.125", "103.5"], ["-", "1234.5"]]

@@ -25,7 +25,7 @@ def describe_ladder(store: LadderStore) -> str:
     for t in range(m.n_steps):
         au = m.pinhole_au[t]
         au_s = "widefield" if t in m.widefield_steps else ("-" if au is None else f"{au:g}")
-        um_s = "-" if not m.pinhole_um else f"{m.pinhole_um[t]:.3g}"
+        um_s = "-" if not m.pinhole_um else f"{m.pinhole_um[t]:g}"  # 6 digits: a 103.5 µm pinhole is not 104
         s = m.step_stats[t] if m.step_stats else None
         stats = f"{s.mean:9.1f} {s.std:9.1f} {s.p999:9.1f} {('-' if s.haze_index is None else f'{s.haze_index:.3f}'):>11}" if s else "        (not yet computed)"
         lines.append(f"  {t:>4}  {au_s:>10}  {um_s:>10} {stats}")

@@ -50,7 +50,9 @@ class DatasetMeta(StrictModel):
     pixel_size_um: dict[str, float]  # per spatial axis
     fields: list[str]
     step_stats: list[StepStats] | None = None
-    normalization: dict[str, Any] | None = None  # what loaders should apply (recorded by the writer)
+    # The writer's intensity record: the camera offset_adu (evaluate subtracts an acquisition's for SSIM) and,
+    # from ingest, per-step brightness and bleaching. Loaders normalise from step_stats, not from this.
+    normalization: dict[str, Any] | None = None
     prediction: PredictionInfo | None = None  # only for source == "prediction"
     photometry: dict[str, Any] | None = None  # simulation: PSF normalisation and brightness reference (None: older store)
 
