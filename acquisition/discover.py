@@ -108,14 +108,18 @@ class Plan:
             f"{self.source}: {len(self.files)} file(s), {len(self.positions)} field(s) of view, {self.n_steps} steps",
             f"  shape per step: {self.spatial_shape} (axes {' '.join(self.spatial_axes)}), pixel size (µm): {px}",
             f"  emission: {_nm(self.em_wavelength_nm).replace('-', '?')} nm, NA: {f'{self.na:g}' if self.na else '?'}; pinhole values from: {self.units_source}",
-            "  step  pinhole_um  pinhole_au   em_nm   ex_nm  source (first field)",
         ]
+        optics = self.step_optics or [{} for _ in self.positions[0].steps]
+        file_au = [o.get("pinhole_au_file") for o in optics]
+        show_file_au = any(("replacing" in o.get("pinhole_au_source", "") or "recomputed" in o.get("pinhole_au_source", ""))
+                           and o.get("pinhole_au_file") is not None for o in optics)
+        lines.append("  step  pinhole_um  pinhole_au" + ("     file_au" if show_file_au else "") + "   em_nm   ex_nm  source (first field)")
         for t, step in enumerate(self.positions[0].steps):
             um = "-" if self.pinhole_um is None else f"{self.pinhole_um[t]:.5g}"
             au = "-" if self.pinhole_au[t] is None else f"{self.pinhole_au[t]:.4g}"
-            optics = self.step_optics[t] if t < len(self.step_optics) else {}
-            em, ex = (_nm(optics.get(k)) for k in ("em_wavelength_nm", "ex_wavelength_nm"))
-            lines.append(f"  {t:>4}  {um:>10}  {au:>10}  {em:>6}  {ex:>6}  {step.label}")
+            fau = (f"  {'-' if file_au[t] is None else f'{file_au[t]:.4g}':>10}") if show_file_au else ""
+            em, ex = (_nm(optics[t].get(k)) for k in ("em_wavelength_nm", "ex_wavelength_nm"))
+            lines.append(f"  {t:>4}  {um:>10}  {au:>10}{fau}  {em:>6}  {ex:>6}  {step.label}")
         sources = dict.fromkeys(o.get("pinhole_au_source", "") for o in self.step_optics) if self.step_optics else {}
         for source in sources:
             if source:
@@ -254,6 +258,9 @@ def _check_one_dye(positions: dict[str, list[Step]], m: AcquisitionManifest, war
         detail = ", ".join(f"{st.series.path.name}{f' [{st.axis}={st.index}]' if st.axis else ''}: {_light(st.light)}"
                            for st in steps[:4]) + (" ..." if len(steps) > 4 else "")
         if m.step_axis == "auto":
+            if why.startswith("transmitted"):
+                raise UserError(f"the steps are {why} (brightfield, DIC or phase: no confocal pinhole to open) ({detail}); "
+                                "set step_axis explicitly (file, time, z) only if they really are pinhole steps")
             raise UserError(f"the steps are {why}, not pinhole steps of one dye ({detail}); take one dye's files (files: GLOB), "
                             "image or channel: N; set step_axis explicitly only if they really are pinhole steps")
         warnings.append(f"the steps are {why} ({detail}): taken as pinhole steps because step_axis is {m.step_axis}")
@@ -362,7 +369,7 @@ def _vendor_au(st: Step, em_nm: float | None) -> tuple[float | None, str]:
         return au, f"file ({st.series.kind})" + (f", computed by the vendor at {_nm(at)} nm" if at else "")
     if abs(at - em_nm) <= 0.5:
         return au, f"file ({st.series.kind}), at {_nm(at)} nm, the step's emission"
-    return au * at / em_nm, f"file ({st.series.kind}) {au:.4g} AU at {_nm(at)} nm, recomputed at the step's emission {_nm(em_nm)} nm"
+    return au * at / em_nm, f"file ({st.series.kind}) at {_nm(at)} nm, recomputed at the step's emission {_nm(em_nm)} nm (x {at / em_nm:.4g})"
 
 
 def _optics(st: Step, em_nm: float | None, na: float | None) -> dict[str, Any]:
@@ -439,7 +446,7 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
         if st.pinhole_um is not None and calibrated:  # the manifest's calibration wins over a vendor's AU
             st.pinhole_au = pinhole_um_to_au(st.pinhole_um, um_per_au=m.um_per_au, magnification_at_pinhole=m.magnification_at_pinhole,
                                              em_wavelength_nm=em_of[id(st)], na=na)
-            st.pinhole_au_source = f"manifest calibration ({cal})" + (f", replacing the file's {st.light.pinhole_airy:.4g} AU" if from_file else "")
+            st.pinhole_au_source = f"manifest calibration ({cal})" + (", replacing the file's AU (file_au)" if from_file else "")
         elif from_file:
             st.pinhole_au, st.pinhole_au_source = _vendor_au(st, em_of[id(st)])
             recomputed |= "recomputed" in st.pinhole_au_source

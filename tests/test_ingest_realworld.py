@@ -74,6 +74,17 @@ def test_undecodable_file_fails_in_the_dry_run(tmp_path, steps):
     _fails(folder, tmp_path / "l.zarr", "s2_ph160um.tif", "cannot decode", args=args)
 
 
+def test_missing_decoder_says_what_to_install(tmp_path, steps, monkeypatch):
+    # what a user without imagecodecs meets on an LZW file: one line with the package to install, in the dry run
+    src = write_ome_channels(tmp_path / "s.ome.tif", steps, PINHOLES_UM)
+
+    def no_codec(self, *args, **kwargs):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    _fails(src, tmp_path / "l.zarr", "s.ome.tif", "cannot decode", "pip install imagecodecs", args=("--dry-run",))
+
+
 # --- 2. Leica projects -------------------------------------------------------------------------------------
 
 LAS = {"NumericalAperture": "1.40", "Magnification": "63", "EmissionWavelengthForPinholeAiryCalculation": "580"}
