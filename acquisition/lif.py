@@ -9,7 +9,7 @@ diameter in metres and ``PinholeAiry`` in Airy units, plus ``NumericalAperture``
 LAS X computes ``PinholeAiry`` at one wavelength for all channels, ``EmissionWavelengthForPinholeAiryCalculation``
 (580 nm by default): each channel's emission wavelength is taken from the centre of its detector's band
 (``Spectro/MultiBand`` of the active ``DetectorList/Detector``), so that ingestion can recompute the Airy
-units at the channel's own wavelength. The excitation is the strongest laser line below that band
+units at the channel's own wavelength. The excitation is the longest-wavelength active laser line below that band
 (``LaserLineSetting`` with a non-zero intensity); a transmitted-light detector marks its channel as such.
 
 Images that are not x-y planes are refused when used, one line each: XZ scans (their second dimension is

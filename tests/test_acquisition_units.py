@@ -37,3 +37,19 @@ def test_lif_settings_metres_and_airy():
 def test_lif_bad_number():
     with pytest.raises(UserError, match="Pinhole='abc'"):
         lif_channel_meta({"Pinhole": "abc"}, 1, "a.lif")
+
+
+def test_lif_channel_wavelengths_from_the_active_detectors():
+    import xml.etree.ElementTree as ET
+
+    from acq_data import leica_detectors
+
+    settings = {"Pinhole": "1e-4", "PinholeAiry": "1.0", "EmissionWavelengthForPinholeAiryCalculation": "580"}
+    conf = ET.fromstring(f"<ATLConfocalSettingDefinition>{leica_detectors([(500, 540), (600, 700)], [488, 561], transmitted=1)}"
+                         "</ATLConfocalSettingDefinition>")
+    green, trans = lif_channel_meta(settings, 2, "a.lif", conf)
+    assert (green.em_wavelength_nm, green.ex_wavelength_nm, green.pinhole_airy_at_nm, green.transmitted) == (520, 488, 580, False)
+    assert trans.transmitted and trans.ex_wavelength_nm == 561  # the longest active line below its band
+    # active detectors that do not match the channels one to one: wavelengths unknown, not guessed
+    (only,) = lif_channel_meta(settings, 1, "a.lif", conf)
+    assert only.em_wavelength_nm is None and only.pinhole_airy == 1.0
