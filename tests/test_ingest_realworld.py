@@ -17,7 +17,7 @@ from acquisition.manifest import AcquisitionManifest
 from acquisition.tiff import read_tiff_series
 from dehaze.cli import app
 from dehaze.errors import UserError
-from dehaze.store import check_ladder, open_ladder
+from dehaze.store import check_ladder
 
 runner = CliRunner()
 NO_REG = AcquisitionManifest(registration={"enabled": False})
