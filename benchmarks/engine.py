@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import cProfile
 import io
 import json
@@ -74,10 +75,10 @@ from dehaze.models.hvae import HVAE  # noqa: E402
 from dehaze.models.latent import LatentCycleGAN, LatentNet  # noqa: E402
 from dehaze.normalization import Normalization  # noqa: E402
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder  # noqa: E402
-from dehaze.strategies import STRATEGIES, ModelBundle, schedule_for  # noqa: E402
+from dehaze.strategies import STRATEGIES, ModelBundle, Strategy, StrategyParams, schedule_for  # noqa: E402
 from dehaze.tiling import tile_geometry  # noqa: E402
 from machine import load1, machine_info, sync, write_result  # noqa: E402
-from dehaze.train_config import HVAE_PRESETS  # noqa: E402
+from training.config import HVAE_PRESETS  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STRATEGY = "latent-direct"
@@ -187,15 +188,20 @@ def engine_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
     return _PREPARED[key]
 
 
+def strategy_for(job: Job) -> Strategy:
+    """The benchmarked strategy, told to draw posterior samples when the job has several."""
+    return functools.partial(STRATEGIES[STRATEGY].fn, params=StrategyParams(sample=job.samples > 1))
+
+
 def run_engine(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path) -> tuple[LadderStore, float, float]:
     """predict_field into a fresh prediction store; (store, wall s, cpu s)."""
     opts = EngineOptions(tile=job.tile, margin=job.margin, batch_size=job.batch_size, samples=job.samples, trajectory=True,
                          seed=job.seed, precision=job.precision)
-    b = ModelBundle(**{**engine_bundle(bundle, opts).__dict__, "sample": job.samples > 1})
+    b = engine_bundle(bundle, opts)
     sync(job.device)
     t0, c0 = time.perf_counter(), time.process_time()
     store = new_store(out_path, "engine")
-    predict_field(STRATEGIES[STRATEGY].fn, b, schedule_fn(job.schedule), source, NORM, store, FIELD, 0, opts, job.device,
+    predict_field(strategy_for(job), b, schedule_fn(job.schedule), source, NORM, store, FIELD, 0, opts, job.device,
                   multiple=bundle.hvae.multiple, show_progress=False)
     sync(job.device)
     return store, time.perf_counter() - t0, time.process_time() - c0
@@ -207,8 +213,7 @@ def run_naive(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path,
 
     The strategy gets the trajectory callback on every plane (it keeps what the haziest plane reports), so
     every step's estimate is decoded; ``lean``: only on the recorded plane, as the engine does."""
-    fn, sched = STRATEGIES[STRATEGY].fn, schedule_fn(job.schedule)
-    b = ModelBundle(**{**bundle.__dict__, "sample": job.samples > 1})
+    fn, sched, b = strategy_for(job), schedule_fn(job.schedule), bundle
     k, dev = job.samples, job.device
     height, width = source.shape[-2:]
     pad_h, pad_w, th, tw, rows, cols = tile_geometry(height, width, job.tile, job.margin, bundle.hvae.multiple)
@@ -262,12 +267,12 @@ def flops_per_image(bundle: ModelBundle, job: Job, th: int, tw: int) -> dict[str
     from torch.utils.flop_counter import FlopCounterMode
 
     n = max(1, job.batch_size)
-    b = ModelBundle(**{**bundle.__dict__, "sample": job.samples > 1})
+    b, fn = bundle, strategy_for(job)
     x = torch.zeros(n, 1, th, tw, device=job.device)
     out = {}
     for label, cb in (("plain", None), ("trajectory", lambda t, e: None)):
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            STRATEGIES[STRATEGY].fn(b, x, schedule_fn("fixed")(T_MAX), callback=cb)
+            fn(b, x, schedule_fn("fixed")(T_MAX), callback=cb)
         out[label] = fc.get_total_flops() / n
     return out
 

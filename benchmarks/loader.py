@@ -44,7 +44,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from dehaze.manifests import load_simulation_manifest
 from dehaze.normalization import Normalization
-from dehaze.train_config import TrainConfig
+from training.config import TrainConfig
 from simulation.ladder import simulate_ladder
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
 from training.loop import train

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from dehaze.cli import _checkpoint_step, run_study
-from dehaze.engine import EngineOptions
+from dehaze.runs import checkpoint_step
+from dehaze.study import run_study
+from dehaze.predict_config import PredictConfig
 from dehaze.runs import read_run_report
 from dehaze.study_config import StudyConfig
 
@@ -36,7 +37,7 @@ def settings(kind: str) -> StudyConfig:
     """Trainer sizes per setting. ``gpu`` follows the reference settings of DESIGN §6."""
     if kind == "gpu":
         common = {"batch_size": 32, "patch_size": 64, "log": {"val_every": 500, "ckpt_every": 500}, "data": {"num_workers": 4}}
-        return StudyConfig(simulation="paper-like", samples=None, test_fields=8, trainers={
+        return StudyConfig(simulation="paper-like", test_fields=8, trainers={
             "unet": {**common, "steps": 20000, "model": {"base_channels": 32, "depth": 3}},
             "pixel": {**common, "steps": 20000, "model": {"base_channels": 32, "depth": 3}},
             "hdn": {**common, "steps": 30000, "model": {"preset": "hdn-reference"}},
@@ -47,7 +48,7 @@ def settings(kind: str) -> StudyConfig:
     if kind == "quick":
         common = {"batch_size": 4, "patch_size": 32, "log": {"val_every": 50, "ckpt_every": 50}}
         sim = ["n_fields=3", "volume.field_shape_yx=[96, 96]", "volume.nz=16"]
-        return StudyConfig(simulation="paper-like", simulation_set=sim, samples=2, test_fields=1, jobs=2, trainers={
+        return StudyConfig(simulation="paper-like", simulation_set=sim, predict={"samples": 2}, test_fields=1, jobs=2, trainers={
             "unet": {**common, "steps": 40, "model": {"base_channels": 8, "depth": 2}},
             "pixel": {**common, "steps": 40, "model": {"base_channels": 8, "depth": 2}},
             "hdn": {**common, "steps": 30, "model": {"preset": "tiny"}},
@@ -58,10 +59,10 @@ def settings(kind: str) -> StudyConfig:
     # Reduced CPU setting: the paper-like physics (8 steps, 32-plane volume) on fewer, smaller fields and
     # small networks, so that the whole study fits in well under an hour on 2 cores: two trainers side by
     # side (one core each), scored on 2 held-out fields of another seed. HDN draws its default 16 posterior
-    # samples (samples: null); the latent walks run on posterior means.
+    # samples (predict.samples: null); the latent walks run on posterior means.
     common = {"batch_size": 8, "patch_size": 64, "log": {"val_every": 200, "ckpt_every": 200}}
     sim = ["n_fields=8", "volume.field_shape_yx=[256, 256]"]
-    return StudyConfig(simulation="paper-like", simulation_set=sim, samples=None, test_fields=2, jobs=2, trainers={
+    return StudyConfig(simulation="paper-like", simulation_set=sim, test_fields=2, jobs=2, trainers={
         "unet": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
         "pixel": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3, "sample_delta": 0.25}, "optim": {"lr": 1e-3}},
         "hdn": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
@@ -99,7 +100,7 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
     from dehaze.evaluate import evaluate
     from dehaze.predict import predict
     from dehaze.runs import read_run_report
-    from dehaze.train_config import TrainConfig, train_config_dict
+    from training.config import TrainConfig, train_config_dict
     from training.loop import train
 
     out = {}
@@ -110,13 +111,13 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
             # the study's section with the overrides merged on, validated as a new config (a preset fills its fields)
             variant_cfg = build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device},
                                                                      {"model": model}), [], f"ablation {kind} {name}")
-            if _checkpoint_step(run) < variant_cfg.steps:
+            if checkpoint_step(run) < variant_cfg.steps:
                 print(f"[ablation] training {kind} {name}")
                 train(kind, [work / "ladder.zarr"], run, variant_cfg, resume=(run / "run.json").is_file(),
                       base_run=runs / "latent" if kind == "degradation" else None, show_progress=False)
             (work / "ablations" / f"pred-{kind}-{name}").mkdir(exist_ok=True)
-            stores = [predict([run], test, work / "ablations" / f"pred-{kind}-{name}" / f"{s}.zarr", strategy=s,
-                              opts=EngineOptions(seed=0), replace_stale=True, show_progress=False)[0] for s in strategies]
+            stores = [predict([run], test, work / "ablations" / f"pred-{kind}-{name}" / f"{s}.zarr", PredictConfig(strategy=s, seed=0, device=cfg.device),
+                              replace_stale=True, show_progress=False)[0] for s in strategies]
             report = evaluate([st.path for st in stores], test, work / "ablations" / f"report-{kind}-{name}", target=cfg.target)
             out[f"{kind}:{name}"] = {"model_overrides": model,
                                      "methods": {k: _walk_summary(v) for k, v in report["methods"].items() if k != "hazy_input"}}
@@ -124,8 +125,8 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
             if check:
                 out[f"{kind}:{name}"]["degradation_check"] = check
     k = LATENT_SAMPLES_CHECK
-    stores = [predict([runs / "degradation"], test, work / "ablations" / f"pred-latent-one-shot-k{kk}.zarr", strategy="latent-one-shot",
-                      samples=kk, opts=EngineOptions(seed=0), replace_stale=True, show_progress=False)[0] for kk in (1, k)]
+    stores = [predict([runs / "degradation"], test, work / "ablations" / f"pred-latent-one-shot-k{kk}.zarr", 
+                      PredictConfig(strategy="latent-one-shot", samples=kk, seed=0, device=cfg.device), replace_stale=True, show_progress=False)[0] for kk in (1, k)]
     report = evaluate([st.path for st in stores], test, work / "ablations" / "report-latent-samples", target=cfg.target)
     per = [report["methods"][key]["steps"] for key in report["methods"] if key != "hazy_input"]
     out["latent-one-shot:samples"] = {
@@ -183,7 +184,7 @@ def main() -> None:
     work = args.work or Path(f"/tmp/dehaze-study-{kind}")
     # what an earlier run in this folder already finished (run_study skips it): wall_s then covers the rest
     reused = sorted(kind for kind, part in cfg.trainers.items()
-                    if part.get("steps") is not None and _checkpoint_step(work / "runs" / kind) >= part["steps"])
+                    if part.get("steps") is not None and checkpoint_step(work / "runs" / kind) >= part["steps"])
     t0 = time.perf_counter()
     report_dir = run_study(cfg, work, quiet=False)
     chosen = {**ABLATIONS, **(DEGRADATION_ABLATIONS if args.degradation_ablations else {})}

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dehaze.models import build_model
-from dehaze.train_config import HDNModel
+from dehaze.models import build_network
+from training.config import HDNModel
 
 from machine import machine_info, sync
 
@@ -51,7 +51,7 @@ class Variant:
                  channels_last: bool, autocast: bool, compile_: bool) -> None:
         self.name, self.device = name, device
         torch.manual_seed(0)
-        model = build_model(HDNModel(preset=preset)).to(device)
+        model = build_network(HDNModel(preset=preset)).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
         self.opt = torch.optim.Adamax(model.parameters(), lr=3e-4)

@@ -21,21 +21,20 @@ row. Random draws are seeded per (field, unit, batch): a seeded run repeats exac
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal, Sequence, get_args
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from dehaze.normalization import Normalization
+from dehaze.predict_config import Precision
 from dehaze.progress import progress_bar
 from dehaze.store import LadderStore
 from dehaze.strategies import ModelBundle, Strategy
 from dehaze.tiling import tile_geometry
 
 ScheduleFn = Callable[[int], Sequence[float]]
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = get_args(Precision)
 
 
 DEFAULT_TILE = 256  # px; a strategy may choose its own (dehaze.predict.engine_tile)
@@ -82,10 +81,7 @@ COMPILED_METHODS = ("encode", "decode", "sample_posterior")  # entry points stra
 def prepare_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
     """Put the bundle's networks in the engine's memory format, compiled if asked (in place; returns the bundle)."""
     fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
-    for f in fields(bundle):
-        model = getattr(bundle, f.name)
-        if not isinstance(model, torch.nn.Module):
-            continue
+    for model in bundle.models.values():
         model.to(memory_format=fmt)
         if opts.compile and not getattr(model, "_dehaze_compiled", False):
             model.compile(backend=opts.compile_backend)  # forward, in place

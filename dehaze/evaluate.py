@@ -473,3 +473,15 @@ def _plot_montage(
         title=f"{Path(report['truth_store']).name} / {field}: estimate of x_0 from each input step, PSNR in the corner (one display range per row)",
         cell_notes=notes,
     )
+
+
+def psnr_table(report: dict[str, Any]) -> list[str]:
+    """A report's mean PSNR per method and input step, as printed lines (``dehaze evaluate``, the study)."""
+    steps = report["steps"]
+    width = max([20, *(len(k) + 1 for k in report["methods"])])
+    lines = [f"mean PSNR (dB, data range of the {report['target']} x_0) per input step:",
+             "  " + f"{'method':<{width}}" + "".join(f"{'t=' + str(t):>9}" for t in steps)]
+    for key, entry in report["methods"].items():
+        vals = [entry["steps"][str(t)]["mean"]["psnr"] for t in steps]
+        lines.append("  " + f"{key:<{width}}" + "".join(f"{v:>9.2f}" if v is not None else f"{'inf':>9}" for v in vals))
+    return lines

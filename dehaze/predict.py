@@ -9,6 +9,7 @@ runs allow into the output folder. Interrupted predictions resume at the next ti
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -18,15 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from dehaze.engine import DEFAULT_MARGIN, DEFAULT_TILE, PRECISIONS, EngineOptions, predict_field, prepare_bundle
+from dehaze.device import pick_device
+from dehaze.engine import DEFAULT_MARGIN, DEFAULT_TILE, EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
+from dehaze.predict_config import PredictConfig
 from dehaze.progress import progress_bar
 from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
 from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, finalize_with_step_stats,
                           format_bytes, open_ladder, physical_memory_bytes, refuse_inside_store, writing_output)
-from dehaze.strategies import STRATEGIES, ModelBundle, StrategySpec, schedule_for
+from dehaze.strategies import STRATEGIES, ModelBundle, StrategyParams, StrategySpec, schedule_for
+from training.config import MODEL_KINDS
 
-DEFAULT_STRATEGY = {"unet": "one-shot-unet", "pixel": "pixel-indi", "hdn": "one-shot-hdn", "degradation": "latent-direct"}
+# what `dehaze predict RUN` does with a run of each kind, as its model config declares
+DEFAULT_STRATEGY = {kind: cls.default_strategy for kind, cls in MODEL_KINDS.items() if cls.default_strategy}
+RESTORING_KINDS = tuple(DEFAULT_STRATEGY)  # kinds whose runs restore images (with their bases)
 
 
 MAX_SINGLE_STEP = 1000  # --step of a single-image input
@@ -111,14 +117,6 @@ def _read_tiff(path: Path) -> np.ndarray:
         return series.asarray(maxworkers=1)
 
 
-def pick_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {name}: choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available; use --device cpu")
-    return torch.device("cuda" if name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class LoadedRuns:
     bundle: ModelBundle
@@ -138,7 +136,7 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> LoadedRuns:
                 raise UserError(f"{run}: a second {info.kind!r} run (first: {dirs[info.kind]}); give one run per kind")
             continue
         _, model = load_model(run, device)
-        setattr(bundle, info.kind, model)
+        bundle.add(info.kind, model)
         infos[info.kind], dirs[info.kind] = info, str(run)
         if info.base_run:
             queue.append(Path(info.base_run))
@@ -149,19 +147,22 @@ def allowed_strategies(runs: LoadedRuns) -> list[str]:
     return [name for name, spec in STRATEGIES.items() if all(getattr(runs.bundle, k) is not None for k in spec.needs)]
 
 
-def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, *, strategy: str | None = None,
-            device: str = "auto", step: int | None = None, samples: int | None = None, alpha: float = 0.5,
-            opts: EngineOptions = EngineOptions(), overwrite: bool = False, replace_stale: bool = False,
+def engine_options(cfg: PredictConfig) -> EngineOptions:
+    return EngineOptions(tile=cfg.tile, margin=cfg.margin, batch_size=cfg.batch_size, seed=cfg.seed,
+                         precision=cfg.precision, compile=cfg.compile)
+
+
+def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, cfg: PredictConfig = PredictConfig(), *,
+            step: int | None = None, overwrite: bool = False, replace_stale: bool = False,
             show_progress: bool = True) -> list[LadderStore]:
     """Predict x_0 from every step of every field with the given runs; one prediction store per strategy.
 
-    ``samples`` (K) defaults to the HDN run's ``mmse_samples`` for one-shot-hdn and to 1 (posterior
-    means, deterministic) for the latent strategies. ``overwrite``/``replace_stale``: see
-    :func:`dehaze.store.plan_output`.
+    ``cfg.samples`` (K) defaults to the HDN run's ``mmse_samples`` for one-shot-hdn and to 1 (posterior
+    means, deterministic) for the latent strategies. ``step``: the step of a single-image TIFF input.
+    ``overwrite``/``replace_stale``: see :func:`dehaze.store.plan_output`.
     """
-    dev = pick_device(device)
-    if opts.precision not in PRECISIONS:
-        raise UserError(f"--precision {opts.precision}: choose one of {', '.join(PRECISIONS)}")
+    strategy, samples, opts = cfg.strategy, cfg.samples, engine_options(cfg)
+    dev = pick_device(cfg.device)
     runs = load_runs(run_dirs, dev)
     allowed = allowed_strategies(runs)
     if strategy == "all":
@@ -212,8 +213,9 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
             Path(output).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"{output}: cannot create the output folder ({exc.strerror}); choose another -o") from None
-    bundle = prepare_bundle(replace(runs.bundle, alpha=alpha, sample=sampled), opts)
-    return [_predict_one(name, STRATEGIES[name], runs, bundle, src, out_paths[name], dev, samples, opts,
+    bundle = prepare_bundle(runs.bundle, opts)
+    params = StrategyParams(alpha=cfg.alpha, sample=sampled)
+    return [_predict_one(name, STRATEGIES[name], runs, bundle, params, src, out_paths[name], dev, samples, opts,
                          overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
             for name in names]
 
@@ -259,7 +261,8 @@ def _refuse_beyond_memory(name: str, k: int, tile: int, samples: int | None) -> 
                         "give fewer samples or a smaller --tile")
 
 
-def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, src: InputLadder, output: Path,
+def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, params: StrategyParams,
+                 src: InputLadder, output: Path,
                  device: torch.device, samples: int | None, opts: EngineOptions, *, overwrite: bool,
                  replace_stale: bool, show_progress: bool) -> LadderStore:
     primary = runs.infos[spec.primary]
@@ -267,7 +270,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
     k = samples_for(spec, primary, samples)
     opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile),
                    margin=DEFAULT_MARGIN if opts.margin is None else opts.margin)
-    strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": bundle.alpha,
+    strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": params.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
     if "degradation" in spec.needs:  # how far the run's G moves: evaluate reports it beside the scores
         check = read_run_report(runs.dirs["degradation"]).get("degradation_check")
@@ -293,7 +296,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         todo = [f for f in src.fields if f not in out.completed_fields()]
         bar = progress_bar(total=len(todo), desc=f"predict {name}", unit="field", disable=not show_progress)
         for field in todo:
-            predict_field(spec.fn, bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
+            predict_field(functools.partial(spec.fn, params=params), bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
                           out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress,
                           needs_ladder=spec.needs_ladder)
             bar.update(1)

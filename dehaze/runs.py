@@ -25,7 +25,7 @@ from dehaze import __version__
 from dehaze.config import StrictModel, format_validation_error
 from dehaze.errors import UserError
 from dehaze.normalization import Normalization
-from dehaze.train_config import TrainConfig
+from training.config import TrainConfig
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -172,11 +172,11 @@ def load_checkpoint(run_dir: str | Path, kind: str, map_location: str | torch.de
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RunInfo, torch.nn.Module]:
     """Rebuild a run's network from its resolved config and load its weights (EMA weights if kept)."""
-    from dehaze.models import build_model
+    from dehaze.models import build_network
 
     info = read_run(run_dir)
     state = load_checkpoint(run_dir, info.kind, map_location=device)
-    model = build_model(info.config.model)
+    model = build_network(info.config.model)
     weights = state["model"]
     if "ema" in state:  # AveragedModel keeps "module."-prefixed copies of the weights
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -185,3 +185,15 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     except RuntimeError as exc:
         raise UserError(f"{run_dir}: checkpoint does not fit the {info.kind} model in run.json ({str(exc).splitlines()[0]})") from None
     return info, model.to(device).eval()
+
+
+def checkpoint_step(run_dir: str | Path) -> int:
+    """The optimiser step of a run's checkpoint (0 where it has none yet); a damaged one is a UserError."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return 0
+    try:
+        return int(torch.load(path, weights_only=True)["step"])
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a damaged file
+        raise UserError(f"{path}: not a loadable checkpoint ({type(exc).__name__}); delete {run_dir} and rerun to "
+                        "train it again") from None

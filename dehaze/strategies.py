@@ -1,4 +1,4 @@
-"""Inference strategies: pure functions with one signature, ``strategy(bundle, x, schedule, *, callback)``.
+"""Inference strategies: pure functions with one signature, ``strategy(bundle, x, schedule, *, params, callback)``.
 
 ``x`` is a batch of normalised hazy images (B, 1, H, W) seen at step ``schedule[0]``; ``schedule`` is the
 decreasing list of steps the strategy walks through, ending at 0; ``callback(t, x0_estimate)`` receives
@@ -6,36 +6,60 @@ the estimate of x_0 available at step t (and the final one at t = 0). Each retur
 x_0. No hidden state: the same inputs (and RNG state, for sampling strategies) give the same output.
 
 :data:`STRATEGIES` maps each name to a :class:`StrategySpec`: the function, the trained models it needs,
-whose normalisation its inputs use, and which schedule it walks.
+whose normalisation its inputs use, and which schedule it walks. ``params`` (:class:`StrategyParams`) are
+the settings a strategy takes besides its networks (``dehaze predict`` binds them from its config).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import torch
 from torch import nn
 
+from training.config import TRAINER_KINDS
+
 Callback = Callable[[float, torch.Tensor], None]
 
 
-@dataclass
 class ModelBundle:
-    """The trained networks strategies may use; ``None`` where a run was not given."""
+    """The trained networks strategies may use, one per trainer kind: ``bundle.unet``, ``bundle.hvae``, ...
+    (every kind of :data:`training.config.TRAINER_KINDS`), ``None`` where no run of that kind was given.
+    The latent restorer is ``bundle.latent`` R(z_t, t); ``bundle.degradation`` the LatentCycleGAN whose
+    G(t) degrades and whose ``restorer`` the latent loops use."""
 
-    unet: nn.Module | None = None
-    pixel: nn.Module | None = None
-    hdn: nn.Module | None = None
-    hvae: nn.Module | None = None
-    latent: nn.Module | None = None  # R(z_t, t)
-    degradation: nn.Module | None = None  # LatentCycleGAN: degrade(z, t) = G(t)(z)
-    alpha: float = 0.5  # running-combination weight alpha_t of the latent variants
-    sample: bool = False  # draw posterior samples (HVAE encoder) instead of posterior means
+    def __init__(self, **models: nn.Module | None) -> None:
+        unknown = sorted(set(models) - set(TRAINER_KINDS))
+        if unknown:
+            raise TypeError(f"ModelBundle: no trainer kind {unknown[0]!r} (kinds: {', '.join(TRAINER_KINDS)})")
+        self.models: dict[str, nn.Module] = {k: m for k, m in models.items() if m is not None}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in TRAINER_KINDS:
+            return self.__dict__["models"].get(name)
+        raise AttributeError(name)
+
+    def add(self, kind: str, model: nn.Module) -> None:
+        if kind not in TRAINER_KINDS:
+            raise TypeError(f"ModelBundle: no trainer kind {kind!r}")
+        self.models[kind] = model
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """What a strategy is told besides its networks, input and schedule."""
+
+    alpha: float = 0.5  # running-combination weight alpha_t of the latent-combine variants
+    sample: bool = False  # the latent strategies end with a posterior sample around their estimate
+
+
+DEFAULT_PARAMS = StrategyParams()
 
 
 class Strategy(Protocol):
-    def __call__(self, bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor: ...
+    def __call__(self, bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *,
+                 params: StrategyParams = DEFAULT_PARAMS, callback: Callback | None = None) -> torch.Tensor: ...
 
 
 def need(model: nn.Module | None, name: str) -> nn.Module:
@@ -44,7 +68,8 @@ def need(model: nn.Module | None, name: str) -> nn.Module:
     return model
 
 
-def one_shot_unet(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
+def one_shot_unet(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, params: StrategyParams = DEFAULT_PARAMS,
+                  callback: Callback | None = None) -> torch.Tensor:
     """x_0 = UNet(x_t): the CARE-like baseline, whatever the step."""
     x0 = need(bundle.unet, "unet")(x)
     if callback:
@@ -52,7 +77,8 @@ def one_shot_unet(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float
     return x0
 
 
-def pixel_indi(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
+def pixel_indi(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, params: StrategyParams = DEFAULT_PARAMS,
+               callback: Callback | None = None) -> torch.Tensor:
     """InDI sampling in pixel space: x_{t-d} = (d/t) R(x_t, t, s) + (1 - d/t) x_t for t along ``schedule``,
     from the source step s = ``schedule[0]`` (the step of the input).
 
@@ -94,7 +120,8 @@ def hdn_posterior(model: nn.Module, x: torch.Tensor, k: int, *, generator: torch
     return samples.mean(dim=0), std, samples
 
 
-def one_shot_hdn(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None) -> torch.Tensor:
+def one_shot_hdn(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, params: StrategyParams = DEFAULT_PARAMS,
+                 callback: Callback | None = None) -> torch.Tensor:
     """One HDN posterior sample of x_0 given x_t (decoded z ~ q(z | x_t)), whatever the step. Run it on K
     copies of the input (the engine's ``samples``) for the MMSE and the per-pixel std."""
     x0 = need(bundle.hdn, "hdn").sample_posterior(x, 1)[0]
@@ -113,7 +140,7 @@ From z = E(x_t) (HVAE encoder), for consecutive steps t > s of ``schedule`` (end
     where degrade(z, s) = G(s+1)(z) for s >= 1 (G(t) maps z_hat_0|t to z_{t-1}), and degrade(z, 0) = z
 
 and finally x_0 = decode(z_0). The callback receives the decoded x_0 estimate decode(z_hat_0|t) at each
-step t, and the final estimate at step 0. Variants (``bundle.alpha`` is the combination weight alpha_t):
+step t, and the final estimate at step 0. Variants (``params.alpha`` is the combination weight alpha_t):
 
 * combine D:   z_s = alpha * degrade(z_hat_0, s) + (1 - alpha) * z_t               (s >= 1)
 * combine R:   z_hat_0 = alpha * R(z_t, t) + (1 - alpha) * z_hat_0 of the previous step
@@ -132,7 +159,7 @@ latent restorer decode(R(E(x_t), t)) for direct, combination and cold variants.
 
 The restorer is the degradation run's (``gan.restorer``): the base latent run's weights, or those the
 degradation run fine-tuned on its loop's states. Every walk runs on posterior means, the kind of latent R
-was trained on. Posterior samples (``bundle.sample``) are drawn where they are valid: from the HVAE's
+was trained on. Posterior samples (``params.sample``) are drawn where they are valid: from the HVAE's
 posterior of the final estimate, z ~ q(z | x_hat_0), decoded (sampling z_T ~ q(z | x_T) fed R latents it
 never saw: the one-shot latent estimate at x_T lost 7 dB in the science review).
 """
@@ -144,7 +171,8 @@ def _mix(a: Latents, b: Latents, alpha: float) -> Latents:
     return [alpha * x + (1 - alpha) * y for x, y in zip(a, b)]
 
 
-def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None,
+def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, params: StrategyParams = DEFAULT_PARAMS,
+                callback: Callback | None = None,
                 combine_d: bool = False, combine_r: bool = False, refine_d: bool = False, refine_r: bool = False,
                 cold: bool = False, identity: bool = False, oracle: bool = False, ladder: torch.Tensor | None = None,
                 ) -> torch.Tensor:
@@ -176,7 +204,7 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
         if refine_r:
             z0 = reencode(z0)
         if combine_r and z0_prev is not None:
-            z0 = _mix(z0, z0_prev, bundle.alpha)
+            z0 = _mix(z0, z0_prev, params.alpha)
         if callback:
             decoded = hvae.decode(z0)
             callback(float(t), decoded)
@@ -187,32 +215,35 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
         if s >= 1 and refine_d:
             z_next = reencode(z_next)
         if s >= 1 and combine_d:
-            z_next = _mix(z_next, z, bundle.alpha)
+            z_next = _mix(z_next, z, params.alpha)
         z, z0_prev = z_next, z0
     # the last step (to 0) leaves z = z_hat_0 itself: reuse its decode when the callback already made it
     x0 = decoded if (decoded is not None and z is z0_prev) else hvae.decode(z)
     if callback:
         callback(0.0, x0)
-    if bundle.sample:  # one posterior sample around the final estimate (see the module docstring)
+    if params.sample:  # one posterior sample around the final estimate (see the module docstring)
         x0 = hvae.decode(hvae.encode(x0, sample=True))
     return x0
 
 
 def _variant(**flags: bool):  # noqa: ANN202 - returns a Strategy
-    def strategy(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, callback: Callback | None = None,
-                 ladder: torch.Tensor | None = None) -> torch.Tensor:
-        return latent_loop(bundle, x, schedule, callback=callback, ladder=ladder, **flags)
+    def strategy(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, params: StrategyParams = DEFAULT_PARAMS,
+                 callback: Callback | None = None, ladder: torch.Tensor | None = None) -> torch.Tensor:
+        return latent_loop(bundle, x, schedule, params=params, callback=callback, ladder=ladder, **flags)
 
     strategy.__doc__ = f"latent_loop with {flags or 'no variant (direct)'}"
     return strategy
 
 
+Schedule = Literal["one-step", "indi", "ladder"]  # [t, 0]; (t, t - delta, ..., 0); (t, t - 1, ..., 0)
+
+
 @dataclass(frozen=True)
 class StrategySpec:
     fn: Strategy
-    needs: tuple[str, ...]  # ModelBundle members it uses
+    needs: tuple[str, ...]  # the trainer kinds (ModelBundle members) it uses
     primary: str  # the run whose normalisation its inputs use
-    schedule: str  # "one-step" [t, 0], "indi" (t, t - delta, ..., 0) or "ladder" (t, t - 1, ..., 0)
+    schedule: Schedule
     one_shot: bool = False
     samples: bool = False  # its output is random: K samples give a posterior mean and std
     needs_ladder: bool = False  # called with ladder= (B, T+1, H, W): the input at every step (the oracle)

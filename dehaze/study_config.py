@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from dehaze.config import StrictModel
+from dehaze.predict_config import PredictConfig
+from training.config import TrainerKind, training_order
 
-TRAIN_ORDER = ("unet", "pixel", "hdn", "hvae", "latent", "degradation")  # latent needs hvae, degradation needs latent
+TRAIN_ORDER = tuple(training_order())  # every kind, each after the run it builds on
 
 _CPU_COMMON = {"batch_size": 8, "patch_size": 32, "seed": 0, "log": {"val_every": 100, "ckpt_every": 100, "log_every": 20}}
 
@@ -21,17 +23,32 @@ _CPU_COMMON = {"batch_size": 8, "patch_size": 32, "seed": 0, "log": {"val_every"
 class StudyConfig(StrictModel):
     simulation: str = Field("default", description="simulation manifest: built-in name or YAML path")
     simulation_set: list[str] = Field([], description="dotted.key=value overrides of the manifest")
-    trainers: dict[Literal["unet", "pixel", "hdn", "hvae", "latent", "degradation"], dict[str, Any]] = Field(
+    trainers: dict[TrainerKind, dict[str, Any]] = Field(
         default_factory=dict, description="per trainer: partial training config merged onto its defaults")
     test_fields: int = Field(0, ge=0, description="fields of a held-out test ladder (same manifest, seed + 1000) that "
                              "predictions and the report use; 0: the training ladder itself (its validation fields included)")
     jobs: int = Field(1, ge=1, description="trainers run side by side (independent ones first; torch threads split between them)")
-    samples: int | None = Field(None, ge=1, description="posterior samples K for the sampling strategies "
-                                "(null: each strategy's default: HDN its mmse_samples, 16 by default; latent 1)")
-    alpha: float = Field(0.5, ge=0, le=1, description="running-combination weight")
-    tile: int | None = Field(None, ge=16, description="engine tile in px (default: 256; HDN: its training patch size)")
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="how every strategy predicts (the keys of "
+                                   "`dehaze schema predict`; the study runs every strategy its runs allow, on the study's device)")
     target: Literal["camera", "noise_free"] = Field("noise_free", description="x_0 the report scores against")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the study trains and predicts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _predict_on_the_study_device(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("predict", {}), dict):
+            section = data.get("predict", {})
+            if section.get("device", "auto") not in ("auto", data.get("device", "auto")):
+                raise ValueError("predict.device: the study predicts on its own device; set the study's `device` instead")
+            data = {**data, "predict": {**section, "device": data.get("device", "auto")}}
+        return data
+
+    @field_validator("predict")
+    @classmethod
+    def _every_strategy(cls, predict: PredictConfig) -> PredictConfig:
+        if predict.strategy not in (None, "all"):
+            raise ValueError(f"predict.strategy={predict.strategy}: a study predicts with every strategy its runs allow; leave it out")
+        return predict.model_copy(update={"strategy": "all"})
 
 
 def quickstart() -> StudyConfig:

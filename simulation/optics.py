@@ -47,7 +47,7 @@ from microsim.schema.lens import ObjectiveLens
 from scipy import fft
 
 from dehaze.manifests import Optics
-from simulation.forward import dct2_even, even_fast_len
+from simulation.even_dft import dct2_even, even_fast_len
 
 RZ_OVERSAMPLING = 3  # microsim's default radial oversampling (sf)
 Z_SYMMETRY_RTOL = 1e-9  # largest |I(r, z) - I(r, -z)| / max I accepted as "even in z" on the probe
@@ -74,13 +74,6 @@ def centered_z_um(nz: int, dz_um: float) -> np.ndarray:
     """Axial positions (µm) of ``nz`` planes centred on the focal plane (microsim's convention)."""
     half = (nz - 1) * dz_um / 2
     return np.linspace(-half, half, nz)
-
-
-def radius_px(n: int) -> np.ndarray:
-    """(n, n) distance of each pixel from the window centre ((n-1)/2, microsim's convention)."""
-    c = (n - 1) / 2
-    yy, xx = np.mgrid[:n, :n]
-    return np.hypot(yy - c, xx - c)
 
 
 # ------------------------------------------------------------------------------------------ folding

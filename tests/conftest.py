@@ -71,7 +71,7 @@ def good(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(good, tmp_path_factory) -> Path:
     """A 2-step unet run on ``good``."""
-    from dehaze.train_config import TrainConfig
+    from training.config import TrainConfig
     from training.loop import train
 
     cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,

@@ -23,7 +23,7 @@ HOLD = ("import sys, time\nfrom dehaze.store import output_lock\nwith output_loc
         "    print('held', flush=True)\n    time.sleep(300)\n")
 STUDY = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
          "trainers": {"unet": {"batch_size": 2, "patch_size": 16, "steps": 2, "data": {"val_patches": 2},
-                               "model": {"base_channels": 4, "depth": 2}}}, "tile": 32, "device": "cpu"}
+                               "model": {"base_channels": 4, "depth": 2}}}, "predict": {"tile": 32}, "device": "cpu"}
 
 
 def _hold(path: Path) -> subprocess.Popen:
@@ -85,7 +85,7 @@ def test_two_simulates_at_once_one_refused_the_other_valid(tmp_path, tiny_manife
 
 
 def test_two_predicts_at_once_one_refused_the_other_valid(tmp_path, cli):
-    from dehaze.train_config import TrainConfig
+    from training.config import TrainConfig
     from training.loop import train
 
     ladder = simulate_tiny_ladder(tmp_path / "ladder.zarr", 6, [64, 64])

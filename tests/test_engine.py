@@ -4,7 +4,6 @@ tiled equals untiled, seeded repeats, K posterior samples, per-row resume, bound
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,9 @@ from dehaze.engine import DEFAULT_TILE, EngineOptions, predict_field, run_tiles
 from dehaze.normalization import Normalization
 from dehaze.predict import allowed_strategies, load_runs
 from dehaze.store import DatasetMeta, create_ladder, open_ladder
-from dehaze.strategies import STRATEGIES, latent_loop, pixel_indi, schedule_for
+from dehaze.strategies import STRATEGIES, ModelBundle, StrategyParams, latent_loop, pixel_indi, schedule_for
 from dehaze.tiling import tile_spans
-from dehaze.train_config import TrainConfig
+from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
 from training.loop import train
 
@@ -125,17 +124,16 @@ def test_strategy_limits(loaded, tiles):
     direct = run("latent-direct")
     assert direct.shape == x.shape and torch.isfinite(direct).all()
     # alpha = 1: every running combination is the direct loop; alpha = 0.5 really mixes
-    ones = replace(b, alpha=1.0)
     for name in ("latent-combine-d", "latent-combine-r", "latent-combine-dr"):
-        assert torch.allclose(run(name, ones), direct, atol=1e-6), name
-        assert not torch.allclose(run(name, replace(b, alpha=0.5)), direct, atol=1e-4), name
+        assert torch.allclose(run(name, params=StrategyParams(alpha=1.0)), direct, atol=1e-6), name
+        assert not torch.allclose(run(name, params=StrategyParams(alpha=0.5)), direct, atol=1e-4), name
     # a one-step schedule [t, 0] is the one-shot latent restorer decode(R(E(x), t)), for every non-refining variant
     # (R: the degradation run's restorer, which that run fine-tunes on its loop's states)
     t = torch.full((len(x),), 3.0)
     one_shot = b.hvae.decode(b.degradation.restorer(b.hvae.encode(x, sample=False), t))
     for name in ("latent-direct", "latent-combine-d", "latent-combine-r", "latent-combine-dr", "latent-cold"):
         assert torch.allclose(run(name, schedule=[3.0, 0.0]), one_shot, atol=1e-6), name
-        assert torch.allclose(run(name, ones, schedule=[3.0, 0.0]), run("latent-direct", schedule=[3.0, 0.0]), atol=1e-6)
+        assert torch.allclose(run(name, schedule=[3.0, 0.0], params=StrategyParams(alpha=1.0)), run("latent-direct", schedule=[3.0, 0.0]), atol=1e-6)
     # pixel InDI with [t, 0] is R(x, t)
     assert torch.allclose(pixel_indi(b, x, [3.0, 0.0]), b.pixel(x, t, t), atol=1e-6)
     # Cold Diffusion: its first step (from T, no G(T+1)) is the direct one; from then on it differs
@@ -153,7 +151,7 @@ def test_strategy_limits(loaded, tiles):
     # no hidden state: the same inputs give the same output
     assert torch.equal(run("latent-combine-dr"), run("latent-combine-dr"))
     with pytest.raises(ValueError, match="degradation"):
-        latent_loop(replace(b, degradation=None), x, ladder)
+        latent_loop(ModelBundle(hvae=b.hvae, latent=b.latent), x, ladder)
 
 
 @torch.no_grad()
@@ -267,8 +265,10 @@ def test_k_samples_mean_and_std(loaded, tiles):
     images = tiles[:, 0].numpy()
     captured = []
 
+    params = {"sample": StrategyParams()}
+
     def capturing(bundle, x, schedule, *, callback=None):
-        out = spec.fn(bundle, x, schedule, callback=callback)
+        out = spec.fn(bundle, x, schedule, params=params["sample"], callback=callback)
         captured.append(out.clone())
         return out
 
@@ -283,7 +283,8 @@ def test_k_samples_mean_and_std(loaded, tiles):
     # posterior samples: the MMSE is the mean of the K samples of each tile, std their spread
     captured.clear()
     torch.manual_seed(0)
-    mean, std, traj = run_tiles(capturing, replace(b, sample=True), images, schedule, EngineOptions(samples=4), CPU, T + 1, True)
+    params["sample"] = StrategyParams(sample=True)
+    mean, std, traj = run_tiles(capturing, b, images, schedule, EngineOptions(samples=4), CPU, T + 1, True)
     (samples,) = captured
     samples = samples.view(len(images), 4, *images.shape[1:]).numpy()  # sample j of tile i is row i*K + j
     np.testing.assert_allclose(mean, samples.mean(1), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, read_run
-from dehaze.train_config import TrainConfig
+from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
 from tests.test_damaged_stores import one_line_error
 from training import loop as loop_mod

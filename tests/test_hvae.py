@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from dehaze.models import build_model
+from dehaze.models import build_network
 from dehaze.models.hvae import HVAE, free_bits_kl, gaussian_kl, soft_clamp
 from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, load_model
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, hdn_posterior, one_shot_hdn
-from dehaze.train_config import HDNModel, HVAEModel, TrainConfig, default_config
+from training.config import HDNModel, HVAEModel, TrainConfig, default_config
 from tests.conftest import simulate_tiny_ladder
 from training.loop import train
 
@@ -100,7 +100,7 @@ def test_loss_pieces_add_up():
 
 
 def test_reference_preset_size():
-    model = build_model(HDNModel())
+    model = build_network(HDNModel())
     n = sum(p.numel() for p in model.parameters())
     print(f"hdn-reference: {n:,} parameters (reference model: 7.3 M)")
     assert abs(n - 7.3e6) / 7.3e6 < 0.05
@@ -131,7 +131,7 @@ def test_checkpoint_round_trip(ladder, tmp_path):
     saved = json.loads((run / RUN_FILE).read_text())["config"]["model"]
     assert saved["levels"] == 2 and saved["filters"] == 8  # the resolved architecture, not just the preset
     info, model = load_model(run)
-    rebuilt = build_model(info.config.model).eval()
+    rebuilt = build_network(info.config.model).eval()
     rebuilt.load_state_dict(torch.load(run / CHECKPOINT_FILE, weights_only=True)["model"])
     x = torch.rand(2, 1, 16, 24)
     assert torch.equal(model.decode(model.encode(x)), rebuilt.decode(rebuilt.encode(x)))

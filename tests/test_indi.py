@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from dehaze.models import build_model
+from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, indi_schedule, pixel_indi
-from dehaze.train_config import PixelModel
+from training.config import PixelModel
 from tests.conftest import simulate_tiny_ladder
 from training.data import LadderPatches, split_fields
 from training.tasks import restorer_loss
@@ -67,7 +67,7 @@ def test_exact_restorer_walk_stays_on_the_straight_path_for_any_delta():
 
 def test_one_step_of_size_s_is_the_one_shot_estimate():
     torch.manual_seed(0)
-    net = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8)).eval()
+    net = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8)).eval()
     with torch.no_grad():
         nn.init.normal_(net.head.weight, std=0.1)  # not the identity: the comparison must mean something
         x = torch.rand(2, 1, 16, 16)
@@ -85,8 +85,8 @@ def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
                        length=8, augment=False, path="straight")
     batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ds[0]}
     torch.manual_seed(0)
-    plain = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=0.0))
-    walking = build_model(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=1.0))
+    plain = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=0.0))
+    walking = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=1.0))
     walking.load_state_dict(plain.state_dict())
     with torch.no_grad():
         nn.init.normal_(plain.head.weight, std=0.1)

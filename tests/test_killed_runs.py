@@ -94,7 +94,7 @@ def ladder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(ladder, tmp_path_factory) -> Path:
-    from dehaze.train_config import TrainConfig
+    from training.config import TrainConfig
     from training.loop import train
 
     cfg = TrainConfig.model_validate({"model": {"kind": "pixel", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
@@ -122,7 +122,7 @@ def test_killed_predict_resumes_to_the_same_result(ladder, run, tmp_path):
 STUDY = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
          "trainers": {"unet": {"batch_size": 2, "patch_size": 16, "steps": 60, "data": {"val_patches": 2},
                                "log": {"ckpt_every": 10, "val_every": 10}, "model": {"base_channels": 4, "depth": 2}}},
-         "tile": 32, "device": "cpu"}
+         "predict": {"tile": 32}, "device": "cpu"}
 
 
 def _step(run: Path) -> int:

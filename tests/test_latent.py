@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from dehaze.latents import ensure_latent_cache, file_sha256
-from dehaze.models import build_model
+from training.latents import ensure_latent_cache, file_sha256
+from dehaze.models import build_network
 from dehaze.models.latent import LatentCycleGAN, LatentNet
 from dehaze.runs import CHECKPOINT_FILE, load_checkpoint, load_model, read_run
 from dehaze.store import LatentCache, open_latent_cache
-from dehaze.train_config import TrainConfig
+from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
 from training import tasks as tasks_mod
 from training.latent_tasks import weighted_latent_mse
@@ -157,7 +157,7 @@ def test_latent_and_degradation_checkpoints_round_trip(runs, tmp_path):
         # the degradation run's frozen restorer is exactly the latent run's
         assert all(torch.equal(a, b) for a, b in zip(gan.restorer(z, t), r))
         # a rebuilt model loaded from the raw checkpoint gives the same outputs as load_model
-        fresh = build_model(info.config.model).eval()
+        fresh = build_network(info.config.model).eval()
         fresh.load_state_dict(load_checkpoint(runs["latent"], "latent")["model"])
         assert all(torch.equal(a, b) for a, b in zip(fresh(z, t), r))
         g = gan.G(r, 2)
@@ -167,7 +167,7 @@ def test_latent_and_degradation_checkpoints_round_trip(runs, tmp_path):
     assert gan.pool_y.items and gan.pool_x.items
     assert all(len(v) <= 3 for v in gan.pool_y.items.values())
     torch.save(gan.state_dict(), tmp_path / "gan.pt")
-    other = build_model(dinfo.config.model).eval()
+    other = build_network(dinfo.config.model).eval()
     assert not other.pool_y.items
     other.load_state_dict(torch.load(tmp_path / "gan.pt", weights_only=True))
     assert pools(other) == pools(gan)

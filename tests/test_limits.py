@@ -112,7 +112,7 @@ def test_a_single_image_at_an_absurd_step_is_refused(cli, good, run, tmp_path):
 
 
 def test_predict_all_with_runs_that_restore_nothing_is_refused(cli, good, tmp_path):
-    from dehaze.train_config import TrainConfig
+    from training.config import TrainConfig
     from training.loop import train
 
     cfg = TrainConfig.model_validate({"model": {"kind": "hvae", "preset": "tiny"}, "steps": 1, "batch_size": 2,
@@ -128,7 +128,7 @@ def test_study_rerun_with_a_truncated_checkpoint_is_one_line(cli, tmp_path):
 
     cfg = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
            "trainers": {"unet": {"batch_size": 2, "patch_size": 16, "steps": 2, "data": {"val_patches": 2},
-                                 "model": {"base_channels": 4, "depth": 2}}}, "tile": 32, "device": "cpu"}
+                                 "model": {"base_channels": 4, "depth": 2}}}, "predict": {"tile": 32}, "device": "cpu"}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert cli("study", path, "-o", tmp_path / "out", "-q").exit_code == 0
@@ -182,7 +182,7 @@ def test_a_field_beyond_the_machines_memory_is_refused_before_reading(cli, tmp_p
 
 
 def test_posterior_samples_beyond_memory_are_refused_before_any_work(cli, good, tmp_path):
-    from dehaze.train_config import TrainConfig
+    from training.config import TrainConfig
     from training.loop import train
 
     cfg = TrainConfig.model_validate({"model": {"kind": "hdn", "preset": "tiny"}, "steps": 1, "batch_size": 2,

@@ -196,7 +196,7 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
             "latent": {**tiny, "model": {"width": 4, "time_embed_dim": 8}},
             "degradation": {**tiny, "model": {"width": 4, "pool_size": 2}},
         },
-        "samples": 2, "tile": 32, "device": "cpu", "jobs": jobs, "test_fields": test_fields,
+        "predict": {"samples": 2, "tile": 32}, "device": "cpu", "jobs": jobs, "test_fields": test_fields,
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -219,7 +219,7 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
     assert again.exit_code == 0 and "already" not in again.stderr
     if jobs == 1:  # other prediction settings: the predictions are made again, the training runs kept
         mtime = (tmp_path / "out" / "runs" / "unet" / "checkpoint.pt").stat().st_mtime_ns
-        again = cli("study", path, "-o", tmp_path / "out", "-q", "--set", "samples=3")
+        again = cli("study", path, "-o", tmp_path / "out", "-q", "--set", "predict.samples=3")
         assert again.exit_code == 0, again.stderr
         hdn = open_ladder(tmp_path / "out" / "predictions" / "one-shot-hdn.zarr")
         assert hdn.meta.prediction.strategy["samples"] == 3

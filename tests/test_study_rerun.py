@@ -12,7 +12,7 @@ from dehaze.store import open_ladder
 def test_study_rerun_after_editing_a_trainer_section_retrains_and_predicts_again(cli, tmp_path):
     tiny = {"batch_size": 2, "patch_size": 16, "steps": 2, "data": {"val_patches": 2}}
     cfg = {"simulation": "default", "simulation_set": ["n_fields=2", "volume.field_shape_yx=[32, 32]", "volume.nz=6"],
-           "trainers": {"unet": {**tiny, "model": {"base_channels": 4, "depth": 2}}}, "tile": 32, "device": "cpu"}
+           "trainers": {"unet": {**tiny, "model": {"base_channels": 4, "depth": 2}}}, "predict": {"tile": 32}, "device": "cpu"}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"

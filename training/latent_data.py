@@ -1,4 +1,4 @@
-"""Random aligned crops of cached HVAE latents (see :mod:`dehaze.latents`), reproducible per item.
+"""Random aligned crops of cached HVAE latents (see :mod:`training.latents`), reproducible per item.
 
 A crop of ``patch_size`` image pixels becomes, at level i (downsampling factor f_i = H / H_i), a
 (C_i, P/f_i, P/f_i) crop at the same place; crops start on the coarsest level's grid so every level is

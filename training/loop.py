@@ -25,15 +25,16 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
+from dehaze.device import pick_device
 from dehaze.errors import UserError
-from dehaze.models import build_model
+from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
-from dehaze.latents import ensure_latent_cache
+from training.latents import ensure_latent_cache
 from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, load_checkpoint, load_model,
                          prepare_run_dir, read_run, save_checkpoint)
 from dehaze.store import LadderStore
-from dehaze.train_config import LatentModel, OptimConfig, TrainConfig
+from training.config import MODEL_KINDS, OptimConfig, TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
 from training.latent_data import LatentPatches
 from training.tasks import TASKS, Task
@@ -54,14 +55,6 @@ def init_distributed() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available; use --set device=cpu")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -165,11 +158,12 @@ class LatentSetup:
 def resolve_latent_setup(kind: str, task: Task, base_run: str | Path | None, data: list[LadderStore], cfg: TrainConfig,
                          device: torch.device, show_progress: bool) -> LatentSetup:
     """Check the base run, encode (or reuse) the latent cache, and fill the config's derived fields."""
+    base_kind = MODEL_KINDS[kind].base
     if base_run is None:
-        raise UserError(f"`dehaze train {kind}` builds on a {task.base_kind!r} run: pass --base RUN_DIR")
+        raise UserError(f"`dehaze train {kind}` builds on a {base_kind!r} run: pass --base RUN_DIR")
     base = read_run(base_run)
-    if base.kind != task.base_kind:
-        raise UserError(f"--base {base_run}: is a {base.kind!r} run; {kind} builds on a {task.base_kind!r} run")
+    if base.kind != base_kind:
+        raise UserError(f"--base {base_run}: is a {base.kind!r} run; {kind} builds on a {base_kind!r} run")
     if len(data) != 1:
         raise UserError(f"`dehaze train {kind}` takes one --data store (its latents are cached per store)")
     hvae_run = Path(base_run) if base.kind == "hvae" else Path(base.base_run or "")
@@ -177,10 +171,7 @@ def resolve_latent_setup(kind: str, task: Task, base_run: str | Path | None, dat
     cache = Path(hvae_run) / "latents" / f"{Path(store.path).name.removesuffix('.zarr')}-{store.meta.manifest_sha256[:12]}.zarr"
     cache.parent.mkdir(exist_ok=True)  # the HVAE run owns its latent caches
     latents = ensure_latent_cache(hvae_run, store.path, cache, device=device, show_progress=show_progress)
-    if isinstance(cfg.model, LatentModel):
-        model = cfg.model.model_copy(update={"level_channels": latents.meta.level_channels, "n_steps": latents.meta.n_steps})
-    else:  # degradation: the frozen restorer is the base latent run's resolved model
-        model = cfg.model.model_copy(update={"restorer": base.config.model})
+    model = cfg.model.resolve_from_base(base.config.model, latents.meta)
     resolved = TrainConfig.model_validate({**cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")})
     return LatentSetup(str(Path(base_run).resolve()), str(cache), resolved)
 
@@ -198,7 +189,7 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
     task = TASKS[kind]
     run_dir = Path(run_dir)
     stores = open_training_stores(data)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, option="--set device")
     latent = resolve_latent_setup(kind, task, base_run, stores, cfg, device, show_progress) if task.latent else None
     if latent is not None:
         cfg = latent.cfg
@@ -217,9 +208,9 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
 
     # -- model, one optimiser (and scheduler) per parameter group, EMA
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(device)
-    if kind == "degradation":  # the frozen restorer's weights come from the base latent run
-        model.restorer.load_state_dict(load_model(latent.base_run, device)[1].state_dict())
+    model = build_network(cfg.model).to(device)
+    if task.init_from_base is not None and latent is not None:
+        task.init_from_base(model, load_model(latent.base_run, device)[1])
     groups = task.param_groups(model) if task.param_groups else {"main": list(model.parameters())}
     # a model config field "<group>_lr" (e.g. the degradation's restorer_lr) sets that group's learning rate
     opts = {name: make_optimizer(params, cfg.optim.model_copy(update={"lr": getattr(cfg.model, f"{name}_lr", cfg.optim.lr)}))

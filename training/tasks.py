@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.config import TRAINER_KINDS
 from training.data import SampleKind
 from training.latent_data import LatentKind
 from training.latent_tasks import cyclegan_losses, degradation_check, weighted_latent_mse
@@ -32,7 +33,7 @@ def one_shot_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def restorer_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """||x_0 - R(x_t, t, s)||^2 for the InDI restorer (t continuous on the path from source step s; see
-    :class:`dehaze.train_config.PixelModel`), plus, with ``walk_weight`` w > 0, w ||x_0 - R(x_w, s-d, s)||^2
+    :class:`training.config.PixelModel`), plus, with ``walk_weight`` w > 0, w ||x_0 - R(x_w, s-d, s)||^2
     on the state x_w = (d/s) R(x_s, s, s) + (1 - d/s) x_s that one sampler step of d = ``walk_delta``
     reaches from x_s with the current network (no gradient through that step): R learns the states its
     own walk visits, not only the ideal path."""
@@ -113,6 +114,11 @@ def degradation_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+def degradation_from_base(model: nn.Module, base: nn.Module) -> None:
+    """The degradation run starts from the base latent run's restorer weights (frozen unless fine-tuned)."""
+    model.restorer.load_state_dict(base.state_dict())
+
+
 def degradation_report(model: nn.Module, cache_path: str, fields: list[str], device: torch.device) -> dict:
     """The run's record of how far G moves (see :func:`training.latent_tasks.degradation_check`)."""
     return {"degradation_check": degradation_check(model, cache_path, fields, device)}
@@ -120,12 +126,16 @@ def degradation_report(model: nn.Module, cache_path: str, fields: list[str], dev
 
 @dataclass(frozen=True)
 class Task:
+    """What one trainer kind optimises (the kind itself, its network and base run are declared by its
+    model config, :class:`training.config.ModelKind`)."""
+
     sample_kind: SampleKind | LatentKind
     loss: Callable[[nn.Module, Batch], torch.Tensor | dict[str, torch.Tensor]]  # dict: one loss per optimiser
     estimate: Callable[[nn.Module, Batch], torch.Tensor | list[torch.Tensor]]
     val_target: str = "y"  # the key of a validation batch the estimate is scored against
     param_groups: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None  # default: one optimiser
-    base_kind: str | None = None  # the kind of run this trainer builds on (--base)
+    # (new model, the base run's trained model) -> None: weights a new run takes from its base (--base)
+    init_from_base: Callable[[nn.Module, nn.Module], None] | None = None
     # (model, latent cache, held-out fields, device) -> what the finished run records in report.json
     final_report: Callable[[nn.Module, str, list[str], torch.device], dict] | None = None
 
@@ -139,7 +149,10 @@ TASKS: dict[str, Task] = {
     "pixel": Task("path", restorer_loss, restorer_estimate),
     "hvae": Task("single", hvae_loss, hvae_estimate, val_target="x"),
     "hdn": Task("pair", hdn_loss, hdn_estimate),
-    "latent": Task("latent_pair", latent_loss, latent_estimate, val_target="z_0", base_kind="hvae"),
+    "latent": Task("latent_pair", latent_loss, latent_estimate, val_target="z_0"),
     "degradation": Task("latent_degradation", cyclegan_losses, degradation_estimate, val_target="z_prev",
-                        param_groups=degradation_groups, base_kind="latent", final_report=degradation_report),
+                        param_groups=degradation_groups, init_from_base=degradation_from_base,
+                        final_report=degradation_report),
 }
+if set(TASKS) != set(TRAINER_KINDS):  # a kind declared without its objective (or the reverse): fail at import
+    raise ImportError(f"training.tasks: kinds without a task or tasks without a kind: {sorted(set(TASKS) ^ set(TRAINER_KINDS))}")

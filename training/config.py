@@ -8,11 +8,15 @@ Every config has the top-level ``steps``, ``batch_size``, ``patch_size``, ``seed
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
 from dehaze.config import StrictModel, merge_sections
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class DataConfig(StrictModel):
@@ -44,9 +48,42 @@ class LogConfig(StrictModel):
     max_bad_steps: int = Field(20, ge=1, description="consecutive non-finite losses before giving up")
 
 
-class UNetModel(StrictModel):
+class ModelKind(StrictModel):
+    """Base of every model config: the one place a trainer kind is declared.
+
+    A subclass has a ``kind`` Literal field (its name in ``dehaze train KIND``, the study's ``trainers`` and
+    run.json) and declares, as class attributes, what every list of kinds is derived from (see
+    :data:`MODEL_KINDS`): ``summary`` (one line of CLI help), ``base`` (the kind of run it builds on,
+    ``--base``; None for none), ``train_defaults`` (its default training config besides ``model``, merged
+    under --config and --set) and ``default_strategy`` (what ``dehaze predict`` runs for a run of this
+    kind; None: it does not restore images on its own). :meth:`build` makes its network. Its training
+    objective is a :class:`training.tasks.Task` of the same name.
+    """
+
+    summary: ClassVar[str] = ""
+    base: ClassVar[str | None] = None
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    default_strategy: ClassVar[str | None] = None
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return cls.model_fields["kind"].default
+
+    def build(self) -> nn.Module:
+        """The network this config describes, freshly initialised (seed the RNG before calling)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to build its network")
+
+    def resolve_from_base(self, base_model: ModelKind, latents: Any) -> ModelKind:
+        """This config with the fields its base run decides filled in (``base_model``: the base run's
+        resolved model config; ``latents``: the :class:`LatentCacheMeta` of the data's latent cache)."""
+        return self
+
+
+class UNetModel(ModelKind):
     """CARE-like UNet; with ``time_embed_dim`` it is time-conditioned (sinusoidal embedding, FiLM)."""
 
+    summary: ClassVar[str] = "one-shot UNet baseline, CARE-like"
+    default_strategy: ClassVar[str | None] = "one-shot-unet"
     kind: Literal["unet"] = "unet"
     base_channels: int = Field(32, ge=4)
     depth: int = Field(3, ge=1, le=6, description="number of 2x downsamplings")
@@ -55,8 +92,13 @@ class UNetModel(StrictModel):
     # CPU study (800 steps): validation PSNR 18.0 dB residual, 25.7 dB not; from x_T 20.2 -> 42.3 dB.
     residual: bool = Field(False, description="predict x + f(x) (the network learns the haze to remove) instead of x_0 itself")
 
+    def build(self) -> nn.Module:
+        from dehaze.models.unet import UNet
 
-class PixelModel(StrictModel):
+        return UNet(base_channels=self.base_channels, depth=self.depth, residual=self.residual)
+
+
+class PixelModel(ModelKind):
     """Time-conditioned pixel restorer (InDI) R(x_t, t, s) -> x_0.
 
     ``path="straight"`` (default): the path the sampler walks. For a source step s (an input step of the
@@ -67,6 +109,8 @@ class PixelModel(StrictModel):
     conditioned on t alone; its sampler leaves the training path, and smaller steps drift more.
     """
 
+    summary: ClassVar[str] = "time-conditioned pixel restorer, InDI"
+    default_strategy: ClassVar[str | None] = "pixel-indi"
     kind: Literal["pixel"] = "pixel"
     base_channels: int = Field(32, ge=4)
     depth: int = Field(3, ge=1, le=6)
@@ -86,6 +130,14 @@ class PixelModel(StrictModel):
         if self.walk_weight and self.path != "straight":
             raise ValueError("walk_weight needs path=straight (the walk's states lie on that path); set walk_weight: 0")
         return self
+
+    def build(self) -> nn.Module:
+        from dehaze.models.unet import UNet
+
+        net = UNet(base_channels=self.base_channels, depth=self.depth, residual=self.residual,
+                   time_embed_dim=self.time_embed_dim, source_conditioned=self.path == "straight")
+        net.walk_weight, net.walk_delta = self.walk_weight, self.sample_delta  # read by the restorer's loss
+        return net
 
 
 # ---- ladder VAEs (dehaze.models.hvae): HVAE and supervised HDN ---------------------------------------
@@ -110,7 +162,11 @@ HVAE_PRESETS: dict[str, dict[str, float | int]] = {
 _LADDER_FIELDS = ("levels", "latent_channels", "blocks_per_level", "filters", "dropout", "free_bits")
 
 
-class _LadderVAEModel(StrictModel):
+# HDN's reference optimisation (Prakash et al. 2022): Adamax 3e-4, halved on plateaus, 64x64 patches.
+_LADDER_VAE_DEFAULTS: dict[str, Any] = {"patch_size": 64, "optim": {"name": "adamax", "lr": 3e-4, "scheduler": "plateau"}}
+
+
+class _LadderVAEModel(ModelKind):
     """Ladder VAE settings: ``preset`` fills every architecture field left out (or null); the resolved
     config (as saved in run.json) lists them all, so a run never depends on the preset table."""
 
@@ -124,29 +180,43 @@ class _LadderVAEModel(StrictModel):
     beta: float = Field(1.0, ge=0, description="loss = recon_nll + beta * KL (per pixel)")
     likelihood_logvar: float | None = Field(None, ge=-12, le=4, description="fixed Gaussian log-variance (normalised units); null: the batch's ML value")
 
+    train_defaults: ClassVar[dict[str, Any]] = _LADDER_VAE_DEFAULTS
+
     @model_validator(mode="before")
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
         return fill_from_preset(data, HVAE_PRESETS, "hdn-reference", _LADDER_FIELDS)
 
+    def build(self) -> nn.Module:  # one ladder VAE; HDN only differs in what it is trained on
+        from dehaze.models.hvae import HVAE
+
+        return HVAE(levels=self.levels, latent_channels=self.latent_channels, blocks_per_level=self.blocks_per_level,
+                    filters=self.filters, dropout=self.dropout, free_bits=self.free_bits, beta=self.beta,
+                    likelihood_logvar=self.likelihood_logvar)
+
 
 class HVAEModel(_LadderVAEModel):
     """HVAE of the latent-space pipeline: reconstructs every ladder step x_t from itself."""
 
+    summary: ClassVar[str] = "ladder VAE of every step, the latent pipeline's encoder"
     kind: Literal["hvae"] = "hvae"
 
 
 class HDNModel(_LadderVAEModel):
     """Supervised HDN baseline: encodes x_t, likelihood on x_0; predicts the MMSE of posterior samples."""
 
+    summary: ClassVar[str] = "supervised HDN baseline, posterior samples"
+    default_strategy: ClassVar[str | None] = "one-shot-hdn"
     kind: Literal["hdn"] = "hdn"
     mmse_samples: int = Field(16, ge=1, description="posterior samples for the MMSE and std of `dehaze predict` (--samples overrides)")
 
 
 # ---- latent-space models (dehaze.models.latent), built on a trained HVAE run (--base) -------------------
-class LatentModel(StrictModel):
+class LatentModel(ModelKind):
     """Latent restorer R(z_t, t): loss sum_i w_i ||z_0,i - R(z_t, t)_i||^2 over the HVAE's levels."""
 
+    summary: ClassVar[str] = "latent restorer R(z_t, t)"
+    base: ClassVar[str | None] = "hvae"
     kind: Literal["latent"] = "latent"
     width: int = Field(64, ge=4, description="feature channels at every level")
     time_embed_dim: int = Field(64, ge=8)
@@ -154,6 +224,16 @@ class LatentModel(StrictModel):
     # Filled in from the HVAE run when training starts (the resolved config records them):
     level_channels: list[int] | None = Field(None, description="latent channels per level (from the HVAE)")
     n_steps: int | None = Field(None, ge=2, description="ladder steps T+1 (from the data)")
+
+    def resolve_from_base(self, base_model: ModelKind, latents: Any) -> ModelKind:
+        return self.model_copy(update={"level_channels": latents.level_channels, "n_steps": latents.n_steps})
+
+    def build(self) -> nn.Module:
+        from dehaze.models.latent import LatentNet
+
+        if self.level_channels is None:
+            raise ValueError("latent model config is not resolved: level_channels comes from the HVAE run")
+        return LatentNet(self.level_channels, self.width, time_embed_dim=self.time_embed_dim, level_weights=self.level_weights)
 
 
 DegradationPreset = Literal["supervised", "cyclegan"]
@@ -169,11 +249,16 @@ DEGRADATION_PRESETS: dict[str, dict[str, float | bool]] = {
 _DEGRADATION_FIELDS = ("shared", "lambda_sup", "lambda_cyc", "lambda_cos", "lambda_gan")
 
 
-class DegradationModel(StrictModel):
+class DegradationModel(ModelKind):
     """The latent degradation D(t) = G(t): X_t={z_hat_0|t} -> Y_t={z_{t-1}}, F(t) back, discriminators on
     latents (see :mod:`training.latent_tasks` for the objective). ``preset`` fills every loss/sharing
     field left out (or null); the resolved config lists them all."""
 
+    summary: ClassVar[str] = "latent degradation G(t) for the iterative latent loops"
+    base: ClassVar[str | None] = "latent"
+    # the reference GAN optimiser: Adam 2e-4, beta1 0.5
+    train_defaults: ClassVar[dict[str, Any]] = {"optim": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999], "scheduler": "constant"}}
+    default_strategy: ClassVar[str | None] = "latent-direct"
     kind: Literal["degradation"] = "degradation"
     preset: DegradationPreset = Field("supervised", description="supervised (default: shared t-conditioned G, dominant "
                                       "supervised term) or cyclegan (the seed's per-step CycleGAN, for comparison)")
@@ -200,8 +285,51 @@ class DegradationModel(StrictModel):
     def _fill_from_preset(cls, data: Any) -> Any:
         return fill_from_preset(data, DEGRADATION_PRESETS, "supervised", _DEGRADATION_FIELDS)
 
+    def resolve_from_base(self, base_model: ModelKind, latents: Any) -> ModelKind:
+        return self.model_copy(update={"restorer": base_model})  # the restorer is the base latent run's
 
-ModelConfig = Annotated[Union[UNetModel, PixelModel, HVAEModel, HDNModel, LatentModel, DegradationModel], Field(discriminator="kind")]
+    def build(self) -> nn.Module:
+        from dehaze.models.latent import LatentCycleGAN
+
+        r = self.restorer
+        if r is None or r.level_channels is None or r.n_steps is None:
+            raise ValueError("degradation config is not resolved: its restorer comes from the latent run")
+        return LatentCycleGAN(r.level_channels, r.n_steps - 1, r.build(), width=self.width, shared=self.shared,
+                              lambda_cyc=self.lambda_cyc, lambda_cos=self.lambda_cos, lambda_sup=self.lambda_sup,
+                              lambda_gan=self.lambda_gan, pool_size=self.pool_size,
+                              restorer_walk_weight=self.restorer_walk_weight)
+
+
+# ---- the kinds: every list of trainers (CLI, training order, study, predict, the model bundle) comes from here
+MODEL_CONFIGS: tuple[type[ModelKind], ...] = (UNetModel, PixelModel, HDNModel, HVAEModel, LatentModel, DegradationModel)
+MODEL_KINDS: dict[str, type[ModelKind]] = {cls.kind_name(): cls for cls in MODEL_CONFIGS}
+TRAINER_KINDS: tuple[str, ...] = tuple(MODEL_KINDS)
+TrainerKind = Literal[TRAINER_KINDS]  # type: ignore[valid-type]  # built from the registry: the Literal of every kind
+
+
+def training_order(kinds: Any = TRAINER_KINDS) -> list[str]:
+    """``kinds`` in declaration order, each after the run it builds on (a base outside ``kinds`` is ignored)."""
+    chosen, order = set(kinds), []
+
+    def visit(kind: str) -> None:
+        base = MODEL_KINDS[kind].base
+        if base in chosen and base not in order:
+            visit(base)
+        if kind not in order:
+            order.append(kind)
+
+    for kind in TRAINER_KINDS:
+        if kind in chosen:
+            visit(kind)
+    return order
+
+
+def kinds_help() -> str:
+    """``kind (summary)`` for every trainer, with its --base: the CLI's help for ``dehaze train KIND``."""
+    return "; ".join(f"{k}: {c.summary}{f' (--base {c.base.upper()}_RUN)' if c.base else ''}" for k, c in MODEL_KINDS.items())
+
+
+ModelConfig = Annotated[Union[MODEL_CONFIGS], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 
 class TrainConfig(StrictModel):
@@ -226,21 +354,10 @@ class TrainConfig(StrictModel):
         return self
 
 
-TRAINER_KINDS = ("unet", "pixel", "hvae", "hdn", "latent", "degradation")
-LATENT_KINDS = ("latent", "degradation")  # trainers that build on a base run (--base)
-
-# HDN's reference optimisation (Prakash et al. 2022): Adamax 3e-4, halved on plateaus, 64x64 patches.
-_LADDER_VAE_DEFAULTS = {"patch_size": 64, "optim": {"name": "adamax", "lr": 3e-4, "scheduler": "plateau"}}
-
-
 def default_config(kind: str) -> dict:
     """The default config of a trainer, as a plain dict (overridden by --config and --set; see
-    :func:`train_config_dict`)."""
-    if kind in ("hvae", "hdn"):
-        return {"model": {"kind": kind}, **json.loads(json.dumps(_LADDER_VAE_DEFAULTS))}
-    if kind == "degradation":  # the reference GAN optimiser: Adam 2e-4, beta1 0.5
-        return {"model": {"kind": kind}, "optim": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999], "scheduler": "constant"}}
-    return {"model": {"kind": kind}}
+    :func:`train_config_dict`): its declared ``train_defaults`` (a deep copy) and its kind."""
+    return {"model": {"kind": kind}, **json.loads(json.dumps(MODEL_KINDS[kind].train_defaults))}
 
 
 def train_config_dict(kind: str, *partials: dict[str, Any]) -> dict[str, Any]:
@@ -250,3 +367,26 @@ def train_config_dict(kind: str, *partials: dict[str, Any]) -> dict[str, Any]:
     for part in partials:
         raw = merge_sections(raw, part)
     return raw
+
+
+def load_train_config(kind: str, config: Path | None, overrides: list[str]) -> tuple[TrainConfig, str]:
+    """``dehaze train KIND [--config FILE] [--set k=v ...]``: the kind's defaults, the file merged on and
+    the overrides applied, validated; with the source the messages name. One-line UserErrors for an
+    unknown kind or a file of another kind."""
+    from dehaze.config import build_model, read_yaml
+    from dehaze.errors import UserError
+
+    if kind not in MODEL_KINDS:
+        raise UserError(f"unknown trainer {kind!r}; choose one of: {', '.join(TRAINER_KINDS)}")
+    raw, source = train_config_dict(kind), f"{kind} config"
+    if config is not None:
+        file_cfg = read_yaml(config)
+        model = file_cfg.get("model")
+        file_kind = model.get("kind", kind) if isinstance(model, dict) else kind
+        if file_kind != kind:
+            raise UserError(f"{config}: model.kind is {file_kind!r} but the trainer is {kind!r}")
+        raw, source = train_config_dict(kind, file_cfg), str(config)
+    cfg = build_model(TrainConfig, raw, overrides, source)
+    if cfg.model.kind != kind:
+        raise UserError(f"model.kind={cfg.model.kind!r} does not match the trainer {kind!r}")
+    return cfg, source

@@ -1,0 +1,23 @@
+"""The one place a device name becomes a torch device (training, prediction and the study)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dehaze.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(name: str, *, option: str = "--device") -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu`` or ``cuda``; the CUDA device of this process's
+    ``LOCAL_RANK`` under torchrun. ``option`` names the setting in the message of a refused name."""
+    if name not in DEVICES:
+        raise UserError(f"{option}={name}: choose one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option}=cuda but no CUDA device is available; use {option}=cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
