@@ -16,7 +16,7 @@ from dehaze.errors import UserError
 from dehaze.store.chunks import ChunkMissing, DamagedStore, chunk_problem, missing_chunk_keys, open_checked_group
 from dehaze.store.layout import ARRAY_LABELS, COMPRESSOR, FLOAT_EXTRAS, IMAGE_ARRAY, STEP_ARRAYS, chunk_shape, write_array
 from dehaze.store.meta import FORMAT_VERSION, DatasetMeta, FieldMeta
-from dehaze.store.ngff import ngff_multiscales
+from dehaze.store.ngff import ngff_multiscales, ngff_omero
 
 
 def _open_root(path: Path, mode: str) -> zarr.Group:
@@ -230,12 +230,7 @@ class LadderStore:
         write_array(group, IMAGE_ARRAY, image)
         for name, arr in (extras or {}).items():
             write_array(group, name, arr)
-        group.attrs.put(
-            {
-                "multiscales": ngff_multiscales(field, self.meta.spatial_axes, self.meta.pixel_size_um),
-                "dehaze": FieldMeta(complete=True, extras=sorted(extras or {}), info=info or {}).model_dump(mode="json"),
-            }
-        )
+        self._mark_complete(field, list(extras or {}), info)
 
     def plan_field(self, field: str, info: dict[str, Any]) -> None:
         """Record a field's ``info`` before its pixels (it stays incomplete): what a resumed writer needs."""
@@ -283,6 +278,10 @@ class LadderStore:
 
     def complete_field(self, field: str, extras: list[str], info: dict[str, Any] | None = None) -> None:
         """Mark a field written with :meth:`begin_field` complete (its NGFF metadata goes in last)."""
+        self._mark_complete(field, extras, info)
+
+    def _mark_complete(self, field: str, extras: list[str], info: dict[str, Any] | None) -> None:
+        """The field's NGFF image metadata and ``complete: true``: written last, once its arrays are on disk."""
         self.root[field].attrs.put(
             {
                 "multiscales": ngff_multiscales(field, self.meta.spatial_axes, self.meta.pixel_size_um),
@@ -291,11 +290,16 @@ class LadderStore:
         )
 
     def finalize(self, **updates: Any) -> None:
-        """Mark the store complete, recording final dataset-level values (e.g. ``step_stats``)."""
+        """Mark the store complete, recording final dataset-level values (e.g. ``step_stats``); with the
+        statistics, each field also gets its NGFF ``omero`` rendering settings (before the store is marked
+        complete: an interrupted finalize is done again by the rerun)."""
         missing = set(self.meta.fields) - self.completed_fields()
         if missing:
             raise RuntimeError(f"cannot finalize {self.path}: fields not written: {sorted(missing)}")
         self.meta = self.meta.model_copy(update={**updates, "status": "complete"})
+        if self.meta.step_stats:
+            for field in self.meta.fields:
+                self.root[field].attrs["omero"] = ngff_omero(field, self.meta.step_stats)
         put_meta(self.root, self.meta)
 
 
