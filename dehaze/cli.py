@@ -128,6 +128,7 @@ def train(
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped.")] = False,
     base: Annotated[Optional[Path], typer.Option("--base", help="Run this trainer builds on (see the trainers above).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config, the data it would read and what it would write; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     from training.config import load_train_config
@@ -136,6 +137,12 @@ def train(
 
     cfg, source = load_train_config(kind, config, set_ or [])
     check_train_config(cfg, source)
+    if dry_run:
+        from training.dry_run import describe_training
+
+        typer.echo(describe_training(kind, list(data), output, cfg, resume=resume, base_run=base))
+        typer.echo("dry run: nothing written")
+        return
     result = run_training(kind, list(data), output, cfg, resume=resume, base_run=base, show_progress=not quiet)
     psnr = f", validation PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     typer.echo(f"{output}: {kind} trained to step {result.step}{psnr}{' (resumed)' if result.resumed else ''}")
@@ -152,15 +159,21 @@ def predict(
     config: Annotated[Optional[Path], typer.Option("--config", help="Prediction config YAML (see `dehaze schema predict`); options given here override it.")] = None,
     set_: SetOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a prediction store made with other runs or settings. Only a dehaze store of the same kind holding nothing else is replaced (never your input, a symlink's target or a folder with your files).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config, the runs and input it would read and the stores it would write; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Predict x_0 from every step of a ladder store (or TIFF) with trained runs."""
     from dehaze.config import build_model, merge_sections, read_yaml
+    from dehaze.predict import plan_prediction
     from dehaze.predict import predict as run_predict
 
     raw = merge_sections(read_yaml(config) if config is not None else {}, options or {})
     cfg = build_model(PredictConfig, raw, set_ or [], str(config or "dehaze predict"))
+    if dry_run:
+        typer.echo(plan_prediction(list(runs), input_path, output, cfg, step=step).describe())
+        typer.echo("dry run: nothing written")
+        return
     stores = run_predict(list(runs), input_path, output, cfg, step=step, overwrite=overwrite, show_progress=not quiet)
     for store in stores:
         typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
@@ -184,6 +197,7 @@ def ingest(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the files, steps, pinholes, shapes and pixel sizes found; write nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made from other files or another manifest. Only a dehaze store of the same kind holding nothing else is replaced (never your input, a symlink's target or a folder with your files).")] = False,
     set_: SetOption = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Take only this image of each file (name or index), e.g. one image of a Leica project (the manifest's `image`).")] = None,
     cache_mb: Annotated[Optional[float], typer.Option("--cache-mb", min=0, help="Raw pixels kept in memory between registration and writing, MB (default 2 GB); fields beyond it are read twice.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -193,7 +207,7 @@ def ingest(
     from acquisition.manifest import load_acquisition_manifest
     from dehaze.store import describe_ladder
 
-    m = load_acquisition_manifest(manifest, set_ or [])
+    m = load_acquisition_manifest(manifest, [*(set_ or []), *([f"image={image}"] if image is not None else [])])
     report = run_ingest(source, output, m, dry_run=dry_run, overwrite=overwrite, show_progress=not quiet,
                         cache_mb=CACHE_MB if cache_mb is None else cache_mb,
                         warn=lambda msg: typer.echo(f"dehaze: warning: {msg}", err=True))
@@ -279,6 +293,28 @@ def evaluate(
     _print_degradation_check(next((e["degradation_check"] for e in result["methods"].values() if e.get("degradation_check")), None))
     for path in result["report"].values():
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def calibrate(
+    prediction: Annotated[Path, typer.Argument(help="A prediction store of a sampling strategy (flow), made from held-out fields.")],
+    truth: Annotated[Path, typer.Option("--truth", help="The ladder store the prediction was made from.")],
+    target: Annotated[Literal["camera", "noise_free"], typer.Option("--target", help="x_0 the error is measured against.")] = "noise_free",
+    field: Annotated[Optional[list[str]], typer.Option("--field", help="Fit on this field only (repeatable; default: every field).")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", help="Reliability diagram PNG (default: reliability.png beside the store).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and report; store nothing with the run.")] = False,
+) -> None:
+    """Fit the posterior std's scale and offset against the error (binned RMSE vs root mean variance) and store
+    them with the run (calibration.json): its later predictions write calibrated stds."""
+    from dehaze.calibration import calibrate as run_calibration
+
+    result = run_calibration(prediction, truth, target=target, fields=field, write=not dry_run,
+                             figure=figure or prediction.with_name(prediction.name.removesuffix(".zarr") + "-reliability.png"))
+    typer.echo(f"std calibration: scale {result['scale']:.3f}, offset {result['offset']:.4g} ADU; uncertainty calibration error "
+               f"{result['before']['uce']:.4g} -> {result['after']['uce']:.4g} ADU (largest gap per bin "
+               f"{100 * result['before']['max_relative_gap']:.0f} % -> {100 * result['after']['max_relative_gap']:.0f} %)")
+    typer.echo(f"wrote {result['figure']}" + (f" and {result['written']}" if "written" in result else ""))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -152,6 +152,29 @@ def engine_options(cfg: PredictConfig) -> EngineOptions:
                          precision=cfg.precision, compile=cfg.compile)
 
 
+@dataclass
+class PredictPlan:
+    """What a prediction will read and write, every check done and nothing written (``--dry-run`` prints it)."""
+
+    cfg: PredictConfig
+    runs: LoadedRuns
+    src: InputLadder
+    out_paths: dict[str, Path]  # strategy -> its prediction store
+    device: torch.device
+    folder: Path | None  # the folder of stores of --strategy all
+
+    def describe(self) -> str:
+        lines = ["resolved prediction config: " + json.dumps(self.cfg.model_dump(mode="json"))]
+        lines += [f"run {kind}: {self.runs.dirs[kind]}" for kind in self.runs.dirs]
+        lines.append(f"input: {self.src.path} ({len(self.src.fields)} field(s) x {self.src.n_steps} steps"
+                     f"{'' if self.src.whole_ladder else ', one image'})")
+        for name, path in self.out_paths.items():
+            spec, primary = STRATEGIES[name], self.runs.infos[STRATEGIES[name].primary]
+            lines.append(f"would write {path}: {name} (tile {engine_tile(spec, primary, self.cfg.tile)} px, "
+                         f"K = {samples_for(spec, primary, self.cfg.samples)}) on {self.device}")
+        return "\n".join(lines)
+
+
 def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, cfg: PredictConfig = PredictConfig(), *,
             step: int | None = None, overwrite: bool = False, replace_stale: bool = False,
             show_progress: bool = True) -> list[LadderStore]:
@@ -161,6 +184,24 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
     means, deterministic) for the latent strategies. ``step``: the step of a single-image TIFF input.
     ``overwrite``/``replace_stale``: see :func:`dehaze.store.plan_output`.
     """
+    plan = plan_prediction(run_dirs, input_path, output, cfg, step=step)
+    if plan.folder is not None:
+        try:
+            plan.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{plan.folder}: cannot create the output folder ({exc.strerror}); choose another -o") from None
+    opts = engine_options(cfg)
+    bundle = prepare_bundle(plan.runs.bundle, opts)
+    params = StrategyParams(alpha=cfg.alpha, sample=(cfg.samples or 1) > 1)
+    return [_predict_one(name, STRATEGIES[name], plan.runs, bundle, params, plan.src, path, plan.device, cfg.samples, opts,
+                         overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
+            for name, path in plan.out_paths.items()]
+
+
+def plan_prediction(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, cfg: PredictConfig, *,
+                    step: int | None = None) -> PredictPlan:
+    """Load the runs, open the input and check every output: all that refuses a prediction, before any
+    output is written (see :func:`predict`)."""
     strategy, samples, opts = cfg.strategy, cfg.samples, engine_options(cfg)
     dev = pick_device(cfg.device)
     runs = load_runs(run_dirs, dev)
@@ -208,16 +249,7 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
         refuse_inside_store(folder, "the output folder", itself=True)
     for path in out_paths.values():  # every output refused before anything is written
         check_output_store(path, "prediction", replacing=False, keep=[src.path])
-    if strategy == "all":
-        try:
-            Path(output).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{output}: cannot create the output folder ({exc.strerror}); choose another -o") from None
-    bundle = prepare_bundle(runs.bundle, opts)
-    params = StrategyParams(alpha=cfg.alpha, sample=sampled)
-    return [_predict_one(name, STRATEGIES[name], runs, bundle, params, src, out_paths[name], dev, samples, opts,
-                         overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
-            for name in names]
+    return PredictPlan(cfg, runs, src, out_paths, dev, Path(output) if strategy == "all" else None)
 
 
 def _file_sha256(path: Path) -> str:

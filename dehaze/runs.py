@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,27 @@ class RunInfo(StrictModel):
     normalization: Normalization
     data: list[DataRef]
     base_run: str | None = None  # the run this one builds on (latent trainers build on an HVAE run)
+    # changes made to the run on --resume (a larger budget): {"at_step", "steps_from", "steps_to", "time"}
+    history: list[dict[str, Any]] = []
+
+    def differences(self, other: RunInfo) -> list[str]:
+        """Dotted keys of trainer, config, data and base run where ``other`` differs (empty: the same run)."""
+        keep = {"kind", "config", "data", "base_run"}
+        return _differing_keys(self.model_dump(mode="json", include=keep), other.model_dump(mode="json", include=keep))
 
     def same_run(self, other: RunInfo) -> bool:
         """Same trainer, config and data: a run that --resume may continue."""
-        keep = {"kind", "config", "data", "base_run"}
-        return self.model_dump(mode="json", include=keep) == other.model_dump(mode="json", include=keep)
+        return not self.differences(other)
+
+
+EXTENDABLE = ("config.steps",)  # what --resume may change: a larger budget (the schedule is recomputed)
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b))
+                for k in _differing_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    return [] if a == b else [prefix or "<root>"]
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
@@ -103,10 +120,19 @@ def check_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
         if not (run_dir / RUN_FILE).is_file():
             raise UserError(f"{run_dir}: exists and is not a dehaze run directory; choose another -o")
         existing = read_run(run_dir)
-        if not existing.same_run(info):
+        differs = existing.differences(info)
+        if differs:
             if _never_saved(run_dir):  # a start that failed before its first checkpoint: nothing to lose
                 return False
-            raise UserError(f"{run_dir}: already holds a different run ({existing.kind}); choose another -o")
+            if resume and all(k in EXTENDABLE for k in differs):
+                reached = checkpoint_step(run_dir)
+                if info.config.steps < reached:
+                    raise UserError(f"{run_dir}: steps={info.config.steps} is below the step the run reached ({reached}); "
+                                    f"give steps >= {reached} to extend it")
+                return True
+            what = "differs in " + ", ".join(differs[:6]) + (f" (+{len(differs) - 6} more)" if len(differs) > 6 else "")
+            extend = " (only steps may change on --resume: a larger budget)" if resume else ""
+            raise UserError(f"{run_dir}: holds a {existing.kind} run whose {what}{extend}; choose another -o")
         if not resume:
             raise UserError(f"{run_dir}: already holds this run; pass --resume to continue it or choose another -o")
         return (run_dir / CHECKPOINT_FILE).is_file()
@@ -118,10 +144,28 @@ def check_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
     return False
 
 
+def extension(run_dir: str | Path, info: RunInfo) -> int | None:
+    """The ``steps`` of the run in ``run_dir`` when ``info`` extends it (only the budget changed), else None."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    existing = read_run(run_dir)
+    differs = existing.differences(info)
+    return existing.config.steps if differs and all(k in EXTENDABLE for k in differs) else None
+
+
 def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
-    """Create the run directory, or check that --resume continues the same run. Returns True if resuming."""
+    """Create the run directory, or check that --resume continues the same run (an extended budget is
+    recorded in run.json's history). Returns True if resuming."""
     run_dir = Path(run_dir)
     if check_run_dir(run_dir, info, resume):
+        old_steps = extension(run_dir, info)
+        if old_steps is not None:
+            existing = read_run(run_dir)
+            change = {"at_step": checkpoint_step(run_dir), "steps_from": old_steps, "steps_to": info.config.steps,
+                      "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            extended = info.model_copy(update={"history": [*existing.history, change]})
+            atomic_write_text(run_dir / RUN_FILE, extended.model_dump_json(indent=2))
         return True
     if run_dir.exists() and any(run_dir.iterdir()):
         if read_run(run_dir).same_run(info):  # the same run, resumed before its first checkpoint

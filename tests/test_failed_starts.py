@@ -52,7 +52,7 @@ def test_a_crash_before_the_first_checkpoint_does_not_block_another_config(cli, 
     assert result.exit_code == 0, result.stderr
     assert read_run(run).config.optim.lr == 0.002
     # once a checkpoint holds work, another config is still refused
-    one_line_error(cli("train", "unet", "--data", ladder, "-o", run, "-q", *ARGS, "--set", "optim.lr=0.003"), "different run")
+    one_line_error(cli("train", "unet", "--data", ladder, "-o", run, "-q", *ARGS, "--set", "optim.lr=0.003"), "differs in config.optim.lr")
 
 
 def test_a_resumed_run_logs_each_step_once(ladder, tmp_path, monkeypatch):

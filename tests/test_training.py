@@ -244,7 +244,7 @@ def test_run_directory_conflicts(cli, ladder, tmp_path):
     result = _train_cli(cli, ladder, run)
     assert result.exit_code == 2 and "--resume" in result.stderr
     result = _train_cli(cli, ladder, run, "--set", "seed=9", "--resume")
-    assert result.exit_code == 2 and "different run" in result.stderr
+    assert result.exit_code == 2 and "differs in config.seed" in result.stderr and "only steps may change" in result.stderr
     result = _train_cli(cli, ladder, tmp_path / "fresh", "--resume")
     assert result.exit_code == 2 and "nothing to resume" in result.stderr
     foreign = tmp_path / "foreign"
@@ -281,3 +281,31 @@ def test_cuda_requested_without_cuda(cli, ladder, tmp_path):
         pytest.skip("this machine has CUDA")
     result = _train_cli(cli, ladder, tmp_path / "r", "--set", "device=cuda")
     assert result.exit_code == 2 and "CUDA" in result.stderr
+
+
+def test_resume_with_a_larger_budget_extends_the_run(cli, ladder, tmp_path):
+    """--resume --set steps=N continues the run: the cosine schedule is recomputed from the step reached
+    (its learning rate there is the closed form of the new budget), the change is in run.json's history;
+    a budget below the step reached, or any other change, is refused in one line."""
+    import math
+
+    import torch
+
+    from dehaze.runs import read_run
+
+    run = tmp_path / "run"
+    assert _train_cli(cli, ladder, run).exit_code == 0
+    result = _train_cli(cli, ladder, run, "--set", "steps=5", "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "trained to step 5" in result.stdout
+    info = read_run(run)
+    assert info.config.steps == 5
+    assert [(h["at_step"], h["steps_from"], h["steps_to"]) for h in info.history] == [(2, 2, 5)]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    lr0, lr = 3e-4, state["optimizers"]["main"]["param_groups"][0]["lr"]
+    assert state["step"] == 5 and math.isclose(lr, lr0 * 0.01 + lr0 * 0.99 * (1 + math.cos(math.pi * 5 / 5)) / 2, rel_tol=1e-6)
+    result = _train_cli(cli, ladder, run, "--set", "steps=3", "--resume")
+    assert result.exit_code == 2 and "below the step the run reached (5)" in result.stderr
+    result = _train_cli(cli, ladder, run, "--set", "steps=8", "--set", "batch_size=3", "--resume")
+    assert result.exit_code == 2 and "differs in config.batch_size" in result.stderr
+    assert read_run(run).config.steps == 5  # nothing changed by a refused extension

@@ -31,8 +31,8 @@ from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
 from training.latents import ensure_latent_cache
-from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, load_checkpoint, load_model,
-                         prepare_run_dir, read_run, save_checkpoint)
+from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, extension, load_checkpoint,
+                         load_model, prepare_run_dir, read_run, save_checkpoint)
 from dehaze.store import LadderStore
 from training.config import MODEL_KINDS, OptimConfig, TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
@@ -68,6 +68,17 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):  # noqa: ANN20
     if cfg.optim.scheduler == "plateau":  # stepped on validation PSNR: halve when it stalls
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=cfg.optim.plateau_patience)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def fast_forward(sched: Any, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
+    """Put a freshly made scheduler (and its optimiser's learning rate) at ``step`` of ``cfg.steps``: a cosine
+    schedule takes its closed-form value there; a constant one has nothing to do; a plateau schedule keeps
+    no notion of the budget, so its saved state is loaded instead (see the caller)."""
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / sched.T_max)) / 2
+        sched.last_epoch = step
+        sched._last_lr = [g["lr"] for g in opt.param_groups]  # what get_last_lr() reports
 
 
 class RunLogger:
@@ -203,6 +214,7 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         raise UserError(f"`dehaze train {kind}` runs on one process (its GAN steps are not data-parallel yet)")
     if rank == 0:  # -o conflicts now; the run description is written once the data and model are checked
         check_run_dir(run_dir, info, resume)
+    extended_from = extension(run_dir, info) if resume else None  # the old budget when --set steps=N extends the run
     train_fields, val_fields = split_fields(stores, cfg.data.val_fraction, cfg.seed)
     paths = [str(s.path) for s in stores]
 
@@ -223,13 +235,17 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         model.load_state_dict(state["model"])
         for name in opts:
             opts[name].load_state_dict(state["optimizers"][name])
-            scheds[name].load_state_dict(state["schedulers"][name])
+            if extended_from is None or cfg.optim.scheduler == "plateau":
+                scheds[name].load_state_dict(state["schedulers"][name])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
         step, resumed = int(state["step"]), True
+        if extended_from is not None:  # a larger budget: the schedule as if it had been planned from the start
+            for name in opts:
+                fast_forward(scheds[name], opts[name], cfg, step)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     # -- data: patches (or latent crops) indexed by optimiser step, so a resumed run draws the same batches

@@ -1,0 +1,56 @@
+"""`dehaze train --dry-run` and `dehaze predict --dry-run`: the resolved config, the data read and what would
+be written, printed; nothing written; the same one-line refusals as the real commands."""
+
+from __future__ import annotations
+
+import json
+
+TINY = ["--set", "steps=4", "--set", "batch_size=2", "--set", "patch_size=16", "--set", "device=cpu",
+        "--set", "model.base_channels=4", "--set", "model.depth=2"]
+
+
+def _config_line(stdout: str) -> dict:
+    line = next(x for x in stdout.splitlines() if x.startswith("resolved"))
+    return json.loads(line.split(": ", 1)[1])
+
+
+def test_train_dry_run_prints_and_writes_nothing(cli, good, tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", "unet", "--data", good, "-o", out, "--dry-run", *TINY)
+    assert result.exit_code == 0, result.stderr
+    cfg = _config_line(result.stdout)
+    assert cfg["steps"] == 4 and cfg["optim"]["scheduler"] == "cosine" and cfg["model"]["residual"] is False  # defaults filled
+    assert "2 field(s)" in result.stdout and "1 for training, 1 held out" in result.stdout
+    assert f"would write {out}" in result.stdout and "nothing written" in result.stdout
+    assert not out.exists()
+    # an HVAE's defaults come from its preset and its trainer's overrides
+    cfg = _config_line(cli("train", "hvae", "--data", good, "-o", out, "--dry-run", "--set", "model.preset=tiny").stdout)
+    assert cfg["model"]["levels"] == 2 and cfg["optim"]["name"] == "adamax"
+    assert not out.exists()
+
+
+def test_train_dry_run_of_a_resume_and_an_extension(cli, good, run, tmp_path):
+    args = ["--set", "steps=2", "--set", "batch_size=2", "--set", "patch_size=16", "--set", "device=cpu",
+            "--set", "model.base_channels=4", "--set", "model.depth=2", "--set", "data.val_patches=2"]
+    before = (run / "run.json").read_text()
+    result = cli("train", "unet", "--data", good, "-o", run, "--dry-run", "--resume", *args)
+    assert result.exit_code == 0 and "would resume" in result.stdout and "at step 2 of 2" in result.stdout, result.stderr
+    result = cli("train", "unet", "--data", good, "-o", run, "--dry-run", "--resume", *args, "--set", "steps=6")
+    assert result.exit_code == 0 and "budget extended from 2 to 6 steps" in result.stdout, result.stderr
+    result = cli("train", "unet", "--data", good, "-o", run, "--dry-run", *args)  # the real run refuses: so does the dry run
+    assert result.exit_code == 2 and "--resume" in result.stderr
+    result = cli("train", "latent", "--data", good, "-o", tmp_path / "lat", "--dry-run", "--base", run)
+    assert result.exit_code == 2 and "'unet' run" in result.stderr
+    assert (run / "run.json").read_text() == before and not (tmp_path / "lat").exists()
+
+
+def test_predict_dry_run_prints_and_writes_nothing(cli, good, run, tmp_path):
+    out = tmp_path / "preds"
+    result = cli("predict", run, "--input", good, "-o", out, "--dry-run", "--strategy", "all", "--tile", "32")
+    assert result.exit_code == 0, result.stderr
+    assert _config_line(result.stdout)["tile"] == 32
+    assert f"run unet: {run}" in result.stdout and "2 field(s) x 4 steps" in result.stdout
+    assert f"would write {out / 'one-shot-unet.zarr'}: one-shot-unet (tile 32 px, K = 1)" in result.stdout
+    assert not out.exists()
+    result = cli("predict", run, "--input", good, "-o", out, "--dry-run", "--strategy", "pixel-indi")
+    assert result.exit_code == 2 and "needs a trained pixel run" in result.stderr and not out.exists()
