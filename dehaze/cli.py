@@ -90,11 +90,20 @@ def simulate(
 
 @app.command()
 @user_errors
-def info(store: Annotated[Path, typer.Argument(help="Ladder store.")]) -> None:
+def info(
+    store: Annotated[Path, typer.Argument(help="Ladder store.")],
+    png: Annotated[Optional[Path], typer.Option("--png", help="Also write a montage of a field's steps with each step's pinhole and statistics (PNG).")] = None,
+    field: Annotated[Optional[str], typer.Option("--field", help="The field of the --png montage (default: the first).")] = None,
+) -> None:
     """Print a readable summary of a ladder store."""
     from dehaze.store import describe_ladder, open_ladder
 
-    typer.echo(describe_ladder(open_ladder(store, require_complete=False)))
+    ladder = open_ladder(store, require_complete=False)
+    typer.echo(describe_ladder(ladder))
+    if png is not None:
+        from dehaze.quicklook import write_ladder_png
+
+        typer.echo(f"wrote {write_ladder_png(ladder, png, field)}")
 
 
 @app.command()

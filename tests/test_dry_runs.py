@@ -54,3 +54,23 @@ def test_predict_dry_run_prints_and_writes_nothing(cli, good, run, tmp_path):
     assert not out.exists()
     result = cli("predict", run, "--input", good, "-o", out, "--dry-run", "--strategy", "pixel-indi")
     assert result.exit_code == 2 and "needs a trained pixel run" in result.stderr and not out.exists()
+
+
+def test_info_png_montage(cli, good, tmp_path):
+    """`dehaze info --png`: a PNG montage of a field's steps labelled with pinhole and statistics."""
+    from dehaze.quicklook import step_label
+    from dehaze.store import open_ladder
+
+    png = tmp_path / "ladder.png"
+    result = cli("info", good, "--png", png, "--field", "field_001")
+    assert result.exit_code == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    store = open_ladder(good)
+    assert step_label(store, 0).startswith("step 0: 0.5 AU") and "mean" in step_label(store, 0)
+    assert step_label(store, 3).startswith("step 3: widefield")
+    for args, named in (([good, "--png", tmp_path / "x.jpg"], "ending in .png"),
+                        ([good, "--png", tmp_path / "nope" / "x.png"], "does not exist"),
+                        ([good, "--png", tmp_path / "y.png", "--field", "field_999"], "field_999")):
+        result = cli("info", *args)
+        assert result.exit_code == 2 and named in result.stderr, result.stderr
+    assert not (tmp_path / "y.png").exists()
