@@ -94,7 +94,8 @@ class LadderArray:
 
 
 class LadderStore:
-    """An open ladder store. Create with :func:`create_ladder`, open with :func:`open_ladder`."""
+    """An open ladder store. A command creates (or resumes) one through :func:`~dehaze.store.output.writing_output`
+    (:func:`~dehaze.store.output.create_ladder` without a lock); :func:`open_ladder` opens one for reading."""
 
     def __init__(self, path: Path, root: zarr.Group, meta: DatasetMeta) -> None:
         self.path = path
