@@ -38,7 +38,8 @@ def study_train_configs(cfg: StudyConfig) -> dict[str, TrainConfig]:
            for kind in TRAIN_ORDER if kind in cfg.trainers}
     for kind, train_cfg in out.items():
         check_train_config(train_cfg, f"study trainers.{kind}")
-    missing = [k for k in out if MODEL_KINDS[k].base is not None and MODEL_KINDS[k].base not in out]
+    missing = [k for k in out if MODEL_KINDS[k].base is not None and not MODEL_KINDS[k].base_optional
+               and MODEL_KINDS[k].base not in out]  # an optional base (a warm start) is used when the study trains it
     if missing:
         raise UserError(f"study trainers: {missing[0]} builds on {MODEL_KINDS[missing[0]].base}; add that trainer too")
     return out

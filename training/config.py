@@ -62,6 +62,10 @@ class ModelKind(StrictModel):
 
     summary: ClassVar[str] = ""
     base: ClassVar[str | None] = None
+    # True: ``--base`` is optional, a warm start (the base run's weights are copied in by the task's
+    # ``init_from_base``; the run is complete without it and predicts on its own); False: the kind cannot
+    # train without its base run (the latent kinds)
+    base_optional: ClassVar[bool] = False
     train_defaults: ClassVar[dict[str, Any]] = {}
     default_strategy: ClassVar[str | None] = None
 
@@ -76,6 +80,11 @@ class ModelKind(StrictModel):
     def resolve_from_base(self, base_model: ModelKind, latents: Any) -> ModelKind:
         """This config with the fields its base run decides filled in (``base_model``: the base run's
         resolved model config; ``latents``: the :class:`LatentCacheMeta` of the data's latent cache)."""
+        return self
+
+    def resolve_from_data(self, stores: list[Any], norm: Any) -> ModelKind:
+        """This config with the fields the training data decide filled in (``stores``: the opened ladder
+        stores; ``norm``: the run's :class:`dehaze.normalization.Normalization`); non-latent kinds only."""
         return self
 
 
@@ -138,6 +147,52 @@ class PixelModel(ModelKind):
                    time_embed_dim=self.time_embed_dim, source_conditioned=self.path == "straight")
         net.walk_weight, net.walk_delta = self.walk_weight, self.sample_delta  # read by the restorer's loss
         return net
+
+
+class FlowModel(ModelKind):
+    """Conditional flow-matching restorer (HazeMatching's recipe; :mod:`dehaze.models.flow`).
+
+    Path convention: flow time tau in [0, 1], tau = 0 Gaussian noise, tau = 1 the clean image:
+    y_tau = (1 - tau) noise + tau y_0, velocity target y_0 - noise, MSE loss, tau drawn from a 20-point grid.
+    y_0 = x_0 / target_scale: the clean image in units of its own RMS (resolved from the data), because with
+    the photon budget x_0 is 10-100x dimmer than the hazy steps the normalisation is set by, and against
+    unit-variance noise it would only appear in the very last ODE step. The network sees the hazy input x_t
+    (concatenated as a second channel) and is conditioned on the ladder step t and on tau.
+    ``parametrisation="x0"`` (default): the UNet predicts y_0 and v = (y_0_hat - y_tau) / (1 - tau); warm
+    started from a pixel run (``--base``) it starts as that restorer's one-shot estimate for every noise.
+    ``"velocity"``: the UNet's output is v itself (HazeMatching's), which a pixel restorer cannot seed.
+    """
+
+    summary: ClassVar[str] = "conditional flow-matching restorer, posterior samples"
+    base: ClassVar[str | None] = "pixel"
+    base_optional: ClassVar[bool] = True
+    default_strategy: ClassVar[str | None] = "flow"
+    # EMA as HazeMatching keeps; 0.999 averages over ~1000 steps, longer than a CPU run
+    train_defaults: ClassVar[dict[str, Any]] = {"optim": {"ema_decay": 0.995}}
+    kind: Literal["flow"] = "flow"
+    base_channels: int = Field(32, ge=4)
+    depth: int = Field(3, ge=1, le=6)
+    time_embed_dim: int = Field(64, ge=8)
+    parametrisation: Literal["x0", "velocity"] = Field("x0", description="what the UNet outputs: the clean image "
+                                                       "(v = (x0_hat - y_tau) / (1 - tau); a pixel run can warm-start it) or the velocity")
+    tau_grid: int = Field(20, ge=2, description="training flow times tau = k / tau_grid, k = 0 .. tau_grid - 1")
+    mmse_samples: int = Field(16, ge=1, description="posterior samples K for the mean and std of `dehaze predict` (--samples overrides)")
+    # Filled in when training starts (the resolved config records them):
+    target_scale: float | None = Field(None, gt=0, description="RMS of the normalised x_0 (from the data's step-0 statistics)")
+    warm_start: str | None = Field(None, description="the pixel run whose weights the run started from (--base)")
+
+    def resolve_from_data(self, stores: list[Any], norm: Any) -> ModelKind:
+        if self.target_scale is not None:
+            return self
+        stats = [s.meta.step_stats[0] for s in stores if s.meta.step_stats]
+        rms = max((((st.mean - norm.offset) ** 2 + st.std**2) ** 0.5) / norm.scale for st in stats) if stats else 1.0
+        return self.model_copy(update={"target_scale": float(rms if rms > 0 else 1.0)})
+
+    def build(self) -> nn.Module:
+        from dehaze.models.flow import FlowNet
+
+        return FlowNet(base_channels=self.base_channels, depth=self.depth, time_embed_dim=self.time_embed_dim,
+                       parametrisation=self.parametrisation, tau_grid=self.tau_grid, target_scale=self.target_scale or 1.0)
 
 
 # ---- ladder VAEs (dehaze.models.hvae): HVAE and supervised HDN ---------------------------------------
@@ -301,7 +356,7 @@ class DegradationModel(ModelKind):
 
 
 # ---- the kinds: every list of trainers (CLI, training order, study, predict, the model bundle) comes from here
-MODEL_CONFIGS: tuple[type[ModelKind], ...] = (UNetModel, PixelModel, HDNModel, HVAEModel, LatentModel, DegradationModel)
+MODEL_CONFIGS: tuple[type[ModelKind], ...] = (UNetModel, PixelModel, FlowModel, HDNModel, HVAEModel, LatentModel, DegradationModel)
 MODEL_KINDS: dict[str, type[ModelKind]] = {cls.kind_name(): cls for cls in MODEL_CONFIGS}
 TRAINER_KINDS: tuple[str, ...] = tuple(MODEL_KINDS)
 TrainerKind = Literal[TRAINER_KINDS]  # type: ignore[valid-type]  # built from the registry: the Literal of every kind
@@ -326,7 +381,12 @@ def training_order(kinds: Any = TRAINER_KINDS) -> list[str]:
 
 def kinds_help() -> str:
     """``kind (summary)`` for every trainer, with its --base: the CLI's help for ``dehaze train KIND``."""
-    return "; ".join(f"{k}: {c.summary}{f' (--base {c.base.upper()}_RUN)' if c.base else ''}" for k, c in MODEL_KINDS.items())
+    def base(c: type[ModelKind]) -> str:
+        if not c.base:
+            return ""
+        return f" (optional --base {c.base.upper()}_RUN: warm start)" if c.base_optional else f" (--base {c.base.upper()}_RUN)"
+
+    return "; ".join(f"{k}: {c.summary}{base(c)}" for k, c in MODEL_KINDS.items())
 
 
 ModelConfig = Annotated[Union[MODEL_CONFIGS], Field(discriminator="kind")]  # type: ignore[valid-type]

@@ -31,7 +31,7 @@ from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
 from training.latents import ensure_latent_cache
-from dehaze.runs import (REPORT_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, extension, load_checkpoint,
+from dehaze.runs import (REPORT_FILE, RUN_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, extension, load_checkpoint,
                          load_model, prepare_run_dir, read_run, save_checkpoint)
 from dehaze.store import LadderStore
 from training.config import MODEL_KINDS, OptimConfig, TrainConfig
@@ -187,6 +187,22 @@ def resolve_latent_setup(kind: str, task: Task, base_run: str | Path | None, dat
     return LatentSetup(str(Path(base_run).resolve()), str(cache), resolved)
 
 
+def resolve_warm_start(kind: str, base_run: str | Path | None, run_dir: Path, resume: bool) -> str | None:
+    """The resolved path of an optional base run (a warm start, ``ModelKind.base_optional``), checked to be of
+    the kind it must be; on ``--resume`` without ``--base``, the one the run recorded. None: no warm start."""
+    cls = MODEL_KINDS[kind]
+    if base_run is None:
+        if resume and (run_dir / RUN_FILE).is_file():
+            return getattr(read_run(run_dir).config.model, "warm_start", None)
+        return None
+    if not cls.base:
+        raise UserError(f"`dehaze train {kind}` builds on no other run: drop --base")
+    base = read_run(base_run)
+    if base.kind != cls.base:
+        raise UserError(f"--base {base_run}: is a {base.kind!r} run; {kind} warm-starts from a {cls.base!r} run")
+    return str(Path(base_run).resolve())
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConfig, *, resume: bool = False,
           base_run: str | Path | None = None, show_progress: bool = True, in_memory: bool = False) -> TrainResult:
@@ -207,6 +223,13 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         norm = read_run(latent.base_run).normalization  # latents encode images normalised like the HVAE saw them
     else:
         norm = Normalization.from_stores(stores)
+        model_cfg = cfg.model.resolve_from_data(stores, norm)
+        warm = resolve_warm_start(kind, base_run, run_dir, resume) if MODEL_KINDS[kind].base_optional else None
+        if warm is not None:
+            model_cfg = model_cfg.model_copy(update={"warm_start": warm})
+        elif base_run is not None:
+            raise UserError(f"`dehaze train {kind}` builds on no other run: drop --base")
+        cfg = TrainConfig.model_validate({**cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")})
     info = RunInfo(kind=kind, config=cfg, normalization=norm, base_run=latent.base_run if latent else None,
                    data=[DataRef(path=str(Path(s.path).resolve()), manifest_sha256=s.meta.manifest_sha256) for s in stores])
     rank, world = init_distributed()
@@ -223,6 +246,9 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
     model = build_network(cfg.model).to(device)
     if task.init_from_base is not None and latent is not None:
         task.init_from_base(model, load_model(latent.base_run, device)[1])
+    warm_start = getattr(cfg.model, "warm_start", None)
+    if task.init_from_base is not None and latent is None and warm_start and not (resume and (run_dir / "checkpoint.pt").is_file()):
+        task.init_from_base(model, load_model(warm_start, device)[1])  # a resumed run loads its own weights below
     groups = task.param_groups(model) if task.param_groups else {"main": list(model.parameters())}
     # a model config field "<group>_lr" (e.g. the degradation's restorer_lr) sets that group's learning rate
     opts = {name: make_optimizer(params, cfg.optim.model_copy(update={"lr": getattr(cfg.model, f"{name}_lr", cfg.optim.lr)}))

@@ -62,6 +62,38 @@ def restorer_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch["x"], batch["t"])
 
 
+# ---- conditional flow matching (dehaze.models.flow) ---------------------------------------------------
+def flow_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """||v(y_tau, tau | x_t, t) - (y_0 - noise)||^2 on the straight path from Gaussian noise (tau = 0) to
+    y_0 = x_0 / target_scale (tau = 1), tau drawn from the model's grid {0, 1/n, ..., (n-1)/n}; noise and
+    tau come from torch's RNG, which checkpoints keep (a resumed run draws what an uninterrupted one does)."""
+    from dehaze.models.flow import flow_matching_loss, tau_grid
+
+    net = getattr(model, "module", model)
+    y = batch["y"]
+    grid = tau_grid(net.tau_grid)
+    tau = grid[torch.randint(len(grid), (y.shape[0],))].to(y.device)
+    return flow_matching_loss(model, batch["x"], batch["t"], y, torch.randn_like(y), tau)
+
+
+FLOW_VAL_SEED = 0  # validation noise: the same every evaluation, and torch's training RNG stream left alone
+
+
+def flow_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The network's x_0 estimate from pure noise (tau = 0): its one-shot MMSE, the mean its samples should match."""
+    x = batch["x"]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(FLOW_VAL_SEED)).to(x.device)
+    tau = torch.zeros(x.shape[0], device=x.device)
+    return model.clean_estimate(noise, tau, x, batch["t"]) * model.target_scale
+
+
+def flow_from_base(model: nn.Module, base: nn.Module) -> None:
+    """--base PIXEL_RUN: the flow network starts as that restorer's one-shot estimate (see warm_start_from_pixel)."""
+    from dehaze.models.flow import warm_start_from_pixel
+
+    warm_start_from_pixel(model, base)
+
+
 # ---- ladder VAEs (dehaze.models.hvae) ----------------------------------------------------------------
 HDN_VAL_SAMPLES = 4  # posterior samples of the validation MMSE (prediction uses model.mmse_samples)
 
@@ -134,7 +166,8 @@ class Task:
     estimate: Callable[[nn.Module, Batch], torch.Tensor | list[torch.Tensor]]
     val_target: str = "y"  # the key of a validation batch the estimate is scored against
     param_groups: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None  # default: one optimiser
-    # (new model, the base run's trained model) -> None: weights a new run takes from its base (--base)
+    # (new model, the base run's trained model) -> None: weights a new run takes from its base (--base; for a
+    # kind whose base is optional, training.config.ModelKind.base_optional, only when one is given)
     init_from_base: Callable[[nn.Module, nn.Module], None] | None = None
     # (model, latent cache, held-out fields, device) -> what the finished run records in report.json
     final_report: Callable[[nn.Module, str, list[str], torch.device], dict] | None = None
@@ -147,6 +180,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "unet": Task("pair", one_shot_loss, one_shot_estimate),
     "pixel": Task("path", restorer_loss, restorer_estimate),
+    "flow": Task("pair", flow_loss, flow_estimate, init_from_base=flow_from_base),
     "hvae": Task("single", hvae_loss, hvae_estimate, val_target="x"),
     "hdn": Task("pair", hdn_loss, hdn_estimate),
     "latent": Task("latent_pair", latent_loss, latent_estimate, val_target="z_0"),

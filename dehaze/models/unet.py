@@ -2,8 +2,9 @@
 
 Shapes: input (B, C_in, H, W) with H and W multiples of 2**depth; output (B, C_out, H, W); t is (B,) float
 (a ladder step, possibly fractional); a source-conditioned UNet also takes s (B,), the step its input's
-straight InDI path started from. One class serves the one-shot baseline (no t) and the
-time-conditioned restorers, so there is no near-twin model file.
+straight InDI path started from; ``extra_conditions`` adds further scalar conditions (the flow restorer's
+flow time tau). One class serves the one-shot baseline (no t), the time-conditioned restorers and the
+flow-matching velocity network, so there is no near-twin model file.
 """
 
 from __future__ import annotations
@@ -50,18 +51,22 @@ class UNet(nn.Module):
     """UNet with ``depth`` downsamplings, channels doubling per level from ``base_channels``."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 3,
-                 time_embed_dim: int | None = None, residual: bool = True, source_conditioned: bool = False) -> None:
+                 time_embed_dim: int | None = None, residual: bool = True, source_conditioned: bool = False,
+                 extra_conditions: int = 0) -> None:
         super().__init__()
         self.depth, self.residual, self.time_embed_dim = depth, residual, time_embed_dim
         # A second condition, the source step s of a straight InDI path: the state x_t = x_0 + (t/s)(x_s - x_0)
         # at one t is a different image for every s, so the network must know both (DESIGN §6, InDI).
         self.source_conditioned = source_conditioned
-        if source_conditioned and not time_embed_dim:
-            raise ValueError("a source-conditioned UNet needs time_embed_dim")
+        self.extra_conditions = extra_conditions
+        if (source_conditioned or extra_conditions) and not time_embed_dim:
+            raise ValueError("a source-conditioned UNet (or one with extra conditions) needs time_embed_dim")
         emb = None
         if time_embed_dim:
             emb = 4 * time_embed_dim
-            n_in = 2 * time_embed_dim if source_conditioned else time_embed_dim
+            # the embeddings of every condition side by side: [t, (s), extra...]; a warm start from a network
+            # with fewer conditions copies its columns and leaves the new ones at zero (see training.tasks)
+            n_in = (1 + int(source_conditioned) + extra_conditions) * time_embed_dim
             self.time_mlp = nn.Sequential(nn.Linear(n_in, emb), nn.SiLU(), nn.Linear(emb, emb))
         chans = [base_channels * 2**i for i in range(depth + 1)]
         self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
@@ -79,8 +84,10 @@ class UNet(nn.Module):
         """Spatial sizes must be multiples of this."""
         return 2**self.depth
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, s: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C_in, H, W); t (B,) the step of x; s (B,) the source step of its path (source-conditioned only)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, s: torch.Tensor | None = None,
+                extra: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """x (B, C_in, H, W); t (B,) the step of x; s (B,) the source step of its path (source-conditioned only);
+        ``extra``: ``extra_conditions`` further (B,) conditions."""
         emb = None
         if self.time_embed_dim:
             if t is None:
@@ -90,6 +97,10 @@ class UNet(nn.Module):
                 if s is None:
                     raise ValueError("this UNet is conditioned on the source step too: pass s")
                 feats = torch.cat([feats, sinusoidal_embedding(s, self.time_embed_dim)], dim=1)
+            if len(extra) != self.extra_conditions:
+                raise ValueError(f"this UNet takes {self.extra_conditions} extra condition(s), got {len(extra)}")
+            if extra:
+                feats = torch.cat([feats, *(sinusoidal_embedding(c, self.time_embed_dim) for c in extra)], dim=1)
             emb = self.time_mlp(feats)
         h = self.stem(x)
         skips = []
