@@ -10,12 +10,15 @@ writes the finished rows:
 * ``std``        (h, [z,] y, x)    per-pixel standard deviation over the K samples (0 when K = 1)
 * ``trajectory`` (T+1, [z,] y, x)  for the haziest input x_T: the x_0 estimate reported at each step t
                                    (NaN where the schedule does not visit t); the study's PSNR-per-step curve
+* ``samples``    (h, K, [z,] y, x) the K posterior samples themselves, when asked (``write_samples``)
 
 Intermediate estimates cost a decode per step in the latent strategies, so the engine asks for them
 (passes a callback) only for the units whose trajectory it records.
 
 After every unit the field records how many units are done, so a killed run resumes at the next tile
-row. Random draws are seeded per (field, unit, batch): a seeded run repeats exactly, resumed or not.
+row. Random draws are seeded per (field, unit, batch): a seeded run repeats exactly, resumed or not. A
+strategy that starts from noise (``needs_noise``: the flow sampler) gets noise keyed by pixel position
+(:func:`dehaze.noise.position_noise`), so its tiled prediction equals the untiled one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from dehaze.noise import noise_key, position_noise
 from dehaze.normalization import Normalization
 from dehaze.predict_config import Precision
 from dehaze.progress import progress_bar
@@ -57,6 +61,10 @@ class EngineOptions:
     compile_backend: str = "inductor"
     trajectory: bool = True
     seed: int = 0
+    write_samples: bool = False  # write the K samples too (array "samples", (h, K, [z,] y, x))
+    # calibration of the std (dehaze.calibration): std_written = std_scale * std + std_offset, in ADU
+    std_scale: float = 1.0
+    std_offset: float = 0.0
 
 
 def _read_rows(array: Any, index: tuple[int, ...], y0: int, rows: int, width: int, norm: Normalization) -> np.ndarray:
@@ -95,16 +103,21 @@ def prepare_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
 @torch.no_grad()
 def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedule: Sequence[float], opts: EngineOptions,
               device: torch.device, n_levels: int, record: bool, ladder: np.ndarray | None = None,
+              noise: np.ndarray | None = None, samples_out: list[np.ndarray] | None = None,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Strategy on (n, th, tw) normalised tiles with K samples each -> mean, std (n, th, tw) and the
     trajectory (n_levels, n, th, tw) of x_0 estimates per step (NaN where not visited) if ``record``.
-    ``ladder`` (n, T+1, th, tw): the same tiles at every step, for strategies that need it (the oracle)."""
+    ``ladder`` (n, T+1, th, tw): the same tiles at every step, for strategies that need it (the oracle).
+    ``noise`` (n, K, th, tw): the starting noise of each sample, for strategies that need it (flow).
+    ``samples_out``: a list the (n, K, th, tw) samples are appended to."""
     k = opts.samples
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))[:, None].to(device)
     x = x.repeat_interleave(k, dim=0)  # (n*K, 1, th, tw): sample j of tile i at i*K + j
     extra = {}
     if ladder is not None:
         extra["ladder"] = torch.from_numpy(np.ascontiguousarray(ladder, dtype=np.float32)).to(device).repeat_interleave(k, dim=0)
+    if noise is not None:  # sample j of tile i at row i*K + j, like x
+        extra["noise"] = torch.from_numpy(np.ascontiguousarray(noise, dtype=np.float32)).reshape(len(tiles) * k, 1, *tiles.shape[1:]).to(device)
     if opts.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     traj = np.full((n_levels, *tiles.shape), np.nan, dtype=np.float32) if record else None
@@ -116,6 +129,8 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
     with _autocast(device, opts.precision):
         out = strategy(bundle, x, schedule, callback=callback if record else None, **extra).float()
     out = out.reshape(len(tiles), k, *tiles.shape[1:])
+    if samples_out is not None:
+        samples_out.append(out.cpu().numpy())
     # K = 1: x - x is bitwise what std over one sample gives (0, NaN where x is not finite) without torch's
     # slow CPU std kernel (about half of the engine's own time on large fields).
     std = out[:, 0] - out[:, 0] if k == 1 else out.std(1, unbiased=False)
@@ -124,9 +139,10 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
 
 def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: ScheduleFn, source: Any, norm: Normalization,
                   out: LadderStore, field: str, field_index: int, opts: EngineOptions, device: torch.device,
-                  multiple: int = 1, show_progress: bool = True, needs_ladder: bool = False) -> None:
+                  multiple: int = 1, show_progress: bool = True, needs_ladder: bool = False, needs_noise: bool = False) -> None:
     """Predict one field (h, [z,] H, W) of ``source`` into ``out`` (see the module docstring).
-    ``needs_ladder``: the strategy also gets each tile at every step (``ladder=``)."""
+    ``needs_ladder``: the strategy also gets each tile at every step (``ladder=``); ``needs_noise``: its
+    starting noise, keyed by (seed, field, step, plane, sample, pixel) (``noise=``)."""
     n_steps, planes = source.shape[0], list(np.ndindex(*source.shape[1:-2]))
     height, width = source.shape[-2:]
     tile = DEFAULT_TILE if opts.tile is None else opts.tile
@@ -135,6 +151,8 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
     arrays = {"0": (tuple(source.shape), "float32"), "std": (tuple(source.shape), "float32")}
     if opts.trajectory:
         arrays["trajectory"] = ((n_steps, *source.shape[1:]), "float32")
+    if opts.write_samples:
+        arrays["samples"] = ((n_steps, opts.samples, *source.shape[1:]), "float32")
     out.begin_field(field, arrays)
     units = [(h, p, r) for h in range(n_steps) for p in planes for r in rows]
     done = out.field_progress(field)
@@ -152,20 +170,31 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
         mean = np.empty((th, pad_w), np.float32)
         std = np.empty_like(mean)
         traj = np.full((n_steps, th, pad_w), np.nan, np.float32) if record else None
+        samples = np.empty((opts.samples, th, pad_w), np.float32) if opts.write_samples else None
         for b in range(0, len(cols), per_pass):
             torch.manual_seed(hash((opts.seed, field_index, u, b)) % 2**63)
+            noise = None
+            if needs_noise:
+                key = noise_key(opts.seed, field_index, h, *plane)
+                noise = np.stack([position_noise(key, y0, x0, th, tw, opts.samples) for x0, _, _ in cols[b : b + per_pass]])
+            drawn: list[np.ndarray] | None = [] if samples is not None else None
             m, s, tr = run_tiles(strategy, bundle, tiles[b : b + per_pass], schedule_fn(h), opts, device, n_steps, record,
-                                 None if ladder is None else ladder[b : b + per_pass])
+                                 None if ladder is None else ladder[b : b + per_pass], noise=noise, samples_out=drawn)
             for j, (x0, xlo, xhi) in enumerate(cols[b : b + per_pass]):
                 mean[:, xlo:xhi] = m[j][:, xlo - x0 : xhi - x0]
                 std[:, xlo:xhi] = s[j][:, xlo - x0 : xhi - x0]
+                if samples is not None and drawn:
+                    samples[:, :, xlo:xhi] = drawn[0][j][:, :, xlo - x0 : xhi - x0]
                 if traj is not None and tr is not None:
                     traj[:, :, xlo:xhi] = tr[:, j, :, xlo - x0 : xhi - x0]
         keep = slice(ylo - y0, min(yhi, height) - y0)
         rows_out = (slice(ylo, min(yhi, height)), slice(0, width))
         if ylo < height:
             out.write_block(field, "0", (h, *plane, *rows_out), norm.invert(mean[keep, :width]))
-            out.write_block(field, "std", (h, *plane, *rows_out), std[keep, :width] * np.float32(norm.scale))
+            out.write_block(field, "std", (h, *plane, *rows_out),
+                            np.float32(opts.std_scale) * std[keep, :width] * np.float32(norm.scale) + np.float32(opts.std_offset))
+            if samples is not None:
+                out.write_block(field, "samples", (h, slice(None), *plane, *rows_out), norm.invert(samples[:, keep, :width]))
             if traj is not None:
                 out.write_block(field, "trajectory", (slice(None), *plane, *rows_out), norm.invert(traj[:, keep, :width]))
         out.set_field_progress(field, u + 1)

@@ -149,7 +149,12 @@ def allowed_strategies(runs: LoadedRuns) -> list[str]:
 
 def engine_options(cfg: PredictConfig) -> EngineOptions:
     return EngineOptions(tile=cfg.tile, margin=cfg.margin, batch_size=cfg.batch_size, seed=cfg.seed,
-                         precision=cfg.precision, compile=cfg.compile)
+                         precision=cfg.precision, compile=cfg.compile, write_samples=cfg.write_samples)
+
+
+def strategy_params(cfg: PredictConfig) -> StrategyParams:
+    """The settings strategies get besides their networks (:class:`dehaze.strategies.StrategyParams`)."""
+    return StrategyParams(alpha=cfg.alpha, sample=(cfg.samples or 1) > 1, flow_steps=cfg.flow_steps, flow_solver=cfg.flow_solver)
 
 
 @dataclass
@@ -192,9 +197,10 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
             raise UserError(f"{plan.folder}: cannot create the output folder ({exc.strerror}); choose another -o") from None
     opts = engine_options(cfg)
     bundle = prepare_bundle(plan.runs.bundle, opts)
-    params = StrategyParams(alpha=cfg.alpha, sample=(cfg.samples or 1) > 1)
+    params = strategy_params(cfg)
     return [_predict_one(name, STRATEGIES[name], plan.runs, bundle, params, plan.src, path, plan.device, cfg.samples, opts,
-                         overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress)
+                         overwrite=overwrite, replace_stale=replace_stale, show_progress=show_progress,
+                         calibrated_std=cfg.calibrated_std)
             for name, path in plan.out_paths.items()]
 
 
@@ -224,7 +230,7 @@ def plan_prediction(run_dirs: list[str | Path], input_path: str | Path, output: 
             raise UserError(f"--strategy {name}: needs a trained {' and '.join(missing)} run; these runs allow: {', '.join(allowed) or 'none'}")
     sampled = (samples or 1) > 1
     if sampled and not any(STRATEGIES[n].samples or n.startswith("latent") for n in names):
-        raise UserError(f"--samples {samples}: {', '.join(names)} are deterministic; samples apply to hdn and latent strategies")
+        raise UserError(f"--samples {samples}: {', '.join(names)} are deterministic; samples apply to hdn, flow and latent strategies")
     src = open_input(input_path, step)
     if not src.whole_ladder:  # a single image at --step: the other steps are not there to compare with
         if strategy != "all" and STRATEGIES[names[0]].needs_ladder:
@@ -296,14 +302,22 @@ def _refuse_beyond_memory(name: str, k: int, tile: int, samples: int | None) -> 
 def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelBundle, params: StrategyParams,
                  src: InputLadder, output: Path,
                  device: torch.device, samples: int | None, opts: EngineOptions, *, overwrite: bool,
-                 replace_stale: bool, show_progress: bool) -> LadderStore:
+                 replace_stale: bool, show_progress: bool, calibrated_std: bool = True) -> LadderStore:
     primary = runs.infos[spec.primary]
     delta = getattr(primary.config.model, "sample_delta", 1.0)
     k = samples_for(spec, primary, samples)
     opts = replace(opts, samples=k, trajectory=not spec.one_shot, tile=engine_tile(spec, primary, opts.tile),
-                   margin=DEFAULT_MARGIN if opts.margin is None else opts.margin)
+                   margin=DEFAULT_MARGIN if opts.margin is None else opts.margin, write_samples=opts.write_samples and k > 1)
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": params.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
+    if spec.needs_noise:  # the flow sampler: its ODE settings, and the std calibration of its run (dehaze calibrate)
+        from dehaze.calibration import read_calibration
+
+        cal = read_calibration(runs.dirs[spec.primary]) if calibrated_std else None
+        opts = replace(opts, std_scale=cal["scale"] if cal else 1.0, std_offset=cal["offset"] if cal else 0.0)
+        strategy_info.update(flow_steps=params.flow_steps, flow_solver=params.flow_solver, std_calibration=cal)
+    if opts.write_samples:
+        strategy_info["samples_written"] = True
     if "degradation" in spec.needs:  # how far the run's G moves: evaluate reports it beside the scores
         check = read_run_report(runs.dirs["degradation"]).get("degradation_check")
         if check is not None:
@@ -330,7 +344,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         for field in todo:
             predict_field(functools.partial(spec.fn, params=params), bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
                           out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress,
-                          needs_ladder=spec.needs_ladder)
+                          needs_ladder=spec.needs_ladder, needs_noise=spec.needs_noise)
             bar.update(1)
         bar.close()
         finalize_with_step_stats(out)

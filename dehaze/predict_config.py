@@ -20,6 +20,13 @@ class PredictConfig(StrictModel):
     samples: int | None = Field(None, ge=1, description="posterior samples K per input (hdn: default its mmse_samples; "
                                 "latent: default 1 = posterior means)")
     alpha: float = Field(0.5, ge=0, le=1, description="running-combination weight of the latent-combine strategies")
+    flow_steps: int = Field(20, ge=1, le=1000, description="ODE steps of the flow sampler (noise to clean image)")
+    flow_solver: Literal["euler", "heun"] = Field("euler", description="flow ODE solver: euler (1 network evaluation per "
+                                                  "step) or heun (2nd order, 2 per step but the last)")
+    write_samples: bool = Field(False, description="also write the K posterior samples (array 'samples', (h, K, [z,] y, x)) "
+                                "of the sampling strategies (flow, hdn)")
+    calibrated_std: bool = Field(True, description="scale the flow std by its run's calibration (calibration.json, "
+                                 "`dehaze calibrate`) where it has one")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     tile: int | None = Field(None, ge=16, description="tile size in px (default: 256; for HDN its training patch size, "
                              "the only size a ladder VAE is right at)")

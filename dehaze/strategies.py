@@ -52,6 +52,8 @@ class StrategyParams:
 
     alpha: float = 0.5  # running-combination weight alpha_t of the latent-combine variants
     sample: bool = False  # the latent strategies end with a posterior sample around their estimate
+    flow_steps: int = 20  # ODE steps of the flow sampler, noise (tau = 0) to the clean image (tau = 1)
+    flow_solver: Literal["euler", "heun"] = "euler"  # heun: 2 network evaluations per step but the last
 
 
 DEFAULT_PARAMS = StrategyParams()
@@ -125,6 +127,26 @@ def one_shot_hdn(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float]
     """One HDN posterior sample of x_0 given x_t (decoded z ~ q(z | x_t)), whatever the step. Run it on K
     copies of the input (the engine's ``samples``) for the MMSE and the per-pixel std."""
     x0 = need(bundle.hdn, "hdn").sample_posterior(x, 1)[0]
+    if callback:
+        callback(0.0, x0)
+    return x0
+
+
+# ---- conditional flow matching: posterior samples from noise ------------------------------------------
+def flow(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *, params: StrategyParams = DEFAULT_PARAMS,
+         callback: Callback | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One posterior sample of x_0 per row of ``x`` (B, 1, H, W), the input at step t = ``schedule[0]``: the
+    flow restorer's ODE from Gaussian ``noise`` (B, 1, H, W; the engine passes noise keyed by pixel position,
+    so tiles agree with the whole image; default: drawn from torch's RNG) to the clean end, in
+    ``params.flow_steps`` steps of ``params.flow_solver`` (:func:`dehaze.models.flow.sample`). Run it on K
+    copies of the input (the engine's ``samples``) for the posterior mean and std."""
+    from dehaze.models.flow import sample
+
+    net = need(bundle.flow, "flow")
+    t = torch.full((x.shape[0],), float(schedule[0]), device=x.device)
+    if noise is None:
+        noise = torch.randn_like(x)
+    x0 = sample(net, x, t, noise.to(x.device), params.flow_steps, params.flow_solver)
     if callback:
         callback(0.0, x0)
     return x0
@@ -247,6 +269,7 @@ class StrategySpec:
     one_shot: bool = False
     samples: bool = False  # its output is random: K samples give a posterior mean and std
     needs_ladder: bool = False  # called with ladder= (B, T+1, H, W): the input at every step (the oracle)
+    needs_noise: bool = False  # called with noise= (B, 1, H, W): Gaussian noise keyed by pixel position (flow)
 
 
 LATENT = ("hvae", "latent", "degradation")
@@ -256,6 +279,7 @@ STRATEGIES: dict[str, StrategySpec] = {
     "pixel-indi": StrategySpec(pixel_indi, ("pixel",), "pixel", "indi"),
     # the same restorer in one step of size s: the reference its walk must not fall below
     "pixel-one-shot": StrategySpec(pixel_indi, ("pixel",), "pixel", "one-step", one_shot=True),
+    "flow": StrategySpec(flow, ("flow",), "flow", "one-step", one_shot=True, samples=True, needs_noise=True),
 }
 _LATENT_VARIANTS = {
     "latent-direct": _variant(),

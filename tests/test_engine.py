@@ -28,6 +28,7 @@ MODELS = {
     "unet": {"base_channels": 4, "depth": 2},
     # sample_delta 1.5: the InDI walk from step 3 is [3, 1.5, 0], so its trajectory skips steps 1 and 2
     "pixel": {"base_channels": 4, "depth": 2, "time_embed_dim": 8, "sample_delta": 1.5},
+    "flow": {"base_channels": 4, "depth": 2, "time_embed_dim": 8, "mmse_samples": 2},
     "hdn": {"preset": "tiny", "mmse_samples": 2},
     "hvae": {"preset": "tiny"},
     "latent": {"width": 8, "time_embed_dim": 8},
@@ -56,7 +57,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(setup):
     _, runs = setup
-    return load_runs([runs["unet"], runs["pixel"], runs["hdn"], runs["degradation"]], CPU)
+    return load_runs([runs["unet"], runs["pixel"], runs["flow"], runs["hdn"], runs["degradation"]], CPU)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def _pred(path: Path) -> dict[str, np.ndarray]:
 # ---- every strategy runs -----------------------------------------------------------------------------
 def test_every_strategy_runs_on_tiny_models(cli, setup, tmp_path):
     ladder, runs = setup
-    result = cli("predict", runs["unet"], runs["pixel"], runs["hdn"], runs["degradation"], "--input", ladder,
+    result = cli("predict", runs["unet"], runs["pixel"], runs["flow"], runs["hdn"], runs["degradation"], "--input", ladder,
                  "-o", tmp_path / "all", "--strategy", "all", "--samples", "2", "-q")
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(f"{n}.zarr" for n in STRATEGIES)
