@@ -138,6 +138,9 @@ def _target_image(truth: LadderStore, field: str, target: Target) -> np.ndarray:
     return x0
 
 
+target_image = _target_image  # public: dehaze.calibration scores against the same target
+
+
 def _ssim_offset(truth: LadderStore) -> tuple[float | None, str]:
     """The offset (store units, ADU) SSIM subtracts (CONVENTIONS['ssim_offset']) and where it comes from;
     ``None``: no offset is recorded and each target plane's minimum is used."""

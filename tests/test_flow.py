@@ -1,0 +1,206 @@
+"""The conditional flow-matching restorer (issue #13): its loss, its ODE solvers, the warm start from a pixel
+run, position-keyed noise, the std calibration, and train -> predict -> calibrate -> evaluate through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dehaze.calibration import apply, fit_scale_offset, reliability
+from dehaze.models.flow import FlowNet, flow_matching_loss, integrate, sample, sample_taus, straight_path, tau_grid, warm_start_from_pixel
+from dehaze.models.unet import UNet
+from dehaze.noise import noise_key, position_noise
+from dehaze.store import open_ladder
+
+TINY_FLOW = ["--set", "model.base_channels=4", "--set", "model.depth=2", "--set", "model.time_embed_dim=8"]
+TINY_TRAIN = ["--set", "steps=6", "--set", "batch_size=2", "--set", "patch_size=16", "--set", "device=cpu",
+              "--set", "data.val_patches=2", "--set", "log.val_every=3", "-q"]
+
+
+# ---- the loss and the solvers ------------------------------------------------------------------------------
+class _KnownClean(nn.Module):
+    """Stands in for the UNet inside a real FlowNet: outputs a fixed y_0 whatever its input, so the FlowNet's
+    velocity is the straight path's exact field (y_0 - y_tau) / (1 - tau)."""
+
+    def __init__(self, y0: torch.Tensor) -> None:
+        super().__init__()
+        self.y0, self.multiple = y0, 1
+
+    def forward(self, x, t, s, extra):  # noqa: ANN001, ANN201
+        return self.y0 + 0 * x[:, :1]
+
+
+def test_the_loss_is_zero_for_the_exact_velocity_field():
+    torch.manual_seed(0)
+    x0, x_t, noise = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    tau = tau_grid(20)[torch.tensor([0, 5, 13, 19])]
+    net = FlowNet(base_channels=4, depth=1, time_embed_dim=8, target_scale=0.5)
+    net.unet = _KnownClean(x0 / 0.5)
+    t = torch.ones(4)
+    assert flow_matching_loss(net, x_t, t, x0, noise, tau).item() < 1e-10
+    # a field that is off by d everywhere costs d^2 (the MSE of the velocity, in units of target_scale)
+    net.unet = _KnownClean(x0 / 0.5 + 0.1 * (1 - tau.view(-1, 1, 1, 1)))
+    assert flow_matching_loss(net, x_t, t, x0, noise, tau).item() == pytest.approx(0.01, rel=1e-4)
+    # the path: noise at tau = 0, y_0 at tau = 1, velocity y_0 - noise
+    y, v = straight_path(noise, x0, torch.tensor([0.0, 1.0, 0.5, 0.25]))
+    torch.testing.assert_close(y[0], noise[0])
+    torch.testing.assert_close(y[1], x0[1])
+    torch.testing.assert_close(v, x0 - noise)
+    np.testing.assert_allclose(tau_grid(20).numpy(), [k / 20 for k in range(20)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+@pytest.mark.parametrize("steps", [1, 3, 19])
+def test_a_walk_of_the_straight_field_lands_on_its_end_point(solver, steps):
+    """v(y, tau) = (c - y) / (1 - tau), the field of the straight path to c: both solvers land on c exactly."""
+    c, y = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.3, 0.7, -2.0])
+    end = integrate(lambda z, tau: (c - z) / (1 - tau), y, sample_taus(steps), solver, last_step_euler=True)
+    torch.testing.assert_close(end, c)
+
+
+@pytest.mark.parametrize("steps", [2, 5, 20])
+def test_euler_and_heun_on_linear_fields_give_their_analytic_end_points(steps):
+    y0 = torch.tensor([1.0, -0.5])
+    # v = a tau + b: the exact end point y0 + a/2 + b; Euler's left sums give y0 + b + a (N - 1) / (2N); Heun's
+    # trapezoid is exact for a field linear in tau
+    a, b = 3.0, -0.4
+    taus = sample_taus(steps)
+    torch.testing.assert_close(integrate(lambda z, tau: torch.full_like(z, a * tau + b), y0, taus, "heun"), y0 + a / 2 + b)
+    torch.testing.assert_close(integrate(lambda z, tau: torch.full_like(z, a * tau + b), y0, taus, "euler"),
+                               y0 + b + a * (steps - 1) / (2 * steps))
+    # v = lam y: exact y0 e^lam; Euler y0 (1 + lam/N)^N, Heun y0 (1 + lam/N + lam^2 / 2N^2)^N; Heun is closer
+    lam, h = 0.8, 1 / steps
+    euler = integrate(lambda z, tau: lam * z, y0, taus, "euler")
+    heun = integrate(lambda z, tau: lam * z, y0, taus, "heun")
+    torch.testing.assert_close(euler, y0 * (1 + lam * h) ** steps)
+    torch.testing.assert_close(heun, y0 * (1 + lam * h + (lam * h) ** 2 / 2) ** steps)
+    exact = y0 * math.exp(lam)
+    assert (heun - exact).abs().max() < (euler - exact).abs().max()
+
+
+def test_a_warm_started_flow_net_starts_as_the_pixel_restorers_one_shot_estimate():
+    torch.manual_seed(0)
+    pixel = UNet(base_channels=4, depth=2, time_embed_dim=8, residual=False, source_conditioned=True)
+    nn.init.normal_(pixel.head.weight, std=0.3)  # a trained-looking restorer: its output is not 0
+    flow = FlowNet(base_channels=4, depth=2, time_embed_dim=8, target_scale=0.25)
+    warm_start_from_pixel(flow, pixel)
+    x_t, t = torch.rand(3, 1, 16, 16), torch.tensor([1.0, 2.0, 3.0])
+    one_shot = pixel(x_t, t, t)
+    with torch.no_grad():
+        a = sample(flow, x_t, t, torch.randn(3, 1, 16, 16), steps=4)
+        b = sample(flow, x_t, t, torch.randn(3, 1, 16, 16), steps=7, solver="heun")
+    torch.testing.assert_close(a, one_shot, atol=1e-5, rtol=1e-4)  # any noise, any solver: the same estimate
+    torch.testing.assert_close(b, one_shot, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="x0 parametrisation"):
+        warm_start_from_pixel(FlowNet(base_channels=4, depth=2, time_embed_dim=8, parametrisation="velocity"), pixel)
+    with pytest.raises(ValueError, match="base_channels"):
+        warm_start_from_pixel(FlowNet(base_channels=8, depth=2, time_embed_dim=8), pixel)
+
+
+def test_position_noise_depends_only_on_the_pixel():
+    key = noise_key(0, 1, 2)
+    whole = position_noise(key, 0, 0, 40, 48, 3)
+    np.testing.assert_array_equal(position_noise(key, 8, 16, 20, 24, 3), whole[:, 8:28, 16:40])
+    assert abs(whole.mean()) < 0.05 and abs(whole.std() - 1) < 0.05
+    assert not np.allclose(whole[0], whole[1])  # samples differ
+    assert not np.allclose(position_noise(noise_key(0, 1, 3), 0, 0, 40, 48, 3), whole)  # another key, other noise
+
+
+# ---- calibration -------------------------------------------------------------------------------------------
+def test_calibration_recovers_a_known_scale_and_offset():
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.5, 3.0, 400_000)
+    error = rng.standard_normal(std.size) * (2.0 * std + 0.3)  # the true error is 2 std + 0.3
+    before = reliability(std, error)
+    scale, offset = fit_scale_offset(before)
+    assert scale == pytest.approx(2.0, rel=0.03) and offset == pytest.approx(0.3, abs=0.06)
+    after = reliability(apply(std, scale, offset), error)
+    assert before.max_relative_gap() > 0.5 and after.max_relative_gap() < 0.05
+    assert after.uce() < before.uce() / 10
+    assert fit_scale_offset(reliability(std, 1.7 * std * rng.standard_normal(std.size)), offset=False)[0] == pytest.approx(1.7, rel=0.02)
+
+
+# ---- through the CLI ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(good, tmp_path_factory):
+    """A tiny pixel run, a flow run warm-started from it, and a velocity-parametrised flow run from scratch
+    (its samples still follow their noise closely: what the tiling test needs), trained through the CLI."""
+    from typer.testing import CliRunner
+
+    from dehaze.cli import app
+
+    root = tmp_path_factory.mktemp("flow")
+
+    def cli(*args):
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    assert cli("train", "pixel", "--data", good, "-o", root / "pixel", *TINY_FLOW, *TINY_TRAIN).exit_code == 0
+    result = cli("train", "flow", "--data", good, "-o", root / "flow", "--base", root / "pixel", *TINY_FLOW, *TINY_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    result = cli("train", "flow", "--data", good, "-o", root / "scratch", "--set", "model.parametrisation=velocity", *TINY_FLOW, *TINY_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    return root
+
+
+def test_train_flow_records_its_warm_start_and_resolved_scale(cli, good, runs, run, tmp_path):
+    info = json.loads((runs / "flow" / "run.json").read_text())
+    model = info["config"]["model"]
+    assert model["warm_start"] == str((runs / "pixel").resolve()) and model["target_scale"] > 0
+    assert info["config"]["optim"]["ema_decay"] == 0.995 and info["base_run"] is None  # predicts on its own
+    rows = (runs / "flow" / "log.csv").read_text().splitlines()
+    assert any(",val_psnr," in r for r in rows)
+    # mistakes are one line: a base of the wrong kind, a base for a kind without one
+    result = cli("train", "flow", "--data", good, "-o", tmp_path / "f", "--base", run, *TINY_FLOW, *TINY_TRAIN)
+    assert result.exit_code == 2 and "warm-starts from a 'pixel' run" in result.stderr and "Traceback" not in result.stderr
+    result = cli("train", "unet", "--data", good, "-o", tmp_path / "u", "--base", runs / "pixel", *TINY_TRAIN)
+    assert result.exit_code == 2 and "builds on no other run" in result.stderr
+
+
+def test_flow_predict_tiled_equals_untiled_and_seeded_runs_repeat(cli, good, runs, tmp_path):
+    common = [runs / "scratch", "--input", good, "--samples", "3", "--flow-steps", "3", "--flow-solver", "heun", "-q"]
+    assert cli("predict", *common, "-o", tmp_path / "whole.zarr", "--tile", "256", "--write-samples").exit_code == 0
+    assert cli("predict", *common, "-o", tmp_path / "tiled.zarr", "--tile", "16", "--margin", "4", "--batch-size", "4").exit_code == 0
+    assert cli("predict", *common, "-o", tmp_path / "again.zarr", "--tile", "256").exit_code == 0
+    assert cli("predict", *common, "-o", tmp_path / "seed1.zarr", "--seed", "1").exit_code == 0
+    whole, tiled, again, seed1 = (open_ladder(tmp_path / f"{n}.zarr") for n in ("whole", "tiled", "again", "seed1"))
+    assert whole.meta.prediction.strategy["flow_steps"] == 3 and whole.meta.prediction.strategy["samples"] == 3
+    for f in whole.fields:
+        scale = np.abs(whole.image(f)[...]).max()
+        for name in ("0", "std"):
+            a, b = whole.root[f][name][...], tiled.root[f][name][...]
+            assert np.abs(a - b).max() <= 1e-4 * scale, name  # the noise is keyed by pixel, not by tile
+            assert np.array_equal(a, again.root[f][name][...])
+            assert not np.allclose(a, seed1.root[f][name][...])  # another seed, other samples
+        samples = whole.root[f]["samples"][...]
+        assert samples.shape == (whole.n_steps, 3, *whole.image(f).shape[1:])
+        np.testing.assert_allclose(samples.mean(1), whole.image(f)[...], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(samples.std(1), whole.extra(f, "std")[...], rtol=1e-4, atol=1e-3)
+        assert whole.extra(f, "std")[1:].mean() > 0.01 * scale  # the samples follow their noise: tiling would show
+
+
+def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good, runs, tmp_path):
+    common = [runs / "flow", "--input", good, "--samples", "3", "--flow-steps", "3", "-q"]
+    assert cli("predict", *common, "-o", tmp_path / "raw.zarr").exit_code == 0
+    result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--figure", tmp_path / "rel.png")
+    assert result.exit_code == 0, result.stderr
+    assert "std calibration: scale" in result.stdout and (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
+    cal = json.loads((runs / "flow" / "calibration.json").read_text())
+    assert cal["after"]["uce"] <= cal["before"]["uce"]
+    assert cli("predict", *common, "-o", tmp_path / "cal.zarr").exit_code == 0
+    assert cli("predict", *common, "-o", tmp_path / "off.zarr", "--no-calibrated-std").exit_code == 0
+    raw, calibrated, off = (open_ladder(tmp_path / f"{n}.zarr") for n in ("raw", "cal", "off"))
+    assert calibrated.meta.prediction.strategy["std_calibration"]["scale"] == pytest.approx(cal["scale"])
+    f = raw.fields[0]
+    np.testing.assert_allclose(calibrated.extra(f, "std")[...], cal["scale"] * raw.extra(f, "std")[...] + cal["offset"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(off.extra(f, "std")[...], raw.extra(f, "std")[...])
+    # refitting on a calibrated prediction undoes its calibration first: the same factors
+    result = cli("calibrate", tmp_path / "cal.zarr", "--truth", good, "--dry-run")
+    assert result.exit_code == 0 and f"scale {cal['scale']:.3f}" in result.stdout
+    (runs / "flow" / "calibration.json").unlink()  # the other tests predict uncalibrated
+    result = cli("calibrate", good, "--truth", good)
+    assert result.exit_code == 2 and "not a prediction store" in result.stderr
