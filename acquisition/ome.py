@@ -118,7 +118,9 @@ def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
         px = {}
         for axis in "XYZ":
             value = _float(pixels, f"PhysicalSize{axis}", here)
-            if value is not None:
+            # 0 is what some writers put for "not measured" (Bio-Formats' 2008-09 sample: PhysicalSizeZ="0.0");
+            # a pixel of no size is no calibration, so the axis is left to the manifest or the default
+            if value is not None and value > 0:
                 px[axis.lower()] = length_to_um(value, pixels.get(f"PhysicalSize{axis}Unit"), f"{here} PhysicalSize{axis}")
         meta = ImageMeta(name=name, dimension_order=pixels.get("DimensionOrder", "XYCZT"), sizes=sizes, pixel_size_um=px)
         for data in (e for e in pixels if _local(e.tag) == "TiffData"):

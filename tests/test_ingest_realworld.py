@@ -228,7 +228,7 @@ def _ome_2008(channels: list[dict], shape: tuple[int, int]) -> str:
             '<Instrument ID="Instrument:0"><Objective ID="Objective:0"><LensNA>1.2</LensNA><NominalMagnification>60</NominalMagnification>'
             '</Objective></Instrument><Image ID="Image:0" Name="old"><InstrumentRef ID="Instrument:0"/>' + logical +
             f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" PixelType="uint16" SizeX="{shape[1]}" SizeY="{shape[0]}" SizeZ="1" '
-            f'SizeC="{len(channels)}" SizeT="1" PhysicalSizeX="0.2" PhysicalSizeY="0.2" BigEndian="false">'
+            f'SizeC="{len(channels)}" SizeT="1" PhysicalSizeX="0.2" PhysicalSizeY="0.2" PhysicalSizeZ="0.0" BigEndian="false">'
             f'<TiffData FirstC="0" FirstT="0" FirstZ="0" IFD="0" NumPlanes="{len(channels)}"/></Pixels></Image></OME>')
 
 
@@ -237,6 +237,7 @@ def test_ome_2008_09_logical_channel_pinholes_are_read(tmp_path, steps):
     src = write_ome(tmp_path / "old.ome.tif", np.stack(steps), xml)
     (series,) = read_tiff_series(src)
     assert series.na == 1.2 and series.channel(2).pinhole == 160 and series.channel(2).em_wavelength_nm == 520
+    assert "z" not in series.pixel_size_um and series.pixel_size_um["x"] == 0.2  # PhysicalSizeZ="0.0": not measured
     report = ingest(src, tmp_path / "l.zarr", AcquisitionManifest(magnification_at_pinhole=60), dry_run=True)
     assert report.plan.pinhole_um == PINHOLES_UM and report.plan.na == 1.2
     assert report.plan.pinhole_au == pytest.approx([p / (60 * 1.22 * 0.520 / 1.2) for p in PINHOLES_UM])
