@@ -1,0 +1,1 @@
+"""Ingestion of real pinhole series: discovery, readers (OME-TIFF, TIFF, LIF), units, registration, intensities."""

@@ -20,7 +20,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Any, Callable
 
 from acquisition.lif import LIF_SUFFIXES, read_lif_series
@@ -74,6 +73,8 @@ class Step:
 
 @dataclass
 class Position:
+    """One field of view: its key and its pinhole steps."""
+
     key: str
     steps: list[Step]  # cleanest (smallest pinhole) first
 

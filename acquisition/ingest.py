@@ -27,8 +27,8 @@ import json
 import math
 import os
 import shutil
-import time
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +42,21 @@ from acquisition.manifest import AcquisitionManifest
 from acquisition.register import apply_shifts, register_steps, valid_box
 from dehaze.errors import UserError
 from dehaze.progress import progress_bar
-from dehaze.store import (DatasetMeta, LadderStore, check_output_store, create_ladder, ensure_writable_parent, field_name,
-                          finalize_with_step_stats, format_bytes, open_ladder, output_lock, physical_memory_bytes,
-                          refuse_foreign_files, stats_samples)
-
+from dehaze.store import (
+    DatasetMeta,
+    LadderStore,
+    check_output_store,
+    create_ladder,
+    ensure_writable_parent,
+    field_name,
+    finalize_with_step_stats,
+    format_bytes,
+    open_ladder,
+    output_lock,
+    physical_memory_bytes,
+    refuse_foreign_files,
+    stats_samples,
+)
 
 CACHE_MB = 2048  # raw pixels kept in memory between registration and writing (beyond: read again)
 
@@ -55,6 +66,8 @@ _Out = TypeVar("_Out")
 
 @dataclass
 class IngestReport:
+    """What an ingestion did: its plan, the state of the output store, the store and per-field residuals."""
+
     plan: Plan
     state: str  # "dry-run", "new", "replaced" (an --overwrite store), "resumed" (an interrupted one), "complete"
     store: LadderStore | None = None
@@ -85,7 +98,7 @@ class _RawCache:
             return raw
 
 
-def _in_threads(fn: Callable[[_In], _Out], items: Iterable[_In], n_items: int) -> Iterator[_Out]:
+def in_threads(fn: Callable[[_In], _Out], items: Iterable[_In], n_items: int) -> Iterator[_Out]:
     """``map(fn, items)`` over a few threads (see :func:`_workers`), results in order. On an error or
     Ctrl-C, fields not yet started are dropped (those running finish: no half-written field). Use it under
     ``contextlib.closing``, so that this happens before the caller cleans up, wherever the error arose."""
@@ -314,7 +327,7 @@ def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite
     try:
         bar = progress_bar(total=len(names), initial=len(done), desc="writing", unit="field", disable=not show_progress)
         per_field, samples = [], []
-        with contextlib.closing(_in_threads(write, range(len(names)), len(names) - len(done))) as results:
+        with contextlib.closing(in_threads(write, range(len(names)), len(names) - len(done))) as results:
             for name, (brightness, sample) in zip(names, results):
                 per_field.append(brightness)
                 samples.append(sample)
@@ -352,7 +365,7 @@ def _register_all(plan: Plan, m: AcquisitionManifest, cache: _RawCache, warn: Ca
 
     registrations, boxes = [], []
     bar = progress_bar(total=len(plan.positions), desc="reading and registering", unit="field", disable=not show_progress)
-    with contextlib.closing(_in_threads(read_and_register, range(len(plan.positions)), len(plan.positions))) as results:
+    with contextlib.closing(in_threads(read_and_register, range(len(plan.positions)), len(plan.positions))) as results:
         for registration, (ny, nx), said in results:
             registrations.append(registration)
             boxes.append(tuple(registration["valid_yx"]) if registration else (0, ny, 0, nx))

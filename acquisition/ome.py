@@ -19,6 +19,8 @@ from dehaze.errors import UserError
 
 @dataclass
 class ChannelMeta:
+    """What OME-XML (or a vendor format) says of one channel: name, pinhole, wavelengths."""
+
     name: str = ""
     pinhole: float | None = None  # native value; a diameter
     pinhole_unit: str | None = None  # None: µm (the OME default)

@@ -32,12 +32,16 @@ from acquisition.manifest import Registration
 
 @dataclass
 class Match:
+    """The shift that best aligns a moving plane on a reference, and how sure the match is."""
+
     shift: np.ndarray  # (2,) dy, dx: shift to apply to the moving plane
     confidence: float  # peak-to-sidelobe ratio
 
 
 @dataclass
 class RegistrationResult:
+    """Per-step shifts of a field onto its reference step, their confidence and the loop-closure misfit."""
+
     shifts: np.ndarray  # (h, 2) float64, (dy, dx) per step, reference step 0.0
     confidence: np.ndarray  # (h,) PSR of the best match that placed each step (inf for the reference)
     residual_px: float  # RMS loop-closure misfit of the matches used (px)
@@ -425,7 +429,8 @@ def _shift_plane(plane: np.ndarray, shift_px: np.ndarray, out: np.ndarray) -> No
         if wy is not None:
             _beyond_edges(work, rows_at, ny, -2, lambda i: np.take(plane[i], cols).astype(np.float32))
         if wx is not None:
-            _beyond_edges(work, cols_at, nx, -1, lambda j: work[:, int(np.flatnonzero(cols_at == j)[0])].copy()
+            # (work and rows bound now: the callback runs inside this iteration)
+            _beyond_edges(work, cols_at, nx, -1, lambda j, work=work, rows=rows: work[:, int(np.flatnonzero(cols_at == j)[0])].copy()
                           if np.any(cols_at == j) else np.take(plane[:, j], rows).astype(np.float32))
         if wy is not None:
             work = _tap_sum(work, wy, -2, r1 - r0)

@@ -67,7 +67,7 @@ def _open(path: Path) -> tifffile.TiffFile:
 
 
 def _refuse_broken(said: list[str], path: Path) -> None:
-    """tifffile logged that the file's structure is broken (and went on with what it could read): refuse."""
+    """Tifffile logged that the file's structure is broken (and went on with what it could read): refuse."""
     broken = next((m for m in said if any(w in m.lower() for w in _BROKEN)), None)
     if broken is not None:
         first = broken.splitlines()[0].split("> ", 1)[-1]
@@ -96,7 +96,7 @@ def _check_complete(tif: tifffile.TiffFile, path: Path) -> None:
 
 
 def _refuse_truncated(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, index: int, path: Path) -> None:
-    """tifffile reads the planes a truncated file has lost as zeros (with a logged warning): refuse them."""
+    """Tifffile reads the planes a truncated file has lost as zeros (with a logged warning): refuse them."""
     pages = list(series.pages)
     missing = sum(1 for pg in pages if pg is None)
     size = tif.filehandle.size

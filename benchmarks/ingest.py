@@ -35,12 +35,11 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from acq_data import ome_xml  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 
-from acquisition.ingest import _in_threads, ingest  # noqa: E402
+from acquisition.ingest import in_threads, ingest  # noqa: E402 - after the sys.path set-up above
 from acquisition.manifest import AcquisitionManifest  # noqa: E402
 from dehaze.store import DatasetMeta, create_ladder, field_name, open_ladder  # noqa: E402
-
-from machine import machine_info, write_result  # noqa: E402
 
 
 def make_series(folder: Path, size: int, fields: int, steps: int, seed: int = 0, compression: str | None = None) -> np.ndarray:
@@ -69,7 +68,7 @@ def store_only(files_per_field: list[list[Path]], out: Path, meta: DatasetMeta) 
         planes = [tifffile.imread(p) for p in files_per_field[i]]
         store.write_field(field_name(i), np.stack(planes).reshape(len(planes), *planes[0].shape[-2:]))
 
-    list(_in_threads(write, range(len(files_per_field)), len(files_per_field)))
+    list(in_threads(write, range(len(files_per_field)), len(files_per_field)))
 
 
 def run_case(work: Path, size: int, fields: int, steps: int, compression: str, repeat: int) -> dict[str, Any]:

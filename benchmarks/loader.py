@@ -39,18 +39,17 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from dehaze.manifests import load_simulation_manifest
 from dehaze.normalization import Normalization
-from training.config import TrainConfig
 from simulation.ladder import simulate_ladder
+from training.config import TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
 from training.loop import train
 from training.tasks import TASKS
-
-from machine import machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 1.10

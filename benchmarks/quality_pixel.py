@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nPSNR (dB) vs camera x_0, mean over the held-out test fields:")
     print(f"  {'method':<34}" + "".join(f"{'t=' + str(t):>8}" for t in steps))
-    for key, row in table.items():
+    for row in table.values():
         print(f"  {row['label']:<34}" + "".join(f"{row['psnr_db'][str(t)]:>8.2f}" for t in steps))
     for key, g in gains.items():
         print(f"  {'gain ' + key:<34}" + "".join(f"{g[str(t)]:>+8.2f}" for t in steps))

@@ -55,6 +55,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy.fft  # noqa: E402
+from machine import machine_info, write_result  # noqa: E402
 from microsim import psf as microsim_psf  # noqa: E402
 from microsim.schema import Confocal, Settings, Simulation, Widefield  # noqa: E402
 from microsim.schema.detectors import CameraCCD  # noqa: E402
@@ -67,8 +68,6 @@ from simulation.forward import PlaneConvolver  # noqa: E402
 from simulation.ladder import plan_ladder, simulate_field  # noqa: E402
 from simulation.optics import fftconvolve_same_2d, objective_for, pinhole_disk, vectorial_planes  # noqa: E402
 from simulation.sample import render_truth  # noqa: E402
-
-from machine import machine_info, write_result  # noqa: E402
 
 logging.getLogger("microsim").setLevel(logging.WARNING)
 

@@ -35,13 +35,12 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info, sync
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dehaze.models import build_network
 from training.config import HDNModel
-
-from machine import machine_info, sync
 
 
 class Variant:

@@ -1,0 +1,1 @@
+"""The built-in simulation manifests (default, paper-like) and the example acquisition manifest."""

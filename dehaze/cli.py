@@ -140,6 +140,7 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config, the data it would read and what it would write; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
+    """Train one model (the command's help, built from the model kinds, lists the trainers)."""
     from training.config import load_train_config
     from training.loop import train as run_training
     from training.preflight import check_train_config
@@ -327,6 +328,7 @@ def calibrate(
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """The console entry point."""
     app()
 
 

@@ -14,6 +14,8 @@ from dehaze.store import LadderStore
 
 
 class Normalization(StrictModel):
+    """The affine map a run trains and predicts in: x_norm = (x_ADU - offset) / scale."""
+
     offset: float  # ADU subtracted (dark level: the lowest 0.1th percentile over steps)
     scale: float  # ADU divided (brightest 99.9th percentile over steps, minus the offset)
 

@@ -35,11 +35,15 @@ REPORT_FILE = "report.json"  # what a finished run measured about itself (e.g. h
 
 
 class DataRef(StrictModel):
+    """A store a run was trained on: its path and the sha256 of the manifest that made it."""
+
     path: str
     manifest_sha256: str
 
 
 class RunInfo(StrictModel):
+    """A run's resolved description (run.json): trainer, config, normalisation, data, base run, history."""
+
     format: int = RUN_FORMAT
     dehaze_version: str = __version__
     kind: str
@@ -185,6 +189,7 @@ def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file: a reader sees the old file or the new, never half."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from dehaze.errors import UserError
 from dehaze.study_config import TRAIN_ORDER, StudyConfig

@@ -21,6 +21,8 @@ _CPU_COMMON = {"batch_size": 8, "patch_size": 32, "seed": 0, "log": {"val_every"
 
 
 class StudyConfig(StrictModel):
+    """A whole study (``dehaze schema study``): the ladder, every trainer's section, prediction and scoring."""
+
     simulation: str = Field("default", description="simulation manifest: built-in name or YAML path")
     simulation_set: list[str] = Field([], description="dotted.key=value overrides of the manifest")
     trainers: dict[TrainerKind, dict[str, Any]] = Field(

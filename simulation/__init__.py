@@ -1,0 +1,1 @@
+"""Haze-ladder simulation with microsim's physics: optics, forward model, camera, pipeline."""

@@ -32,6 +32,7 @@ class GeneratorBackend(NumpyAPI):
 
 
 def microsim_camera(camera: Camera) -> CameraCCD | CameraCMOS:
+    """The microsim camera model of a manifest's camera section (CCD or CMOS)."""
     cls = CameraCCD if camera.kind == "CCD" else CameraCMOS
     return cls(
         qe=camera.qe, read_noise=camera.read_noise_e, offset=camera.offset_adu, gain=camera.gain,

@@ -220,6 +220,8 @@ def connect_scheduler(address: str, timeout_s: float = 10.0) -> Any:
 
 @dataclass
 class SimulationReport:
+    """What ``simulate_ladder`` did: the store, its state before (new, resumed, complete) and the fields computed."""
+
     store: LadderStore
     state: str  # "new", "resumed" or "complete" (nothing to do)
     fields_computed: int

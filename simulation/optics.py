@@ -55,7 +55,7 @@ Z_SYMMETRY_PROBE_NX = 16  # lateral size of the probe profile (the symmetry does
 
 
 def objective_for(optics: Optics) -> ObjectiveLens:
-    """microsim objective for our optics settings (design values equal to the experimental ones).
+    """Microsim objective for our optics settings (design values equal to the experimental ones).
 
     The NA goes in by its alias ``na``: microsim 0.0.12's ``ObjectiveLens(numerical_aperture=...)`` is
     silently ignored (the field is not populated by name) and leaves the default NA 1.4. Its NA-below-
@@ -152,7 +152,7 @@ def plane_sums(psf: FoldedPsf) -> np.ndarray:
 
 
 def _rz(objective: ObjectiveLens, wavelength_um: float, z_um: np.ndarray, n: int, dx_um: float) -> np.ndarray:
-    """microsim's r-z intensity profile at axial positions ``z_um``, for an (n, n) window."""
+    """Microsim's r-z intensity profile at axial positions ``z_um``, for an (n, n) window."""
     zv_m = tuple(np.asarray(z_um, dtype=np.float64) * 1e-6)
     return np.asarray(
         vectorial_rz(zv_m, n, (0, 0, 0), dx_um, wavelength_um, objective=objective, sf=RZ_OVERSAMPLING),

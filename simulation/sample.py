@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 import xarray as xr
-from scipy import ndimage
 from microsim.schema.backend import NumpyAPI
 from microsim.schema.sample import MatsLines
+from scipy import ndimage
 
 from dehaze.manifests import SimulationManifest
 

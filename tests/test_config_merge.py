@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from dehaze.study import study_train_configs
 from dehaze.config import merge_sections
 from dehaze.runs import read_run
+from dehaze.study import study_train_configs
 from dehaze.study_config import StudyConfig, quickstart
 
 

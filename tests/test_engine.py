@@ -18,8 +18,8 @@ from dehaze.predict import allowed_strategies, load_runs
 from dehaze.store import DatasetMeta, create_ladder, open_ladder
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategyParams, latent_loop, pixel_indi, schedule_for
 from dehaze.tiling import tile_spans
-from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
+from training.config import TrainConfig
 from training.loop import train
 
 CPU = torch.device("cpu")

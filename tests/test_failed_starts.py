@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, read_run
-from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
 from tests.test_damaged_stores import one_line_error
 from training import loop as loop_mod
 from training import tasks as tasks_mod
+from training.config import TrainConfig
 from training.loop import train
 
 ARGS = ["--set", "steps=2", "--set", "batch_size=2", "--set", "patch_size=16", "--set", "device=cpu",

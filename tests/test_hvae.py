@@ -16,8 +16,8 @@ from dehaze.models.hvae import HVAE, free_bits_kl, gaussian_kl, soft_clamp
 from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, load_model
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, hdn_posterior, one_shot_hdn
-from training.config import HDNModel, HVAEModel, TrainConfig, default_config
 from tests.conftest import simulate_tiny_ladder
+from training.config import HDNModel, HVAEModel, TrainConfig, default_config
 from training.loop import train
 
 TINY_NET = {"latent_channels": 3, "blocks_per_level": 1, "filters": 8}

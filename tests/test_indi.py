@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,8 +13,8 @@ from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, indi_schedule, pixel_indi
-from training.config import PixelModel
 from tests.conftest import simulate_tiny_ladder
+from training.config import PixelModel
 from training.data import LadderPatches, split_fields
 from training.tasks import restorer_loss
 
@@ -61,7 +60,7 @@ def test_exact_restorer_walk_stays_on_the_straight_path_for_any_delta():
     s = 3.0
     for delta in (1.0, 0.25, 0.7):
         seen = {}
-        out = pixel_indi(bundle, xs, indi_schedule(s, delta), callback=lambda t, e: seen.setdefault(t, e))
+        out = pixel_indi(bundle, xs, indi_schedule(s, delta), callback=lambda t, e, seen=seen: seen.setdefault(t, e))
         assert torch.allclose(out, x0, atol=1e-6)
 
 

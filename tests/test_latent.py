@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.latents import ensure_latent_cache, file_sha256
 from dehaze.models import build_network
 from dehaze.models.latent import LatentCycleGAN, LatentNet
 from dehaze.runs import CHECKPOINT_FILE, load_checkpoint, load_model, read_run
 from dehaze.store import LatentCache, open_latent_cache
-from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
 from training import tasks as tasks_mod
+from training.config import TrainConfig
 from training.latent_tasks import weighted_latent_mse
+from training.latents import ensure_latent_cache, file_sha256
 from training.loop import train
 
 MODELS = {

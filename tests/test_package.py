@@ -4,6 +4,7 @@ clean venv and runs `dehaze --help`.)"""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,13 @@ PACKAGES = ("dehaze", "simulation", "acquisition", "training", "data_manifests")
 
 
 def test_wheel_ships_every_module_and_the_command(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+    src = tmp_path / "src"  # built from a copy: setuptools writes build/ and *.egg-info/ beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, src / name)
+    for pkg in PACKAGES:
+        shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     assert wheel.name.startswith("dehaze_microscopy-")

@@ -11,8 +11,8 @@ from dehaze import engine as engine_mod
 from dehaze.runs import load_model
 from dehaze.store import open_ladder
 from dehaze.strategies import ModelBundle, indi_schedule, pixel_indi
-from training.config import TrainConfig
 from tests.conftest import simulate_tiny_ladder
+from training.config import TrainConfig
 from training.loop import train
 
 

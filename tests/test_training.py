@@ -19,10 +19,10 @@ from dehaze.manifests import SimulationManifest
 from dehaze.normalization import Normalization
 from dehaze.runs import CHECKPOINT_FILE, RUN_FILE, load_checkpoint
 from dehaze.store import open_ladder
-from training.config import TrainConfig
 from simulation.ladder import simulate_ladder
 from tests.conftest import TINY, simulate_tiny_ladder
 from training import tasks as tasks_mod
+from training.config import TrainConfig
 from training.data import LadderPatches, StepSampler, split_fields
 from training.loop import train
 

@@ -38,6 +38,8 @@ SampleKind = Literal["pair", "path", "single", "degradation"]
 
 @dataclass(frozen=True)
 class FieldRef:
+    """A field of one of a dataset's stores."""
+
     store: int  # index into the dataset's store list
     field: str
 

@@ -28,6 +28,8 @@ LatentKind = Literal["latent_pair", "latent_degradation"]
 
 
 class LatentPatches(Dataset):
+    """Random crops of cached HVAE latents, indexed by item like :class:`training.data.LadderPatches`."""
+
     def __init__(self, cache_path: str, fields: list[str], kind: LatentKind, patch_size: int, seed: int, length: int,
                  batch_size: int, input_steps: list[int] | None = None) -> None:
         cache = self._open(cache_path)

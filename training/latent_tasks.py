@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from dehaze.models.latent import LatentCycleGAN, Latents
@@ -49,6 +48,7 @@ def lsgan(scores: Latents, real: bool) -> torch.Tensor:
 
 
 def l1(a: Latents, b: Latents) -> torch.Tensor:
+    """Mean absolute difference averaged over levels."""
     return sum(F.l1_loss(x, y) for x, y in zip(a, b)) / len(a)  # type: ignore[return-value]
 
 
@@ -60,7 +60,7 @@ def cosine_distance(a: Latents, b: Latents) -> torch.Tensor:
 
 
 def relative_sq_distance(pred: Latents, target: Latents, start: Latents) -> torch.Tensor:
-    """sum |pred - target|^2 / sum |target - start|^2 over every level and the batch (dimensionless)."""
+    """Sum |pred - target|^2 / sum |target - start|^2 over every level and the batch (dimensionless)."""
     num = sum(((p - q) ** 2).sum() for p, q in zip(pred, target))
     den = sum(((q - a) ** 2).sum() for q, a in zip(target, start))
     return num / den.clamp_min(1e-12)  # type: ignore[union-attr]

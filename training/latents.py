@@ -20,6 +20,7 @@ from dehaze.store import LatentCache, LatentCacheMeta, create_latent_cache, open
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
