@@ -32,6 +32,8 @@ LATENT_FORMAT_VERSION = 1
 
 
 class LatentCacheMeta(StrictModel):
+    """A latent cache's metadata under its root's ``dehaze_latents`` key: what it encodes, with which HVAE."""
+
     format_version: int = LATENT_FORMAT_VERSION
     hvae_run: str
     hvae_checkpoint_sha256: str

@@ -14,4 +14,5 @@ def physical_memory_bytes() -> int | None:
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes for a message, in the largest binary unit it reaches, 3 digits: ``1.5 GiB``."""
     return next(f"{n / 2**e:.3g} {unit}" for e, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "bytes")) if n >= 2**e or e == 0)

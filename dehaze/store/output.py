@@ -33,6 +33,7 @@ def ensure_writable_parent(path: Path) -> None:
 
 
 def is_zarr_node(path: Path) -> bool:
+    """Whether the folder ``path`` is a Zarr group or array (it has Zarr v2 metadata files)."""
     return any((path / name).is_file() for name in (".zattrs", ".zgroup", ".zarray"))
 
 
