@@ -312,6 +312,12 @@ def evaluate(
     if _add_trajectories(report, truth, sources, target, spacing, offset):
         paths["study_psnr_png"] = report_dir / "study_psnr.png"
         _plot_study(report, paths["study_psnr_png"])
+    posterior = _add_posterior_criteria(report, truth, sources, target, steps, spacing)
+    if posterior:
+        from dehaze.figures import posterior_figure
+
+        paths["posterior_png"] = report_dir / "posterior.png"
+        posterior_figure(posterior, paths["posterior_png"], title="posterior criteria: spectra at the haziest input, reliability of the std")
     uncertain = [(k, store) for k, store in sources.items() if k != IDENTITY and "std" in store.field_meta(fields[0]).extras
                  and float(np.nanmax(store.extra(fields[0], "std")[-1])) > 0]
     if uncertain:
@@ -325,6 +331,23 @@ def evaluate(
     report["report"] = {k: str(v) for k, v in paths.items()}
     paths["metrics_json"].write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     return report
+
+
+def _add_posterior_criteria(report: dict[str, Any], truth: LadderStore, sources: dict[str, LadderStore], target: Target,
+                            steps: list[int], spacing: tuple[float, float]) -> dict[str, dict[str, Any]]:
+    """``methods[key]["posterior"]`` for every sampling method (K > 1: flow, one-shot-hdn, latent with
+    samples): the poster's criteria of a good posterior (:mod:`dehaze.posterior`), against the one-shot UNet
+    where it is among the predictions. Returns them by method, for the figure."""
+    from dehaze.posterior import criteria
+
+    unet = next((store for k, store in sources.items() if k != IDENTITY and store.meta.prediction.method == "one-shot-unet"), None)
+    found = {}
+    for key, store in sources.items():
+        if key == IDENTITY or (store.meta.prediction.strategy.get("samples") or 1) <= 1:
+            continue
+        found[key] = criteria(store, lambda f: _target_image(truth, f, target), steps, spacing, unet)
+        report["methods"][key]["posterior"] = {k: v for k, v in found[key].items() if not k.startswith("_")}
+    return found
 
 
 def _plane2d(img: np.ndarray) -> np.ndarray:

@@ -213,3 +213,32 @@ def reliability_diagram(curves: dict, path: str | Path, title: str = "") -> Path
     ax.set(xlabel="predicted: root mean variance (ADU)", ylabel="observed: RMSE (ADU)", xlim=(0, hi), ylim=(0, hi))
     ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path, title)
+
+
+def posterior_figure(criteria: dict, path: str | Path, title: str = "") -> Path:
+    """Per sampling method (label -> :func:`dehaze.posterior.criteria`): left, the radially averaged power
+    spectrum at the haziest input of the clean image, the one-shot UNet, the K-sample mean and a single sample
+    (a sample that is in distribution follows the clean curve at high frequencies, an MMSE estimate falls
+    below it); right, the std's reliability (observed RMSE against predicted root mean variance)."""
+    fig, axes = plt.subplots(len(criteria), 2, figsize=(9.0, 3.6 * len(criteria)), squeeze=False)
+    for (label, c), (ax_s, ax_r) in zip(criteria.items(), axes):
+        spec = c["spectra_at_haziest_step"]
+        if spec:
+            freq = np.asarray(spec["frequency_per_um"])
+            for name, style in (("clean", dict(color="k", lw=1.5)), ("unet", dict(color="tab:blue", ls="--")),
+                                ("mean", dict(color="tab:orange")), ("sample", dict(color="tab:green"))):
+                if name in spec:
+                    ax_s.semilogy(freq, spec[name], label={"mean": f"{label}: K-sample mean", "sample": f"{label}: one sample",
+                                                            "unet": "one-shot UNet", "clean": "clean x_0"}[name], **style)
+            ax_s.set(xlabel="spatial frequency (cycles/µm)", ylabel="power", title=f"{label}: step {spec['step']}, {spec['field']}")
+            ax_s.legend(fontsize=7)
+        rel = c["_reliability"]
+        hi = float(max(rel.rmv.max(), rel.rmse.max())) * 1.05
+        grid = np.linspace(0, hi, 50)
+        ax_r.fill_between(grid, 0.9 * grid, 1.1 * grid, color="0.85", label="within 10 %")
+        ax_r.plot(grid, grid, color="0.4", lw=1, ls="--")
+        ax_r.plot(rel.rmv, rel.rmse, marker="o", ms=3, label=f"UCE {rel.uce():.3g} ADU")
+        ax_r.set(xlabel="root mean variance (ADU)", ylabel="RMSE of the mean (ADU)", xlim=(0, hi), ylim=(0, hi),
+                 title=f"{label}: reliability of the std (K = {c['samples']})")
+        ax_r.legend(fontsize=7)
+    return _save(fig, path, title)

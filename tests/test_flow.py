@@ -204,3 +204,35 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     (runs / "flow" / "calibration.json").unlink()  # the other tests predict uncalibrated
     result = cli("calibrate", good, "--truth", good)
     assert result.exit_code == 2 and "not a prediction store" in result.stderr
+
+
+# ---- the posterior criteria in evaluate ---------------------------------------------------------------------
+def test_high_frequency_power_ratio_tells_a_blur_from_a_sample():
+    from scipy.ndimage import gaussian_filter
+
+    from dehaze.posterior import high_frequency_power_ratio
+
+    rng = np.random.default_rng(0)
+    clean = gaussian_filter(rng.standard_normal((64, 64)), 1.0)
+    px = (0.1, 0.1)
+    assert high_frequency_power_ratio(clean, clean, px) == pytest.approx(1.0)
+    assert high_frequency_power_ratio(gaussian_filter(clean, 2.0), clean, px) < 0.1  # an MMSE-like blur
+    assert high_frequency_power_ratio(clean + 0.1 * rng.standard_normal(clean.shape), clean, px) > 1
+
+
+def test_evaluate_reports_the_posterior_criteria_of_a_sampling_method(cli, good, runs, run, tmp_path):
+    common = ["--input", good, "-q"]
+    assert cli("predict", runs / "flow", *common, "-o", tmp_path / "flow.zarr", "--samples", "2", "--flow-steps", "2", "--write-samples").exit_code == 0
+    assert cli("predict", run, *common, "-o", tmp_path / "unet.zarr").exit_code == 0
+    result = cli("evaluate", tmp_path / "flow.zarr", tmp_path / "unet.zarr", "--truth", good, "--report", tmp_path / "rep")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    post = report["methods"]["flow"]["posterior"]
+    assert post["samples"] == 2 and post["samples_written"] and "posterior" not in report["methods"]["one-shot-unet"]
+    for t, entry in post["per_step"].items():
+        gap = report["methods"]["flow"]["steps"][t]["mean"]["psnr"] - report["methods"]["one-shot-unet"]["steps"][t]["mean"]["psnr"]
+        assert entry["mean_minus_unet_psnr_db"] == pytest.approx(gap, abs=1e-6)
+        assert all(entry["frc_um"][k] > 0 for k in ("mean", "sample", "unet"))
+        assert all(entry["high_frequency_power_ratio"][k] >= 0 for k in ("mean", "sample", "unet"))
+    assert post["calibration"]["uce"] >= 0 and len(post["calibration"]["rmv"]) == 20
+    assert (tmp_path / "rep" / "posterior.png").read_bytes()[:4] == b"\x89PNG"
