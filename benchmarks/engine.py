@@ -557,6 +557,109 @@ def cuda_section(args: argparse.Namespace, tmp: Path, device: torch.device) -> d
 # ------------------------------------------------------------------------------------------ main
 
 
+# ------------------------------------------------------------------------------------------ the flow sampler
+FLOW_K, FLOW_STEPS = 16, 20  # issue #13: K = 16 posterior samples, 20 Euler steps
+
+
+def build_flow_bundle(seed: int = 0) -> ModelBundle:
+    """An untrained flow restorer of the CPU study's size (base 16, depth 3), its head perturbed (a
+    zero-initialised head gives a zero velocity: every sample would be its own noise)."""
+    from dehaze.models.flow import FlowNet
+
+    torch.manual_seed(seed)
+    net = FlowNet(base_channels=16, depth=3, time_embed_dim=64, target_scale=0.1)
+    with torch.no_grad():
+        net.unet.head.weight.normal_(0.0, 0.02)
+    return ModelBundle(flow=net.eval())
+
+
+def flow_strategy(steps: int) -> Strategy:
+    return functools.partial(STRATEGIES["flow"].fn, params=StrategyParams(flow_steps=steps))
+
+
+def run_flow_engine(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path, steps: int) -> tuple[LadderStore, float, float]:
+    """predict_field with the flow strategy (noise keyed by pixel position, tiles x K per pass)."""
+    opts = EngineOptions(tile=job.tile, margin=job.margin, batch_size=job.batch_size, samples=job.samples, trajectory=False,
+                         seed=job.seed, precision=job.precision)
+    b = engine_bundle(bundle, opts)
+    t0, c0 = time.perf_counter(), time.process_time()
+    store = new_store(out_path, "engine-flow")
+    predict_field(flow_strategy(steps), b, lambda h: [float(h), 0.0], source, NORM, store, FIELD, 0, opts, job.device,
+                  multiple=bundle.flow.multiple, show_progress=False, needs_noise=True)
+    return store, time.perf_counter() - t0, time.process_time() - c0
+
+
+@torch.no_grad()
+def run_flow_naive(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path, steps: int) -> tuple[LadderStore, float, float]:
+    """Per plane, per tile, per sample: the flow strategy on a batch of 1 (its own torch.randn noise), fp32."""
+    fn, k = flow_strategy(steps), job.samples
+    height, width = source.shape[-2:]
+    pad_h, pad_w, th, tw, rows, cols = tile_geometry(height, width, job.tile, job.margin, bundle.flow.multiple)
+    t0, c0 = time.perf_counter(), time.process_time()
+    torch.manual_seed(job.seed)
+    mean_out = np.zeros((N_PLANES, height, width), np.float32)
+    std_out = np.zeros_like(mean_out)
+    for h in range(N_PLANES):
+        plane = NORM.apply(source[h])
+        if pad_h != height or pad_w != width:
+            plane = np.pad(plane, ((0, pad_h - height), (0, pad_w - width)), mode="reflect")
+        for y0, ylo, yhi in rows:
+            for x0, xlo, xhi in cols:
+                x = torch.from_numpy(np.ascontiguousarray(plane[y0 : y0 + th, x0 : x0 + tw]))[None, None]
+                stack = np.stack([fn(bundle, x, [float(h), 0.0])[0, 0].numpy() for _ in range(k)])
+                ys, xs = slice(ylo, min(yhi, height)), slice(xlo, min(xhi, width))
+                if ys.start >= height or xs.start >= width:
+                    continue
+                cy, cx = slice(ylo - y0, min(yhi, height) - y0), slice(xlo - x0, min(xhi, width) - x0)
+                mean_out[h, ys, xs] = stack.mean(0)[cy, cx]
+                std_out[h, ys, xs] = stack.std(0)[cy, cx]
+    store = new_store(out_path, "naive-flow")
+    store.write_field(FIELD, NORM.invert(mean_out), extras={"std": std_out * np.float32(NORM.scale)})
+    return store, time.perf_counter() - t0, time.process_time() - c0
+
+
+def flow_section(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The flow strategy with K = 16 and 20 Euler steps: engine against the naive loop, alternating runs,
+    medians and the wall-time ratio; agreement by statistics (the two sides draw different noise)."""
+    cpu = torch.device("cpu")
+    bundle = build_flow_bundle()
+    src = make_source(tmp / "src_flow.zarr", *args.flow_size)
+    job = Job(args.tile, args.margin, FLOW_K, args.batch_size, "fixed", cpu)
+    steps = 2 if args.quick else FLOW_STEPS
+    mpx = N_PLANES * args.flow_size[0] * args.flow_size[1] / 1e6
+    print(f"flow K={FLOW_K}, {steps} Euler steps: field {N_PLANES}x{args.flow_size[0]}x{args.flow_size[1]}, tile {args.tile}", flush=True)
+    sides = {"engine": run_flow_engine, "naive": run_flow_naive}
+    for name, fn in sides.items():  # untimed warm-up
+        fn(bundle, src, job, tmp / f"flow_{name}_warm.zarr", steps)
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    cpu_s: dict[str, list[float]] = {s: [] for s in sides}
+    results = {}
+    load_before = load1()
+    for r in range(args.repeats16):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            store, wall, c = sides[name](bundle, src, job, tmp / f"flow_{name}.zarr", steps)
+            times[name].append(wall)
+            cpu_s[name].append(c)
+            results.setdefault(name, read_result(store))
+            print(f"  [flow] {name:6s} run {r + 1}/{args.repeats16}: {wall:7.2f} s wall ({mpx / wall:.4f} Mpx/s)", flush=True)
+    med = {s: median(v) for s, v in times.items()}
+    med_cpu = {s: median(v) for s, v in cpu_s.items()}
+    _, _, th, tw, rows, cols = tile_geometry(*args.flow_size, job.tile, job.margin, bundle.flow.multiple)
+    return {"strategy": "flow", "samples": FLOW_K, "flow_steps": steps, "solver": "euler",
+            "model": "FlowNet base_channels 16, depth 3, time_embed_dim 64 (untrained, head N(0, 0.02))",
+            "shape": [N_PLANES, *args.flow_size], "tile": job.tile, "margin": job.margin, "tile_shape": [th, tw],
+            "tiles_per_plane": [len(rows), len(cols)], "batch_size": job.batch_size,
+            "images_per_forward_engine": min(max(1, job.batch_size // FLOW_K), len(cols)) * FLOW_K,
+            "network_evaluations_per_run": N_PLANES * len(rows) * len(cols) * FLOW_K * steps,
+            "repeats": args.repeats16, "wall_s": times, "cpu_s": cpu_s, "median_wall_s": med, "median_cpu_s": med_cpu,
+            "mpx_per_s": {s: mpx / v for s, v in med.items()},
+            "ratio_wall": med["naive"] / med["engine"], "ratio_cpu": med_cpu["naive"] / med_cpu["engine"],
+            "agreement": compare_k(results["engine"], results["naive"], FLOW_K),
+            "sides": {"engine": "predict_field: tiles x K per pass, channels-last, noise keyed by pixel position",
+                      "naive": "per plane, per tile, per sample: the flow strategy on a batch of 1, fp32, torch.randn noise"},
+            "load_average_1min": {"before": load_before, "after": load1()}}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, smoke test (< 30 s)")
@@ -588,11 +691,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-batch", type=int, default=16)
     p.add_argument("--gpu-repeats", type=int, default=2)
     p.add_argument("--gpu-preset", default="hdn-reference")
+    p.add_argument("--flow-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="flow (K=16, 20 steps) field size")
+    p.add_argument("--flow-only", action="store_true", help="only the flow section (written to engine_flow_cpu[_quick].json)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     q = args.quick
     args.size1 = args.size1 or ([32, 64] if q else [64, 400])
     args.size16 = args.size16 or ([16, 16] if q else [48, 48])
+    args.flow_size = args.flow_size or ([16, 16] if q else [64, 64])
     args.sweep_size = args.sweep_size or ([32, 64] if q else [64, 784])
     args.tile = args.tile or (32 if q else 64)
     args.margin = args.margin if args.margin is not None else 8
@@ -634,6 +740,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine benchmark: {STRATEGY}, schedule {args.schedule}, models {cfg}, {torch.get_num_threads()} threads, "
           f"load {load1():.2f}", flush=True)
     t_start = time.perf_counter()
+    if args.flow_only:
+        with tempfile.TemporaryDirectory(prefix="dehaze-bench-engine-") as tmpdir:
+            record["flow_k16"] = flow_section(args, Path(tmpdir))
+        record["total_benchmark_s"] = time.perf_counter() - t_start
+        f = record["flow_k16"]
+        print(f"flow K={f['samples']} x {f['flow_steps']} steps {f['shape']}: " + ", ".join(
+            f"{side} {v:.4f} Mpx/s" for side, v in f["mpx_per_s"].items()) + f"; naive/engine {f['ratio_wall']:.2f}x wall, "
+              f"{f['ratio_cpu']:.2f}x cpu; agreement {json.dumps(f['agreement'])}")
+        write_result(args.out or RESULTS_DIR / ("engine_flow_cpu_quick.json" if args.quick else "engine_flow_cpu.json"), record)
+        return 0
     with tempfile.TemporaryDirectory(prefix="dehaze-bench-engine-") as tmpdir:
         tmp = Path(tmpdir)
         # warm-up (oneDNN kernels, allocator), untimed
@@ -668,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
                   "tile 256, margin 32", flush=True)
             record["engine_overhead"] = overhead_section(src_o, job_o, tmp, args.repeats, not args.no_profile)
 
+        record["flow_k16"] = flow_section(args, tmp)
         if torch.cuda.is_available():
             record["gpu"] = cuda_section(args, tmp, torch.device("cuda"))
         else:

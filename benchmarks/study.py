@@ -69,6 +69,9 @@ def settings(kind: str) -> StudyConfig:
         "hvae": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
         "latent": {**common, "steps": 600, "model": {"width": 32, "time_embed_dim": 32}, "optim": {"lr": 1e-3}},
         "degradation": {**common, "steps": 800, "model": {"width": 32}},
+        # warm-started from the pixel run (same base_channels, depth and time_embed_dim): measured against
+        # from scratch in FLOW_ABLATIONS
+        "flow": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
     })
 
 
@@ -78,6 +81,13 @@ def settings(kind: str) -> StudyConfig:
 ABLATIONS = {
     "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"])],
 }
+# The flow restorer's recipe, measured (--flow): from scratch (x0 and velocity parametrisations) against the
+# study's default warm start from the pixel run; each scored with the flow strategy.
+FLOW_ABLATIONS = {
+    "flow": [("scratch-x0", {"parametrisation": "x0"}, ["flow"]),
+             ("scratch-velocity", {"parametrisation": "velocity"}, ["flow"])],
+}
+FLOW_TRAINERS = ("unet", "pixel", "flow")  # --flow: the study's runs the flow restorer is judged against
 # Slower variants (--degradation-ablations; 5-15 min each on 2 idle cores, the per-step CycleGAN the slowest)
 DEGRADATION_ABLATIONS = {
     "degradation": [("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"]),
@@ -113,6 +123,7 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
                                                                      {"model": model}), [], f"ablation {kind} {name}")
             if checkpoint_step(run) < variant_cfg.steps:
                 print(f"[ablation] training {kind} {name}")
+                # an ablation of the flow restorer is its recipe from scratch: no warm start
                 train(kind, [work / "ladder.zarr"], run, variant_cfg, resume=(run / "run.json").is_file(),
                       base_run=runs / "latent" if kind == "degradation" else None, show_progress=False)
             (work / "ablations" / f"pred-{kind}-{name}").mkdir(exist_ok=True)
@@ -124,6 +135,8 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
             check = read_run_report(run).get("degradation_check")
             if check:
                 out[f"{kind}:{name}"]["degradation_check"] = check
+    if not (runs / "degradation").is_dir():  # a study without the latent chain (--flow)
+        return out
     k = LATENT_SAMPLES_CHECK
     stores = [predict([runs / "degradation"], test, work / "ablations" / f"pred-latent-one-shot-k{kk}.zarr", 
                       PredictConfig(strategy="latent-one-shot", samples=kk, seed=0, device=cfg.device), replace_stale=True, show_progress=False)[0] for kk in (1, k)]
@@ -134,6 +147,57 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict) -> dict:
         f"psnr_k{k}": {t: v["mean"]["psnr"] for t, v in per[1].items()},
         "loss_db": {t: per[0][t]["mean"]["psnr"] - per[1][t]["mean"]["psnr"] for t in per[0]}}
     return out
+
+
+def run_flow(cfg: StudyConfig, work: Path) -> Path:
+    """--flow: the flow restorer beside the runs it is judged against (FLOW_TRAINERS, the study's sections and
+    ladders), its ablations, the std calibration fitted on one held-out field and scored on the other, and
+    the posterior criteria of ``dehaze evaluate``; writes results/flow_cpu.json and its figures."""
+    from dehaze.calibration import cross_fit
+
+    t0 = time.perf_counter()
+    reused = sorted(k for k in FLOW_TRAINERS if checkpoint_step(work / "runs" / k) >= cfg.trainers[k]["steps"])
+    sub = cfg.model_copy(update={"trainers": {k: cfg.trainers[k] for k in FLOW_TRAINERS},
+                                 "predict": PredictConfig(strategy="all", device=cfg.device, write_samples=True)})
+    report_dir = run_study(sub, work, quiet=False)
+    ablations = run_ablations(sub, work, FLOW_ABLATIONS)
+    report = json.loads((report_dir / "metrics.json").read_text())
+    flow_store = work / "predictions" / "flow.zarr"
+    calibration = cross_fit(flow_store, work / "test.zarr", target=cfg.target, figure=RESULTS / "flow_cpu_reliability.png")
+    t_max = max(report["steps"])
+    methods = {k: {"psnr_per_input_step": {t: v["mean"]["psnr"] for t, v in e["steps"].items()},
+                   "frc_um_per_input_step": {t: v["mean"]["frc_resolution_um"] for t, v in e["steps"].items()},
+                   "posterior": e.get("posterior")} for k, e in report["methods"].items()}
+    unet, flow = methods["one-shot-unet"]["psnr_per_input_step"], methods["flow"]["psnr_per_input_step"]
+    gap = {t: flow[t] - unet[t] for t in unet}
+    post = methods["flow"]["posterior"] or {}
+    frc = post.get("frc_um", {})
+    unet_frc = methods["one-shot-unet"]["frc_um_per_input_step"]
+    finer = {t: frc[t]["sample"] - unet_frc[t] for t in frc} if frc else {}
+    gaps = [g for fit in calibration["fits"] for g in fit["scored_on_others"]["relative_gap_per_bin"]]
+    result = {
+        "benchmark": "flow", "setting": "the reduced CPU study (benchmarks/study.py settings('cpu')): unet, pixel and flow only",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine_info(),
+        "wall_s": round(time.perf_counter() - t0, 1), "trainers_reused_from_an_earlier_run": reused,
+        "target": report["target"], "flow_config": cfg.trainers["flow"], "predict": sub.predict.model_dump(mode="json"),
+        "methods": methods, "ablations": ablations, "calibration": calibration,
+        "goals": {
+            "k_sample_mean_within_0.3db_of_unet_every_step": {"measured_db": gap, "reached": min(gap.values()) >= -0.3},
+            "single_samples_finer_frc_than_unet_every_step": {"measured_um": finer, "reached": bool(finer) and max(finer.values()) < 0},
+            "calibrated_std_within_10pct_every_bin_held_out": {"measured_max": max(gaps) if gaps else None,
+                                                               "reached": bool(gaps) and max(gaps) <= 0.10},
+        },
+        "from_xT": {"unet_db": unet[str(t_max)], "flow_mean_db": flow[str(t_max)]},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "flow_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    for name in ("psnr_per_step.png", "posterior.png"):
+        if (report_dir / name).is_file():
+            shutil.copy(report_dir / name, RESULTS / f"flow_cpu_{name}")
+    print(f"wrote {RESULTS / 'flow_cpu.json'} ({result['wall_s'] / 60:.1f} min)")
+    for name, g in result["goals"].items():
+        print(f"  goal {name}: {'reached' if g['reached'] else 'NOT reached'}")
+    return RESULTS / "flow_cpu.json"
 
 
 def goals(methods: dict, ablations: dict, check: dict | None) -> dict:
@@ -174,6 +238,8 @@ def main() -> None:
     group.add_argument("--gpu", action="store_true", help="reference-sized run (needs CUDA)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (resumable)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the recipe variants trained beside the study")
+    parser.add_argument("--flow", action="store_true", help="the flow restorer beside unet and pixel only (results/flow_cpu.json; "
+                        "work folder /tmp/dehaze-study-<setting>-flow by default)")
     parser.add_argument("--degradation-ablations", action="store_true",
                         help="also train the degradation variants (walk-finetuned R, the seed's CycleGAN): slow on a CPU")
     args = parser.parse_args()
@@ -181,7 +247,10 @@ def main() -> None:
     if kind == "gpu" and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA device")
     cfg = settings(kind)
-    work = args.work or Path(f"/tmp/dehaze-study-{kind}")
+    work = args.work or Path(f"/tmp/dehaze-study-{kind}{'-flow' if args.flow else ''}")
+    if args.flow:
+        run_flow(cfg, work)
+        return
     # what an earlier run in this folder already finished (run_study skips it): wall_s then covers the rest
     reused = sorted(kind for kind, part in cfg.trainers.items()
                     if part.get("steps") is not None and checkpoint_step(work / "runs" / kind) >= part["steps"])
