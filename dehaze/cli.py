@@ -200,6 +200,21 @@ def _print_degradation_check(check: dict | None) -> None:
 
 @app.command()
 @user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory of a unet or pixel run (from dehaze train).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Package to write (.zip); never replaced.")],
+    step: Annotated[Optional[int], typer.Option("--step", min=1, help="Input step: pixel runs restore images of this step (t = s fed to the restorer); unet runs take the test image from it. Default: the haziest step the run trained on.")] = None,
+) -> None:
+    """Package a run as a BioImage Model Zoo model (Fiji/deepImageJ, napari, ilastik; `dehaze predict` takes it as a run)."""
+    from dehaze.export import export_run
+
+    r = export_run(run, output, step=step)
+    tested = f"bioimageio.core test: {r.test_status}" if r.test_status else "not tested (bioimageio.core is not installed)"
+    typer.echo(f"{r.path}: {r.kind} run as a BioImage Model Zoo model {r.format_version} (input step {r.step}); {tested}")
+
+
+@app.command()
+@user_errors
 def ingest(
     source: Annotated[Path, typer.Argument(help="A file or folder: OME-TIFF(s), plain/ImageJ TIFFs, Leica LIF.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Ladder store to write (.zarr).")] = Path("ladder.zarr"),

@@ -22,6 +22,7 @@ import torch
 from dehaze.device import pick_device
 from dehaze.engine import DEFAULT_MARGIN, DEFAULT_TILE, EngineOptions, predict_field, prepare_bundle
 from dehaze.errors import UserError
+from dehaze.export import is_package, load_package
 from dehaze.predict_config import PredictConfig
 from dehaze.progress import progress_bar
 from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
@@ -130,15 +131,17 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> LoadedRuns:
     queue = [Path(r) for r in run_dirs]
     while queue:
         run = queue.pop(0)
-        info = read_run(run)
+        package = is_package(run)  # a `dehaze export` zip: the run's description and weights, self-contained
+        info, model = load_package(run, device) if package else (read_run(run), None)
         if info.kind in infos:
             if Path(dirs[info.kind]).resolve() != run.resolve():
                 raise UserError(f"{run}: a second {info.kind!r} run (first: {dirs[info.kind]}); give one run per kind")
             continue
-        _, model = load_model(run, device)
+        if model is None:
+            _, model = load_model(run, device)
         bundle.add(info.kind, model)
         infos[info.kind], dirs[info.kind] = info, str(run)
-        if info.base_run:
+        if info.base_run and not package:
             queue.append(Path(info.base_run))
     return LoadedRuns(bundle, infos, dirs)
 
@@ -215,7 +218,7 @@ def plan_prediction(run_dirs: list[str | Path], input_path: str | Path, output: 
     if strategy == "all":
         names = allowed
     elif strategy is None:
-        first = read_run(run_dirs[0]).kind
+        first = next(iter(runs.infos))  # the first run's kind: it is loaded first
         if first not in DEFAULT_STRATEGY:
             raise UserError(f"{run_dirs[0]}: a {first!r} run does not restore images on its own; give --strategy "
                             f"(these runs allow: {', '.join(allowed) or 'none'}) or add latent and degradation runs")
@@ -324,7 +327,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
             strategy_info["degradation_check"] = check
     run_list = sorted(str(Path(runs.dirs[kind]).resolve()) for kind in set(spec.needs) | {spec.primary})
     # the checkpoints too: a prediction from a run trained again (same folder) is made again
-    identity = {"runs": run_list, "checkpoints": [_file_sha256(Path(r) / CHECKPOINT_FILE) for r in run_list],
+    identity = {"runs": run_list, "checkpoints": [_file_sha256(Path(r) if Path(r).is_file() else Path(r) / CHECKPOINT_FILE) for r in run_list],
                 "input": src.sha256, "strategy": strategy_info}
     meta = DatasetMeta(
         source="prediction", manifest=identity,
