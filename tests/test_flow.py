@@ -236,3 +236,22 @@ def test_evaluate_reports_the_posterior_criteria_of_a_sampling_method(cli, good,
         assert all(entry["high_frequency_power_ratio"][k] >= 0 for k in ("mean", "sample", "unet"))
     assert post["calibration"]["uce"] >= 0 and len(post["calibration"]["rmv"]) == 20
     assert (tmp_path / "rep" / "posterior.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_resumed_flow_run_equals_an_uninterrupted_one(cli, good, runs, tmp_path):
+    """The noise and tau come from torch's RNG, which the checkpoint keeps: 2 steps then --resume to 4 (without
+    --base: the run's recorded warm start is kept) give the weights 4 steps in one go give."""
+    import torch as _torch
+
+    args = ["--data", good, *TINY_FLOW, "--set", "optim.scheduler=constant", "--set", "batch_size=2", "--set", "patch_size=16",
+            "--set", "device=cpu", "--set", "data.val_patches=2", "--set", "log.ckpt_every=1", "-q"]
+    assert cli("train", "flow", "-o", tmp_path / "once", "--base", runs / "pixel", *args, "--set", "steps=4").exit_code == 0
+    assert cli("train", "flow", "-o", tmp_path / "twice", "--base", runs / "pixel", *args, "--set", "steps=2").exit_code == 0
+    result = cli("train", "flow", "-o", tmp_path / "twice", "--resume", *args, "--set", "steps=4")
+    assert result.exit_code == 0, result.stderr
+    once, twice = (_torch.load(tmp_path / n / "checkpoint.pt", weights_only=False) for n in ("once", "twice"))
+    assert once["step"] == twice["step"] == 4
+    for name, value in once["model"].items():
+        assert _torch.equal(value, twice["model"][name]), name
+    for name, value in once["ema"].items():
+        assert _torch.equal(value, twice["ema"][name]), name

@@ -295,7 +295,10 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         dist.barrier()
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=StepSampler(step, cfg.steps, cfg.batch_size, rank, world),
                         num_workers=cfg.data.num_workers, generator=torch.Generator(), pin_memory=device.type == "cuda")
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size) if val_ds is not None else None
+    # its own generator: a DataLoader without one draws its base seed from torch's global RNG at every
+    # validation, so a run validated at the end of a first leg (then --resume) drew other noise afterwards
+    # than an uninterrupted one (the flow and ladder-VAE losses sample from that RNG; tests/test_flow.py)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, generator=torch.Generator()) if val_ds is not None else None
 
     def checkpoint() -> None:
         if rank != 0:
