@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,17 +44,13 @@ from dehaze.progress import progress_bar
 from dehaze.store import (
     DatasetMeta,
     LadderStore,
-    check_output_store,
-    create_ladder,
-    ensure_writable_parent,
+    OutputPlan,
     field_name,
     finalize_with_step_stats,
     format_bytes,
-    open_ladder,
-    output_lock,
     physical_memory_bytes,
-    refuse_foreign_files,
     stats_samples,
+    writing_output,
 )
 
 CACHE_MB = 2048  # raw pixels kept in memory between registration and writing (beyond: read again)
@@ -207,32 +202,9 @@ def probe_files(plan: Plan) -> None:
                 st.series.probe()
 
 
-def _check_output(out: Path, sha: str, overwrite: bool) -> LadderStore | None:
-    """Before any pixel is read: an existing store of this very ingestion (finished, or interrupted with
-    every field planned: resumable), or None; refuse to clobber other stores."""
-    check_output_store(out, "acquisition", replacing=False)
-    if not out.exists():
-        ensure_writable_parent(out)
-        return None
-    if not (out / ".zattrs").is_file():
-        if out.is_dir() and not any(out.iterdir()):
-            return None
-        raise UserError(f"{out}: exists and is not a dehaze ladder store; choose another output path")
-    existing = open_ladder(out, require_complete=False)
-    if existing.meta.source != "acquisition":
-        raise UserError(f"{out}: holds a {existing.meta.source} store; ingest writes acquisition stores and never replaces "
-                        "another kind: choose another output path")
-    if overwrite:
-        check_output_store(out, "acquisition", replacing=True)
-        refuse_foreign_files(existing)
-    if existing.meta.manifest_sha256 == sha:
-        if overwrite:
-            return None
-        planned = all(f in existing.root and "crop_yx" in existing.field_meta(f).info for f in existing.fields)
-        return existing if existing.meta.status == "complete" or planned else None
-    if not overwrite:
-        raise UserError(f"{out}: holds a store made from other files or another manifest; pass --overwrite to replace it or choose another output path")
-    return None
+def _every_field_planned(store: LadderStore) -> bool:
+    """An interrupted ingestion resumes only once every field's plan is in the store (else it is rebuilt)."""
+    return all(f in store.root and "crop_yx" in store.field_meta(f).info for f in store.fields)
 
 
 def ingest(
@@ -272,8 +244,11 @@ def ingest(
     if dry_run:
         return IngestReport(plan, "dry-run", warnings=warnings)
     refuse_fields_beyond_memory(plan)
-    with output_lock(out):  # a second ingestion into this store is refused while this one writes
-        return _ingest_into(out, plan, manifest, overwrite, show_progress, _warn, warnings, cache_mb, lap, stage_s)
+    record, sha = _identity(manifest, plan)
+    # one writer per store; decided before any pixel is read; a store this run made is removed if it fails
+    with writing_output(out, _dataset_meta(plan, record, sha), overwrite=overwrite, resumable=_every_field_planned,
+                        made_from="other files or another manifest", discard_on_error=True) as output:
+        return _ingest_into(output, plan, manifest, show_progress, _warn, warnings, cache_mb, lap, stage_s)
 
 
 def refuse_fields_beyond_memory(plan: Plan) -> None:
@@ -288,24 +263,24 @@ def refuse_fields_beyond_memory(plan: Plan) -> None:
                         f"this machine's {format_bytes(ram)} of memory; crop or bin the images, or ingest on a larger machine")
 
 
-def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite: bool, show_progress: bool,
+def _ingest_into(output: OutputPlan, plan: Plan, manifest: AcquisitionManifest, show_progress: bool,
                  _warn: Callable[[str], None], warnings: list[str], cache_mb: float, lap: Callable[[str], None],
                  stage_s: dict[str, float]) -> IngestReport:
     """Stages 2 and 3 of :func:`ingest` (under its output lock)."""
-    record, sha = _identity(manifest, plan)
-    existing = _check_output(out, sha, overwrite)
-    if existing is not None and existing.meta.status == "complete":
-        return IngestReport(plan, "complete", existing, warnings=warnings)
+    if output.state == "complete":
+        return IngestReport(plan, "complete", output.open(), warnings=warnings)
     names = [field_name(i) for i in range(len(plan.positions))]
     cache = _RawCache(cache_mb)
-    if existing is not None:  # interrupted: every field's plan is in the store
-        store, state = existing, "resumed"
+    if output.state == "resumed":  # interrupted: every field's plan is in the store
+        store, state = output.open(), "resumed"
         plans = [store.field_meta(name).info for name in names]
     else:
         plans = _register_all(plan, manifest, cache, _warn, show_progress)
         lap("read and register")
-        state = "replaced" if out.exists() and any(out.iterdir()) else "new"
-        store = _create_store(out, plan, record, sha, plans)
+        state = "replaced" if output.replaces else "new"
+        store = output.open()
+        for name, field_plan in zip(names, plans):  # what a resumed run needs, before any pixel
+            store.plan_field(name, field_plan)
 
     # --- per field, side by side: shift, crop, measure, write (fields already written are read back) ---
     offset = manifest.offset_adu
@@ -324,7 +299,7 @@ def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite
         store.write_field(names[i], image, extras, info)
         return brightness, stats_samples(image, len(names))
 
-    try:
+    if True:  # (sketch: the try/except went into writing_output)
         bar = progress_bar(total=len(names), initial=len(done), desc="writing", unit="field", disable=not show_progress)
         per_field, samples = [], []
         with contextlib.closing(in_threads(write, range(len(names)), len(names) - len(done))) as results:
@@ -341,12 +316,6 @@ def _ingest_into(out: Path, plan: Plan, manifest: AcquisitionManifest, overwrite
         bleach = bleaching(mean_b, pinhole, [st.order for st in plan.positions[0].steps])  # type: ignore[arg-type]
         finalize_with_step_stats(store, samples, normalization=normalization(offset, mean_b, mean_p, bleach))
         lap("statistics")
-    except KeyboardInterrupt:
-        raise  # finished fields are kept; the same command resumes
-    except BaseException:
-        if state != "resumed":
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     residuals = [p["registration"]["residual_px"] if "registration" in p else 0.0 for p in plans]
     return IngestReport(plan, state, store, residuals, warnings, stage_s)
 
@@ -378,9 +347,9 @@ def _register_all(plan: Plan, m: AcquisitionManifest, cache: _RawCache, warn: Ca
     return [_field_plan(pos, reg, (b[0], b[0] + hy, b[2], b[2] + hx)) for pos, reg, b in zip(plan.positions, registrations, boxes)]
 
 
-def _create_store(out: Path, plan: Plan, record: dict[str, Any], sha: str, plans: list[dict[str, Any]]) -> LadderStore:
-    """The store with every field planned (metadata only, not complete): what a resumed run needs."""
-    meta = DatasetMeta(
+def _dataset_meta(plan: Plan, record: dict[str, Any], sha: str) -> DatasetMeta:
+    """The store's dataset metadata, known before any pixel is read."""
+    return DatasetMeta(
         source="acquisition",
         manifest=record,
         manifest_sha256=sha,
@@ -390,15 +359,5 @@ def _create_store(out: Path, plan: Plan, record: dict[str, Any], sha: str, plans
         pinhole_units_source=plan.units_source,
         spatial_axes=plan.spatial_axes,
         pixel_size_um=plan.pixel_size_um,
-        fields=[field_name(i) for i in range(len(plans))],
+        fields=[field_name(i) for i in range(len(plan.positions))],
     )
-    # overwrite=True is safe here: _check_output refused other stores unless --overwrite was given, and an
-    # interrupted store of this ingestion without every field planned is simply rebuilt
-    store, _ = create_ladder(out, meta, overwrite=True)
-    try:
-        for i, field_plan in enumerate(plans):
-            store.plan_field(field_name(i), field_plan)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return store
