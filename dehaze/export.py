@@ -51,7 +51,7 @@ from torch import nn
 
 from dehaze.config import format_validation_error
 from dehaze.errors import UserError
-from dehaze.models.unet import UNet
+from dehaze.models.unet import UNet, sinusoidal_embedding
 from dehaze.runs import RunInfo, checkpoint_step, load_model, read_run
 
 EXPORTABLE_KINDS = ("unet", "pixel")
@@ -86,21 +86,42 @@ class DehazeNet(nn.Module):
 
     ``unet``: the keyword arguments of :class:`UNet`. ``t`` and ``s``: the constant step and source step a
     time-conditioned (pixel) restorer is fed (ladder steps; None for the one-shot UNet, ``s`` None for a
-    restorer conditioned on t alone).
+    restorer conditioned on t alone). Their embedding, the output of the UNet's ``time_mlp`` (1, 4 x
+    time_embed_dim), is a buffer that :meth:`fix_conditions` computes once, kept in the weights: it
+    broadcasts over any batch, and it moves with the module to the device it runs on. (UNet.forward makes
+    the embedding with ``torch.arange(device=t.device)``, which ``torch.jit.trace`` would fix to the CPU.)
+    ``forward`` is UNet.forward with that embedding; dehaze export checks it gives the run's output.
     """
 
     def __init__(self, unet: dict, t: float | None = None, s: float | None = None) -> None:
         super().__init__()
         self.net = UNet(**unet)
         self.t, self.s = t, s
+        self.conditioned = t is not None
+        if self.conditioned:
+            self.register_buffer("emb", torch.zeros(1, 4 * unet["time_embed_dim"]))
+
+    @torch.no_grad()
+    def fix_conditions(self) -> None:
+        """Compute the embedding of the constant t (and s) from the network's weights (after loading them)."""
+        dim = self.net.time_embed_dim
+        feats = [sinusoidal_embedding(torch.tensor([float(c)]), dim) for c in (self.t, self.s) if c is not None]
+        self.emb.copy_(self.net.time_mlp(torch.cat(feats, dim=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.t is None:
-            return self.net(x)
-        # (1,) conditions: their embedding broadcasts over the batch, so a traced module takes any batch size
-        t = torch.full((1,), float(self.t), device=x.device)
-        s = torch.full((1,), float(self.s), device=x.device) if self.s is not None else None
-        return self.net(x, t, s)
+        net = self.net
+        emb = self.emb if self.conditioned else None
+        h = net.stem(x)
+        skips = []
+        for block, pool in zip(net.down, net.pool):
+            h = block(h, emb)
+            skips.append(h)
+            h = pool(h)
+        h = net.mid(h, emb)
+        for i in reversed(range(net.depth)):
+            h = net.up[i](torch.cat([net.upsample[i](h), skips[i]], dim=1), emb)
+        out = net.head(h)
+        return x[:, : out.shape[1]] + out if net.residual else out
 
 
 @dataclass(frozen=True)
@@ -174,7 +195,7 @@ def bioimageio_compat() -> None:
     """Make bioimageio.spec 0.5.12 (the spec bioimageio.core 0.11 pins) serialise under pydantic >= 2.14.
 
     Its two wrap serialisers of file and weights descriptions (which validation runs too) pass pydantic's
-    info object where pydantic 2.14 expects an index key, so every model description fails validation with
+    info object where pydantic 2.14 expects an index key, so a model description with files fails validation with
     "'index_key' is expected to be an integer or a string". Each is rebound in place (the serialisers hold
     the function objects) to call its unchanged body with a handler that drops that argument. A no-op for
     any other spec version, and when done once."""
@@ -341,7 +362,8 @@ Trained on the haze-ladder store(s):
 ## Validation
 
 `test_input.npy` and `test_output.npy` are a crop of the training store and what dehaze's own network made of
-it; `bioimageio test model.zip` reruns them with each weights format. To validate on unseen data, simulate or
+it; `bioimageio test model.zip` reruns them with each weights format (dehaze export ran that test before writing
+the package). To validate on unseen data, simulate or
 ingest a held-out ladder and score it per step against its step 0:
 `dehaze predict model.zip --input held-out.zarr -o pred.zarr` then
 `dehaze evaluate pred.zarr --truth held-out.zarr --report report` (PSNR, SSIM, FRC per input step).
@@ -445,7 +467,9 @@ def export_run(run_dir: str | Path, output: str | Path, *, step: int | None = No
     s = t if kwargs.get("source_conditioned") else None
     arch_kwargs = {"unet": kwargs, "t": t, "s": s}
     wrapper = DehazeNet(**arch_kwargs)
-    wrapper.load_state_dict({STATE_PREFIX + k: v for k, v in model.state_dict().items()})
+    wrapper.net.load_state_dict(model.state_dict())
+    if wrapper.conditioned:
+        wrapper.fix_conditions()
     wrapper.eval()
     xn = torch.from_numpy(info.normalization.apply(x))
     with torch.no_grad():
@@ -456,7 +480,6 @@ def export_run(run_dir: str | Path, output: str | Path, *, step: int | None = No
     if not np.allclose(mine, y, rtol=1e-5, atol=1e-5 * info.normalization.scale):
         raise RuntimeError("DehazeNet does not reproduce the run's network; the export wrapper is out of date")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.stem}.partial-{os.getpid()}.zip")
     try:
         with tempfile.TemporaryDirectory(prefix="dehaze-export-") as tmp:
@@ -476,8 +499,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, step: int | None = No
             import yaml
 
             (folder / RDF_FILE).write_text(yaml.safe_dump(_rdf(info, step, store, x.shape[-1], arch_kwargs, spec), sort_keys=False))
-            _write_package(folder, partial)
-        _validate_package(spec, partial)
+            _package(spec, folder, partial)
         summary = run_bioimageio_test(partial)
         if summary is not None and summary.status != "passed":
             raise RuntimeError(f"bioimageio.core's test failed on the exported package: {_failures(summary)}")
@@ -489,35 +511,14 @@ def export_run(run_dir: str | Path, output: str | Path, *, step: int | None = No
                         None if summary is None else summary.status, summary)
 
 
-def _write_package(folder: Path, path: Path) -> None:
-    """Zip ``folder`` flat into ``path``, rdf.yaml first, after adding the sha256 of every file it names.
-
-    Not ``bioimageio.spec.save_bioimageio_package``: in spec 0.5.12 (the one bioimageio.core 0.11 pins) it
-    serialises file descriptions with a call that pydantic 2.14 rejects; validation and testing do not."""
-    import yaml
-
-    rdf = yaml.safe_load((folder / RDF_FILE).read_text())
-
-    def digest(name: str) -> str:
-        return hashlib.sha256((folder / name).read_bytes()).hexdigest()
-
-    entries = [rdf["documentation"], *rdf["covers"], *rdf["attachments"],
-               *(t[k] for t in (*rdf["inputs"], *rdf["outputs"]) for k in ("test_tensor", "sample_tensor")),
-               *rdf["weights"].values(), rdf["weights"]["pytorch_state_dict"]["architecture"]]
-    for entry in entries:
-        entry["sha256"] = digest(entry["source"])
-    (folder / RDF_FILE).write_text(yaml.safe_dump(rdf, sort_keys=False))
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name in [RDF_FILE, *sorted(p.name for p in folder.iterdir() if p.name != RDF_FILE)]:
-            zf.write(folder / name, name)
-
-
-def _validate_package(spec: Any, path: Path) -> None:
-    """bioimageio.spec's validation of the written package (format and files; a failure is a dehaze bug)."""
+def _package(spec: Any, folder: Path, path: Path) -> None:
+    """bioimageio.spec's packager: ``folder``'s rdf.yaml and the files it names (their sha256 added) zipped
+    into ``path``, which it then loads and validates (format and files); an invalid package is a dehaze bug."""
     with _quiet_bioimageio():
-        descr = spec.load_description(path, perform_io_checks=True)
-    if isinstance(descr, spec.InvalidDescr) or descr.validation_summary.status == "failed":
-        raise RuntimeError(f"dehaze export made an invalid package: {_failures(descr.validation_summary)}")
+        try:
+            spec.save_bioimageio_package(folder / RDF_FILE, output_path=path)
+        except ValueError as exc:
+            raise RuntimeError(f"dehaze export made an invalid package: {' '.join(str(exc).split())}") from None
 
 
 def _failures(summary: Any) -> str:
@@ -610,7 +611,7 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 
     model = build_network(info.config.model)
     try:
-        model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()})
+        model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})  # not emb
     except (RuntimeError, AttributeError) as exc:
         raise UserError(f"{path}: its weights do not fit the {info.kind} model in config.dehaze.run ({str(exc).splitlines()[0]})") from None
     return info, model.to(device).eval()

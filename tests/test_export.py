@@ -98,8 +98,10 @@ def test_bioimageio_core_model_test_passes_offline(which, request, offline):
 def test_the_package_carries_normalisation_config_and_provenance(unet_zip, run):
     rdf, info = _rdf(unet_zip.path), RunInfo.model_validate_json((run / "run.json").read_text())
     norm = info.normalization
-    assert rdf["inputs"][0]["preprocessing"][-1] == {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": norm.offset, "std": norm.scale}}
-    assert rdf["outputs"][0]["postprocessing"][0] == {"id": "scale_linear", "kwargs": {"gain": norm.scale, "offset": norm.offset}}
+    pre, post = rdf["inputs"][0]["preprocessing"], rdf["outputs"][0]["postprocessing"]
+    assert {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": norm.offset, "std": norm.scale}} in pre
+    assert post[0] == {"id": "scale_linear", "kwargs": {"gain": norm.scale, "offset": norm.offset}}
+    assert {p["id"] for p in pre + post} == {"ensure_dtype", "fixed_zero_mean_unit_variance", "scale_linear"}
     assert RunInfo.model_validate(rdf["config"]["dehaze"]["run"]) == info
     with zipfile.ZipFile(unet_zip.path) as zf:
         readme = zf.read("README.md").decode()
@@ -125,6 +127,8 @@ def test_torchscript_computes_what_the_network_computes(unet_zip, pixel_zip, run
                 else:  # R(x_s, s, s) at the exported step s = 2
                     mine = pixel_indi(ModelBundle(pixel=net), xn, [2.0, 0.0])
                 np.testing.assert_allclose(traced(xn).numpy(), mine.numpy(), rtol=1e-5, atol=1e-6)
+        # no device fixed at tracing (a constant CPU tensor would break the module on a GPU)
+        assert not any("torch.device(" in mod.code for mod in traced.modules() if hasattr(mod, "code"))
         expected = _npy(result.path, "test_output.npy")
         assert not np.allclose(expected, x)  # the network did something to the test image
     assert _rdf(pixel_zip.path)["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["t"] == 2.0
@@ -184,11 +188,11 @@ def test_refusals_are_one_line_and_write_nothing(cli, run, pixel_run, good, tmp_
 def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch, offline):
     import dehaze.export as export_mod
 
-    def broken(spec, path):
-        raise RuntimeError("validation broke")
+    class Failed:
+        status, details = "failed", []
 
-    monkeypatch.setattr(export_mod, "_validate_package", broken)
-    with pytest.raises(RuntimeError, match="validation broke"):
+    monkeypatch.setattr(export_mod, "run_bioimageio_test", lambda path: Failed())
+    with pytest.raises(RuntimeError, match="bioimageio.core's test failed"):
         export_run(run, tmp_path / "m.zip")
     assert list(tmp_path.iterdir()) == []  # neither the package nor its partial file
 
