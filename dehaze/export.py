@@ -24,10 +24,10 @@ What a package holds (``rdf.yaml`` and the files it names):
   path and manifest sha256) and the export settings; :func:`load_package` rebuilds dehaze's network from it.
 
 Only ``unet`` and ``pixel`` runs export (:data:`EXPORTABLE_KINDS`): a model in this format is one
-deterministic network call between fixed pre- and postprocessing; HDN's output is the mean of K posterior
-samples (random draws: the format has no seed, and its test needs reproducible outputs), and the latent
-kinds are several networks chained through an HVAE. Why iterative walks (the InDI walk, a flow
-restorer's ODE walk) are not exported: see ``WALKS`` below (it goes into every package's README).
+deterministic network call between fixed pre- and postprocessing; HDN's and the flow restorer's outputs
+are the mean of K posterior samples (random draws, where the format's test needs reproducible
+outputs), and the latent kinds are several networks chained through an HVAE. Why iterative walks (the
+InDI walk, the flow restorer's ODE walk) are not exported: ``WALKS`` below (in every package's README).
 """
 
 from __future__ import annotations
@@ -67,16 +67,20 @@ LICENSE = "BSD-3-Clause"
 
 WALKS = """\
 A BioImage Model Zoo model (spec 0.5) is one network call between fixed pre- and postprocessing
-operations: the format has no loop, no state carried from one call to the next and no random seed. An
-iterative restorer therefore exports only as a single module that runs its whole walk inside its
-forward pass. The pixel restorer is exported at one step (the one-shot estimate R(x_s, s, s), which
-dehaze measures at or above its own InDI walk). A flow restorer's ODE walk would be expressible the same
-way only if it is deterministic with a fixed schedule (a fixed number of solver steps from a fixed
-starting time, no noise): then it is a fixed function of the image, and a wrapper looping over the
-solver steps is one module, at the cost of one network evaluation per step in every tile of every
-consumer. A walk that draws noise, or whose steps depend on the image (adaptive solvers), is not: the
-format cannot seed it, and bioimageio's test compares outputs against stored test tensors. dehaze
-exports neither walk today; `dehaze predict` on a package runs every strategy the run's kind allows.
+operations: the format has no loop, no state carried from one call to the next, and none of its
+processing operations draws random numbers.
+An iterative restorer therefore exports only as a single module that runs its whole walk inside its
+forward pass. The pixel restorer is exported at one step: the one-shot estimate R(x_s, s, s), which
+dehaze measures at or above its own InDI walk (that walk is deterministic with a fixed schedule, so it
+could be unrolled into one module, at one network evaluation per step). dehaze's flow restorer is not
+expressible as its output is meant: its ODE walk (flow_steps Euler or Heun steps, a fixed schedule)
+starts from Gaussian noise and gives one posterior sample, and the estimate is the mean (and std) of K
+such samples. The noise would have to be a second input tensor that the consumer fills with N(0, 1)
+values itself, or be drawn inside the package (in the module, or in a custom processing step) from a
+fixed seed: CPU and CUDA draw different noise from one seed, so bioimageio's test, which compares the
+output with the stored test output, would pass on one kind of device only, and every tile of every
+image would get the same noise. Each tile would also cost K x flow_steps network evaluations. So dehaze exports no walk; `dehaze predict` on a package
+runs every strategy the run's kind allows.
 """
 
 
@@ -150,8 +154,8 @@ def refuse_kind(run_dir: str | Path, kind: str) -> None:
     """One line naming what can be exported, for a run of any other kind."""
     if kind not in EXPORTABLE_KINDS:
         raise UserError(f"{run_dir}: a {kind!r} run cannot be exported; dehaze export packages unet runs and pixel runs "
-                        "(at one input step, --step): a BioImage Model Zoo model is one deterministic network call, and "
-                        "HDN samples a posterior while the latent kinds chain several networks")
+                        "(at one input step, --step): a BioImage Model Zoo model is one deterministic network call, while "
+                        "HDN and the flow restorer average random posterior samples and the latent kinds chain several networks")
 
 
 def check_output(output: Path) -> None:

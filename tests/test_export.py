@@ -153,13 +153,14 @@ def test_predict_from_the_package_equals_predict_from_the_run(kind, cli, good, r
     assert info == load_model(run_dir)[0]
 
 
-def _hdn_run(tmp_path: Path, run: Path) -> Path:
+def _run_of_kind(tmp_path: Path, run: Path, model: dict) -> Path:
+    """A run directory holding only a run.json of another kind (export refuses it before anything else)."""
     info = json.loads((run / "run.json").read_text())
-    info["kind"] = "hdn"
-    info["config"] = TrainConfig.model_validate({"model": {"kind": "hdn", "preset": "tiny"}, "patch_size": 16}).model_dump(mode="json")
-    (tmp_path / "hdn").mkdir()
-    (tmp_path / "hdn" / "run.json").write_text(json.dumps(info))
-    return tmp_path / "hdn"
+    info["kind"] = model["kind"]
+    info["config"] = TrainConfig.model_validate({"model": model, "patch_size": 16}).model_dump(mode="json")
+    (tmp_path / model["kind"]).mkdir()
+    (tmp_path / model["kind"] / "run.json").write_text(json.dumps(info))
+    return tmp_path / model["kind"]
 
 
 def _refused(result, *words: str) -> None:
@@ -171,8 +172,9 @@ def _refused(result, *words: str) -> None:
 
 
 def test_refusals_are_one_line_and_write_nothing(cli, run, pixel_run, good, tmp_path):
-    hdn = _hdn_run(tmp_path, run)
-    _refused(cli("export", hdn, "-o", tmp_path / "h.zip"), "'hdn' run cannot be exported", "unet", "pixel")
+    for model in ({"kind": "hdn", "preset": "tiny"}, {"kind": "flow"}):
+        other = _run_of_kind(tmp_path, run, model)
+        _refused(cli("export", other, "-o", tmp_path / "h.zip"), f"{model['kind']!r} run cannot be exported", "unet", "pixel")
     _refused(cli("export", tmp_path / "no-run", "-o", tmp_path / "n.zip"), "not a dehaze run directory")
     (tmp_path / "taken.zip").write_text("mine")
     _refused(cli("export", run, "-o", tmp_path / "taken.zip"), "exists")
@@ -181,7 +183,7 @@ def test_refusals_are_one_line_and_write_nothing(cli, run, pixel_run, good, tmp_
     _refused(cli("export", run, "-o", tmp_path / "model.tar"), ".zip")
     _refused(cli("export", run, "-o", tmp_path / "no-folder" / "m.zip"), "does not exist")
     _refused(cli("export", pixel_run, "-o", tmp_path / "p.zip", "--step", "9"), "--step 9", "1, 2, 3")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hdn", "taken.zip"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow", "hdn", "taken.zip"]
     assert not (good / "inside.zip").exists()
 
 
