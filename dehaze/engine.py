@@ -35,7 +35,7 @@ from dehaze.normalization import Normalization
 from dehaze.predict_config import Precision
 from dehaze.progress import progress_bar
 from dehaze.store import LadderStore
-from dehaze.strategies import ModelBundle, Strategy
+from dehaze.strategies import ModelBundle, Posterior, Strategy
 from dehaze.tiling import tile_geometry
 
 ScheduleFn = Callable[[int], Sequence[float]]
@@ -104,18 +104,21 @@ def prepare_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
 def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedule: Sequence[float], opts: EngineOptions,
               device: torch.device, n_levels: int, record: bool, ladder: np.ndarray | None = None,
               noise: np.ndarray | None = None, samples_out: list[np.ndarray] | None = None,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+              posterior: Posterior | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Strategy on (n, th, tw) normalised tiles with K samples each -> mean, std (n, th, tw) and the
     trajectory (n_levels, n, th, tw) of x_0 estimates per step (NaN where not visited) if ``record``.
     ``ladder`` (n, T+1, th, tw): the same tiles at every step, for strategies that need it (the oracle).
     ``noise`` (n, K, th, tw): the starting noise of each sample, for strategies that need it (flow).
-    ``samples_out``: a list the (n, K, th, tw) samples are appended to."""
+    ``samples_out``: a list the (n, K, th, tw) samples are appended to.
+    ``posterior`` (a deterministic strategy's :attr:`~dehaze.strategies.StrategySpec.posterior`): the strategy
+    runs once per tile and its estimate is the mean; the K samples are drawn around that estimate."""
     k = opts.samples
+    walks = 1 if posterior is not None else k  # walks per tile: K sampled ones, or one deterministic one
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))[:, None].to(device)
-    x = x.repeat_interleave(k, dim=0)  # (n*K, 1, th, tw): sample j of tile i at i*K + j
+    x = x.repeat_interleave(walks, dim=0)  # (n*walks, 1, th, tw): walk j of tile i at i*walks + j
     extra = {}
     if ladder is not None:
-        extra["ladder"] = torch.from_numpy(np.ascontiguousarray(ladder, dtype=np.float32)).to(device).repeat_interleave(k, dim=0)
+        extra["ladder"] = torch.from_numpy(np.ascontiguousarray(ladder, dtype=np.float32)).to(device).repeat_interleave(walks, dim=0)
     if noise is not None:  # sample j of tile i at row i*K + j, like x
         extra["noise"] = torch.from_numpy(np.ascontiguousarray(noise, dtype=np.float32)).reshape(len(tiles) * k, 1, *tiles.shape[1:]).to(device)
     if opts.channels_last:
@@ -124,25 +127,32 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
 
     def callback(t: float, estimate: torch.Tensor) -> None:
         if float(t).is_integer() and 0 <= int(t) < n_levels:  # passed only when recording: traj is set
-            traj[int(t)] = estimate.float().reshape(len(tiles), k, *tiles.shape[1:]).mean(1).cpu().numpy()
+            traj[int(t)] = estimate.float().reshape(len(tiles), walks, *tiles.shape[1:]).mean(1).cpu().numpy()
 
     with _autocast(device, opts.precision):
         out = strategy(bundle, x, schedule, callback=callback if record else None, **extra).float()
-    out = out.reshape(len(tiles), k, *tiles.shape[1:])
+        if posterior is not None and k > 1:
+            estimate = out[:, 0]  # (n, th, tw)
+            out = posterior(bundle, out, k).float()[:, :, 0].transpose(0, 1)  # (k, n, 1, th, tw) -> (n, k, th, tw)
+    out = out.reshape(len(tiles), -1, *tiles.shape[1:])
+    if posterior is None or k == 1:
+        estimate = out.mean(1)
     if samples_out is not None:
         samples_out.append(out.cpu().numpy())
     # K = 1: x - x is bitwise what std over one sample gives (0, NaN where x is not finite) without torch's
     # slow CPU std kernel (about half of the engine's own time on large fields).
     std = out[:, 0] - out[:, 0] if k == 1 else out.std(1, unbiased=False)
-    return out.mean(1).cpu().numpy(), std.cpu().numpy(), traj
+    return estimate.cpu().numpy(), std.cpu().numpy(), traj
 
 
 def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: ScheduleFn, source: Any, norm: Normalization,
                   out: LadderStore, field: str, field_index: int, opts: EngineOptions, device: torch.device,
-                  multiple: int = 1, show_progress: bool = True, needs_ladder: bool = False, needs_noise: bool = False) -> None:
+                  multiple: int = 1, show_progress: bool = True, needs_ladder: bool = False, needs_noise: bool = False,
+                  posterior: Posterior | None = None) -> None:
     """Predict one field (h, [z,] H, W) of ``source`` into ``out`` (see the module docstring).
     ``needs_ladder``: the strategy also gets each tile at every step (``ladder=``); ``needs_noise``: its
-    starting noise, keyed by (seed, field, step, plane, sample, pixel) (``noise=``)."""
+    starting noise, keyed by (seed, field, step, plane, sample, pixel) (``noise=``); ``posterior``: see
+    :func:`run_tiles`."""
     n_steps, planes = source.shape[0], list(np.ndindex(*source.shape[1:-2]))
     height, width = source.shape[-2:]
     tile = DEFAULT_TILE if opts.tile is None else opts.tile
@@ -179,7 +189,8 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
                 noise = np.stack([position_noise(key, y0, x0, th, tw, opts.samples) for x0, _, _ in cols[b : b + per_pass]])
             drawn: list[np.ndarray] | None = [] if samples is not None else None
             m, s, tr = run_tiles(strategy, bundle, tiles[b : b + per_pass], schedule_fn(h), opts, device, n_steps, record,
-                                 None if ladder is None else ladder[b : b + per_pass], noise=noise, samples_out=drawn)
+                                 None if ladder is None else ladder[b : b + per_pass], noise=noise, samples_out=drawn,
+                                 posterior=posterior)
             for j, (x0, xlo, xhi) in enumerate(cols[b : b + per_pass]):
                 mean[:, xlo:xhi] = m[j][:, xlo - x0 : xhi - x0]
                 std[:, xlo:xhi] = s[j][:, xlo - x0 : xhi - x0]

@@ -157,7 +157,9 @@ def engine_options(cfg: PredictConfig) -> EngineOptions:
 
 def strategy_params(cfg: PredictConfig) -> StrategyParams:
     """The settings strategies get besides their networks (:class:`dehaze.strategies.StrategyParams`)."""
-    return StrategyParams(alpha=cfg.alpha, sample=(cfg.samples or 1) > 1, flow_steps=cfg.flow_steps, flow_solver=cfg.flow_solver)
+    # sample=False: the latent strategies' K samples are drawn around their estimate by the engine
+    # (StrategySpec.posterior), not inside the walk
+    return StrategyParams(alpha=cfg.alpha, sample=False, flow_steps=cfg.flow_steps, flow_solver=cfg.flow_solver)
 
 
 @dataclass
@@ -347,7 +349,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
         for field in todo:
             predict_field(functools.partial(spec.fn, params=params), bundle, lambda h: schedule_for(spec, h, delta), src.arrays[field], primary.normalization,
                           out, field, src.fields.index(field), opts, device, multiple=multiple, show_progress=show_progress,
-                          needs_ladder=spec.needs_ladder, needs_noise=spec.needs_noise)
+                          needs_ladder=spec.needs_ladder, needs_noise=spec.needs_noise, posterior=spec.posterior)
             bar.update(1)
         bar.close()
         finalize_with_step_stats(out)
