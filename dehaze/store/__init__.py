@@ -33,21 +33,37 @@ Modules, one job each:
 """
 
 from dehaze.store.check import check_ladder
-from dehaze.store.chunks import (MAX_LISTED_CHUNKS, CheckedDirectoryStore, ChunkMissing, DamagedStore, chunk_problem,
-                                 existing_chunk_keys, missing_chunk_keys)
+from dehaze.store.chunks import (
+                                 MAX_LISTED_CHUNKS,
+                                 CheckedDirectoryStore,
+                                 ChunkMissing,
+                                 DamagedStore,
+                                 chunk_problem,
+                                 existing_chunk_keys,
+                                 missing_chunk_keys,
+)
 from dehaze.store.describe import describe_ladder
 from dehaze.store.ladder import LadderArray, LadderStore, open_ladder
-from dehaze.store.latent_cache import (LATENT_FORMAT_VERSION, LatentCache, LatentCacheMeta, create_latent_cache,
-                                       open_latent_cache)
+from dehaze.store.latent_cache import LATENT_FORMAT_VERSION, LatentCache, LatentCacheMeta, create_latent_cache, open_latent_cache
 from dehaze.store.layout import CHUNK_YX, IMAGE_ARRAY, field_name
 from dehaze.store.memory import format_bytes, physical_memory_bytes
 from dehaze.store.meta import FORMAT_VERSION, DatasetMeta, FieldMeta, PredictionInfo, StepStats
 from dehaze.store.ngff import NGFF_VERSION, ngff_multiscales
-from dehaze.store.output import (LOCK_SUFFIX, OutputPlan, check_output_store, create_ladder, ensure_writable_parent, lock_file,
-                                 make_output_folder, output_lock, plan_output, refuse_foreign_files, refuse_inside_store,
-                                 writing_output)
-from dehaze.store.stats import (STATS_PIXELS_PER_STEP, finalize_with_step_stats, stats_samples, step_stats_from_samples,
-                                summarize)
+from dehaze.store.output import (
+                                 LOCK_SUFFIX,
+                                 OutputPlan,
+                                 check_output_store,
+                                 create_ladder,
+                                 ensure_writable_parent,
+                                 lock_file,
+                                 make_output_folder,
+                                 output_lock,
+                                 plan_output,
+                                 refuse_foreign_files,
+                                 refuse_inside_store,
+                                 writing_output,
+)
+from dehaze.store.stats import STATS_PIXELS_PER_STEP, finalize_with_step_stats, stats_samples, step_stats_from_samples, summarize
 
 __all__ = [
     "CHUNK_YX", "FORMAT_VERSION", "IMAGE_ARRAY", "LATENT_FORMAT_VERSION", "LOCK_SUFFIX", "MAX_LISTED_CHUNKS",

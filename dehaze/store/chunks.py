@@ -90,7 +90,7 @@ def existing_chunk_keys(arr: zarr.Array) -> set[str]:
     root = Path(arr.store.path) / arr.path
     prefix = f"{arr.path}/" if arr.path else ""
     keys = set()
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         rel = os.path.relpath(folder, root)
         for name in files:
             if not name.startswith("."):

@@ -1,4 +1,4 @@
-"""This machine's memory, and byte counts for messages: what sizes are checked against before allocation."""
+"""The machine's memory, and byte counts for messages: what sizes are checked against before allocation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 
 def physical_memory_bytes() -> int | None:
-    """This machine's memory (None where the system does not say): what sizes are checked against."""
+    """The machine's memory (None where the system does not say): what sizes are checked against."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -9,7 +9,6 @@ import numpy as np
 from dehaze.store.ladder import LadderStore
 from dehaze.store.meta import StepStats
 
-
 _PERCENTILES = (0.001, 0.999)  # the p01 and p999 of StepStats (and of summarize), as fractions
 _HISTOGRAM_MAX_BINS = 1 << 20  # integer samples spanning fewer values are summarised from their histogram
 
