@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from dehaze.models import build_network
 from dehaze.normalization import Normalization
@@ -99,3 +100,27 @@ def test_walk_weight_needs_the_straight_path():
     with pytest.raises(ValueError, match="walk_weight needs path=straight"):
         PixelModel(path="ladder", walk_weight=0.5)
     assert PixelModel(path="ladder", walk_weight=0.0).walk_weight == 0.0
+
+
+def test_the_uniform_walk_loss_state_is_a_jump_from_x_s_to_a_random_t(ladder):
+    """walk_span=uniform: the state is x0_hat + (t/s)(x_s - x0_hat) for t ~ U(0, s) drawn from torch's RNG
+    (so a seeded run repeats), x0_hat = R(x_s, s, s); the loss is the path term plus the loss there."""
+    store = open_ladder(ladder)
+    train, _ = split_fields([store], 0.0, 0)
+    ds = LadderPatches([str(ladder)], train, "path", patch_size=16, norm=Normalization.from_stores([store]), seed=1,
+                       length=4, augment=False, path="straight")
+    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ds[0]}
+    torch.manual_seed(0)
+    net = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, walk_span="uniform"))
+    with torch.no_grad():
+        nn.init.normal_(net.head.weight, std=0.1)
+        torch.manual_seed(5)
+        got = restorer_loss(net, batch)
+        torch.manual_seed(5)
+        s = batch["s"]
+        t = s * torch.rand(s.shape).clamp_min(1e-3)
+        x0_hat = net(batch["x_s"], s, s)
+        state = x0_hat + (t / s)[:, None, None, None] * (batch["x_s"] - x0_hat)
+        want = (F.mse_loss(net(batch["x"], batch["t"], s), batch["y"]) + F.mse_loss(net(state, t, s), batch["y"]))
+    assert torch.allclose(got, want, rtol=1e-5)
+    assert PixelModel().walk_span == "uniform"

@@ -131,8 +131,16 @@ class PixelModel(ModelKind):
     # On by default: measured on the CPU study ladder (800 steps, delta 0.25), it adds 0.5-2.6 dB to both the
     # walk and the one-shot estimate (from x_T: walk 37.5 -> 38.8 dB, one-shot 39.5 -> 40.8 dB), for about
     # twice the time per step.
-    walk_weight: float = Field(1.0, ge=0, description="weight of a second loss on the state one sampler step of "
-                               "sample_delta from x_s reaches (R trained on the states its walk visits; straight path only)")
+    walk_weight: float = Field(1.0, ge=0, description="weight of a second loss on a state the sampler's walk from x_s "
+                               "reaches (R trained on the states its walk visits; straight path only; see walk_span)")
+    # uniform by default, measured against one-step on the CPU study ladder (800 steps, delta 0.25, 2 held-out
+    # fields, noise-free x_0): the walk gains at every source step 1..7 (+0.3, +0.1, +0.3, +0.3, +1.7, +1.1,
+    # +0.5 dB) and the one-shot on average (+0.2 dB; -0.7 ... +1.4); the walk still ends 0.4-1.9 dB below
+    # the one-shot (one-step: 0.5-2.4 dB).
+    walk_span: Literal["one-step", "uniform"] = Field("uniform", description="the walk-loss state: one-step, where one "
+                                                      "sampler step of sample_delta from x_s lands; uniform, where a single "
+                                                      "jump from x_s to t ~ U(0, s) lands, x0_hat + (t/s)(x_s - x0_hat) with "
+                                                      "x0_hat = R(x_s, s, s) (the late, nearly clean states of a walk too)")
 
     @model_validator(mode="after")
     def _walk_needs_the_straight_path(self) -> PixelModel:
@@ -145,7 +153,8 @@ class PixelModel(ModelKind):
 
         net = UNet(base_channels=self.base_channels, depth=self.depth, residual=self.residual,
                    time_embed_dim=self.time_embed_dim, source_conditioned=self.path == "straight")
-        net.walk_weight, net.walk_delta = self.walk_weight, self.sample_delta  # read by the restorer's loss
+        # read by the restorer's loss (training.tasks.restorer_loss)
+        net.walk_weight, net.walk_delta, net.walk_span = self.walk_weight, self.sample_delta, self.walk_span
         return net
 
 

@@ -33,22 +33,26 @@ def one_shot_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def restorer_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """||x_0 - R(x_t, t, s)||^2 for the InDI restorer (t continuous on the path from source step s; see
-    :class:`training.config.PixelModel`), plus, with ``walk_weight`` w > 0, w ||x_0 - R(x_w, s-d, s)||^2
-    on the state x_w = (d/s) R(x_s, s, s) + (1 - d/s) x_s that one sampler step of d = ``walk_delta``
-    reaches from x_s with the current network (no gradient through that step): R learns the states its
-    own walk visits, not only the ideal path."""
+    :class:`training.config.PixelModel`), plus, with ``walk_weight`` w > 0, w ||x_0 - R(x_w, t_w, s)||^2
+    on the state x_w = (d/s) R(x_s, s, s) + (1 - d/s) x_s that one sampler step of d = s - t_w reaches
+    from x_s with the current network (no gradient through that step): R learns the states its own walk
+    visits, not only the ideal path. ``walk_span`` "one-step": d = ``walk_delta`` (the walk's first state);
+    "uniform": t_w ~ U(0, s) per sample (torch's RNG, so seeded and resumed runs repeat)."""
     net = getattr(model, "module", model)
     if not getattr(net, "source_conditioned", False):  # the ladder-path recipe: t alone
         return F.mse_loss(model(batch["x"], batch["t"]), batch["y"])
     loss = F.mse_loss(model(batch["x"], batch["t"], batch["s"]), batch["y"])
     weight, delta = float(getattr(net, "walk_weight", 0.0)), float(getattr(net, "walk_delta", 1.0))
     s = batch["s"]
-    t_walk = s - delta
+    if getattr(net, "walk_span", "one-step") == "uniform":
+        t_walk = s * torch.rand(s.shape, device=s.device).clamp_min(1e-3)
+    else:
+        t_walk = s - delta
     keep = t_walk > 0  # a step that reaches 0 ends the walk: nothing further to learn there
     if weight and bool(keep.any()):
         x_s, s_k, t_k = batch["x_s"][keep], s[keep], t_walk[keep]
         with torch.no_grad():
-            frac = (delta / s_k)[:, None, None, None]
+            frac = ((s_k - t_k) / s_k)[:, None, None, None]
             x_walk = frac * model(x_s, s_k, s_k) + (1 - frac) * x_s
         loss = loss + weight * F.mse_loss(model(x_walk, t_k, s_k), batch["y"][keep])
     return loss
