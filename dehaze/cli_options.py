@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from dehaze.config import StrictModel
 
 
-def _cli_type(field: FieldInfo) -> type:
+def _cli_type(field: FieldInfo) -> Any:
     """The Python type typer parses a field's value as: the field's own scalar type (a Literal is read as
     text and checked by the model, which names the choices)."""
     kind = field.annotation

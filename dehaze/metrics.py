@@ -166,7 +166,7 @@ def ms_ssim(pred: np.ndarray, truth: np.ndarray, data_range: float | None = None
     p, t = _pair(pred, truth)
     r = _data_range(t, data_range)
     p, t = p - offset, t - offset
-    n = ms_ssim_scales(p.shape)
+    n = ms_ssim_scales((p.shape[0], p.shape[1]))
     if n == 0:
         raise ValueError(f"MS-SSIM needs images of at least {SSIM_WIN}x{SSIM_WIN} pixels, got {p.shape}")
     w = np.asarray(MS_SSIM_WEIGHTS[:n]) / sum(MS_SSIM_WEIGHTS[:n])
@@ -209,7 +209,7 @@ def frc_curve(a: np.ndarray, b: np.ndarray, pixel_size_um: float | tuple[float, 
     """
     p, t = _pair(a, b)
     dy, dx = _spacing(pixel_size_um)
-    win = _hann2d(p.shape)
+    win = _hann2d((p.shape[0], p.shape[1]))
     fa = np.fft.fft2((p - p.mean()) * win)
     fb = np.fft.fft2((t - t.mean()) * win)
     ky = np.fft.fftfreq(p.shape[0], d=dy)[:, None]

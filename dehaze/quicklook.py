@@ -15,7 +15,7 @@ from dehaze.store import LadderStore
 def step_label(store: LadderStore, t: int) -> str:
     """``step t: <pinhole>`` and, where the store has them, the step's mean and p99.9 (ADU, all fields)."""
     meta = store.meta
-    au, um = meta.pinhole_au[t], (meta.pinhole_um or [None] * meta.n_steps)[t]
+    au, um = meta.pinhole_au[t], (meta.pinhole_um[t] if meta.pinhole_um else None)
     if t in meta.widefield_steps:
         pinhole = "widefield"
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from dehaze.errors import UserError
 from dehaze.study_config import TRAIN_ORDER, StudyConfig
@@ -130,7 +130,8 @@ def train_all(todo: dict[str, TrainConfig], data: Path, runs: dict[str, Path], j
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     cores = os.cpu_count() or 1
-    waiting, running = dict(todo), {}
+    waiting: dict[str, TrainConfig] = dict(todo)
+    running: dict[Any, str] = {}  # future -> kind
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while waiting or running:
             blocked = set(waiting) | set(running.values())

@@ -134,7 +134,7 @@ class LadderPatches(Dataset):
         extra: dict[str, float] = {}  # scalar conditions besides t
         ref = self.fields[rng.integers(len(self.fields))]
         image = self._array(ref, "image")
-        lead = ()
+        lead: tuple[int, ...] = ()
         if image.ndim == 4:  # (h, z, y, x): one plane per sample
             lead = (int(rng.integers(image.shape[1])),)
         h, w = image.shape[-2:]

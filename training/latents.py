@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +40,9 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode_images(hvae: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 4) -> list[np.ndarray]:
-    """(N, H, W) normalised images -> per-level posterior means [(N, C_i, H_i, W_i), ...] (finest first)."""
+def encode_images(hvae: Any, images: np.ndarray, device: torch.device, batch_size: int = 4) -> list[np.ndarray]:
+    """(N, H, W) normalised images -> per-level posterior means [(N, C_i, H_i, W_i), ...] (finest first);
+    ``hvae``: a :class:`dehaze.models.hvae.HVAE`."""
     levels: list[list[np.ndarray]] = []
     for b in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[b : b + batch_size], dtype=np.float32))[:, None].to(device)

@@ -43,6 +43,7 @@ class LatentNet(nn.Module):
         self.down_blocks = nn.ModuleList(ConvBlock(2 * width, width, emb) for _ in self.channels)  # top-down
         self.outputs = nn.ModuleList(nn.Conv2d(width, c, 3, padding=1) for c in self.channels)
         for conv in self.outputs:  # start as the identity (residual) or zero map
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
