@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import cProfile
+import functools
 import io
 import json
 import pstats
@@ -70,6 +70,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from machine import load1, machine_info, sync, write_result  # noqa: E402
+
 from dehaze.engine import EngineOptions, predict_field, prepare_bundle  # noqa: E402
 from dehaze.models.hvae import HVAE  # noqa: E402
 from dehaze.models.latent import LatentCycleGAN, LatentNet  # noqa: E402
@@ -77,7 +79,6 @@ from dehaze.normalization import Normalization  # noqa: E402
 from dehaze.store import DatasetMeta, LadderStore, PredictionInfo, create_ladder  # noqa: E402
 from dehaze.strategies import STRATEGIES, ModelBundle, Strategy, StrategyParams, schedule_for  # noqa: E402
 from dehaze.tiling import tile_geometry  # noqa: E402
-from machine import load1, machine_info, sync, write_result  # noqa: E402
 from training.config import HVAE_PRESETS  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -235,7 +236,8 @@ def run_naive(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path,
                 samples = []
                 traj_sum: dict[int, np.ndarray] = {}
 
-                def callback(t: float, est: torch.Tensor) -> None:
+                # (record and traj_sum bound now: the callback runs inside this iteration)
+                def callback(t: float, est: torch.Tensor, record: bool = record, traj_sum: dict = traj_sum) -> None:
                     if record and float(t).is_integer():
                         e = est[0, 0].float().cpu().numpy()
                         traj_sum[int(t)] = traj_sum[int(t)] + e if int(t) in traj_sum else e.copy()
@@ -507,7 +509,7 @@ def profile_call(fn: Callable[[], Any], top: int = 15) -> dict[str, Any]:
     parts: dict[str, dict[str, float]] = {}
     for label, (file_part, func) in wanted.items():
         cum, tot, calls = 0.0, 0.0, 0
-        for (fname, _, fn_name), (cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+        for (fname, _, fn_name), (_cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
             if (file_part == "~" and fname == "~" and fn_name.startswith(func)) or (file_part in fname and fn_name == func):
                 cum, tot, calls = cum + ct, tot + tt, calls + nc
         if calls:

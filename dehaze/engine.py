@@ -47,6 +47,8 @@ DEFAULT_MARGIN = 32  # px
 
 @dataclass(frozen=True)
 class EngineOptions:
+    """How the engine cuts, batches and runs a field (tiles, samples, precision, compilation, seed)."""
+
     tile: int | None = None  # px; None: the strategy's own choice, else DEFAULT_TILE
     margin: int | None = None  # px; None: DEFAULT_MARGIN; either is capped at a quarter of the tile
     batch_size: int = 8  # images (tiles x samples) per forward pass

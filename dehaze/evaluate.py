@@ -466,7 +466,7 @@ def _plot_psnr(report: dict[str, Any], path: Path) -> None:
 
     steps = report["steps"]
     curves = []
-    for key, entry in report["methods"].items():
+    for entry in report["methods"].values():
         values = [entry["steps"][str(t)]["mean"]["psnr"] for t in steps]
         kind = "identity" if entry["kind"] == "identity" else ("one_shot" if entry["one_shot"] else "iterative")
         curves.append(StepCurve(label=entry["label"], values=values, kind=kind))

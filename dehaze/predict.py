@@ -26,8 +26,18 @@ from dehaze.export import is_package, load_package
 from dehaze.predict_config import PredictConfig
 from dehaze.progress import progress_bar
 from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
-from dehaze.store import (DatasetMeta, LadderStore, PredictionInfo, check_output_store, finalize_with_step_stats,
-                          format_bytes, open_ladder, physical_memory_bytes, refuse_inside_store, writing_output)
+from dehaze.store import (
+    DatasetMeta,
+    LadderStore,
+    PredictionInfo,
+    check_output_store,
+    finalize_with_step_stats,
+    format_bytes,
+    open_ladder,
+    physical_memory_bytes,
+    refuse_inside_store,
+    writing_output,
+)
 from dehaze.strategies import STRATEGIES, ModelBundle, StrategyParams, StrategySpec, schedule_for
 from training.config import MODEL_KINDS
 
@@ -59,7 +69,6 @@ def open_input(path: str | Path, step: int | None = None) -> InputLadder:
     """A ladder store, or a TIFF: (h, y, x) planes are steps 0..h-1; a single (y, x) image is step ``step``."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
 
         try:
             data = _read_tiff(path)
@@ -120,6 +129,8 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 @dataclass
 class LoadedRuns:
+    """The runs a prediction uses, one per kind: their networks (the bundle), descriptions and folders."""
+
     bundle: ModelBundle
     infos: dict[str, RunInfo]  # by kind
     dirs: dict[str, str]  # by kind
@@ -147,10 +158,12 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> LoadedRuns:
 
 
 def allowed_strategies(runs: LoadedRuns) -> list[str]:
+    """The strategies whose every needed kind is among the loaded runs."""
     return [name for name, spec in STRATEGIES.items() if all(getattr(runs.bundle, k) is not None for k in spec.needs)]
 
 
 def engine_options(cfg: PredictConfig) -> EngineOptions:
+    """The engine's options from a prediction config (the per-strategy tile, margin and K are set later)."""
     return EngineOptions(tile=cfg.tile, margin=cfg.margin, batch_size=cfg.batch_size, seed=cfg.seed,
                          precision=cfg.precision, compile=cfg.compile, write_samples=cfg.write_samples)
 
@@ -185,7 +198,7 @@ class PredictPlan:
         return "\n".join(lines)
 
 
-def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, cfg: PredictConfig = PredictConfig(), *,
+def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Path, cfg: PredictConfig | None = None, *,
             step: int | None = None, overwrite: bool = False, replace_stale: bool = False,
             show_progress: bool = True) -> list[LadderStore]:
     """Predict x_0 from every step of every field with the given runs; one prediction store per strategy.
@@ -194,6 +207,7 @@ def predict(run_dirs: list[str | Path], input_path: str | Path, output: str | Pa
     means, deterministic) for the latent strategies. ``step``: the step of a single-image TIFF input.
     ``overwrite``/``replace_stale``: see :func:`dehaze.store.plan_output`.
     """
+    cfg = cfg or PredictConfig()  # the defaults of every setting
     plan = plan_prediction(run_dirs, input_path, output, cfg, step=step)
     if plan.folder is not None:
         try:

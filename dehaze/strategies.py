@@ -63,11 +63,14 @@ Posterior = Callable[["ModelBundle", torch.Tensor, int], torch.Tensor]  # (bundl
 
 
 class Strategy(Protocol):
+    """The signature every strategy has (see the module docstring)."""
+
     def __call__(self, bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], *,
                  params: StrategyParams = DEFAULT_PARAMS, callback: Callback | None = None) -> torch.Tensor: ...
 
 
 def need(model: nn.Module | None, name: str) -> nn.Module:
+    """``model``, or a ValueError naming the kind of run the strategy needs."""
     if model is None:
         raise ValueError(f"this strategy needs a trained {name} model")
     return model
@@ -265,6 +268,8 @@ Schedule = Literal["one-step", "indi", "ladder"]  # [t, 0]; (t, t - delta, ..., 
 
 @dataclass(frozen=True)
 class StrategySpec:
+    """A strategy and what running it takes: the kinds it needs, whose normalisation, which schedule."""
+
     fn: Strategy
     needs: tuple[str, ...]  # the trainer kinds (ModelBundle members) it uses
     primary: str  # the run whose normalisation its inputs use

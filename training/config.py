@@ -31,6 +31,8 @@ class DataConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
+    """Optimiser, learning-rate schedule, gradient clipping and EMA of a run."""
+
     name: Literal["adam", "adamw", "adamax"] = "adam"
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -42,6 +44,8 @@ class OptimConfig(StrictModel):
 
 
 class LogConfig(StrictModel):
+    """How often a run logs, validates and checkpoints (in optimiser steps)."""
+
     log_every: int = Field(10, ge=1)
     val_every: int = Field(100, ge=1)
     ckpt_every: int = Field(100, ge=1)
@@ -78,12 +82,12 @@ class ModelKind(StrictModel):
         raise NotImplementedError(f"{type(self).__name__} does not say how to build its network")
 
     def resolve_from_base(self, base_model: ModelKind, latents: Any) -> ModelKind:
-        """This config with the fields its base run decides filled in (``base_model``: the base run's
+        """The config with the fields its base run decides filled in (``base_model``: the base run's
         resolved model config; ``latents``: the :class:`LatentCacheMeta` of the data's latent cache)."""
         return self
 
     def resolve_from_data(self, stores: list[Any], norm: Any) -> ModelKind:
-        """This config with the fields the training data decide filled in (``stores``: the opened ladder
+        """The config with the fields the training data decide filled in (``stores``: the opened ladder
         stores; ``norm``: the run's :class:`dehaze.normalization.Normalization`); non-latent kinds only."""
         return self
 
@@ -368,7 +372,10 @@ class DegradationModel(ModelKind):
 MODEL_CONFIGS: tuple[type[ModelKind], ...] = (UNetModel, PixelModel, FlowModel, HDNModel, HVAEModel, LatentModel, DegradationModel)
 MODEL_KINDS: dict[str, type[ModelKind]] = {cls.kind_name(): cls for cls in MODEL_CONFIGS}
 TRAINER_KINDS: tuple[str, ...] = tuple(MODEL_KINDS)
-TrainerKind = Literal[TRAINER_KINDS]  # type: ignore[valid-type]  # built from the registry: the Literal of every kind
+if TYPE_CHECKING:
+    TrainerKind = str
+else:  # built from the registry: the Literal of every kind (pydantic validates the study's trainers keys with it)
+    TrainerKind = Literal[TRAINER_KINDS]
 
 
 def training_order(kinds: Any = TRAINER_KINDS) -> list[str]:
@@ -398,7 +405,10 @@ def kinds_help() -> str:
     return "; ".join(f"{k}: {c.summary}{base(c)}" for k, c in MODEL_KINDS.items())
 
 
-ModelConfig = Annotated[Union[MODEL_CONFIGS], Field(discriminator="kind")]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # a type checker sees the base class (narrow with isinstance); pydantic, the tagged union
+    ModelConfig = ModelKind
+else:
+    ModelConfig = Annotated[Union[MODEL_CONFIGS], Field(discriminator="kind")]
 
 
 class TrainConfig(StrictModel):

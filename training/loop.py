@@ -30,18 +30,32 @@ from dehaze.errors import UserError
 from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.progress import progress_bar
-from training.latents import ensure_latent_cache
-from dehaze.runs import (REPORT_FILE, RUN_FILE, DataRef, RunInfo, atomic_write_text, check_run_dir, extension, load_checkpoint,
-                         load_model, prepare_run_dir, read_run, save_checkpoint)
+from dehaze.runs import (
+    REPORT_FILE,
+    RUN_FILE,
+    DataRef,
+    RunInfo,
+    atomic_write_text,
+    check_run_dir,
+    extension,
+    load_checkpoint,
+    load_model,
+    prepare_run_dir,
+    read_run,
+    save_checkpoint,
+)
 from dehaze.store import LadderStore
 from training.config import MODEL_KINDS, OptimConfig, TrainConfig
 from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
 from training.latent_data import LatentPatches
+from training.latents import ensure_latent_cache
 from training.tasks import TASKS, Task
 
 
 @dataclass
 class TrainResult:
+    """What a finished (or resumed-to-the-end) training run reports."""
+
     run_dir: Path
     step: int
     val_psnr: float | None
@@ -58,11 +72,13 @@ def init_distributed() -> tuple[int, int]:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg`` names, over ``params``."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[cfg.name]
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):  # noqa: ANN201 - torch scheduler
+    """The learning-rate schedule of ``cfg.optim`` over ``cfg.steps`` steps."""
     if cfg.optim.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.optim.lr * 0.01)
     if cfg.optim.scheduler == "plateau":  # stepped on validation PSNR: halve when it stalls

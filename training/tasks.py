@@ -28,6 +28,7 @@ def one_shot_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def one_shot_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """UNet(x_t): the baseline's estimate of x_0."""
     return model(batch["x"])
 
 
@@ -132,6 +133,7 @@ def latent_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def latent_estimate(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """R(z_t, t): the latent restorer's estimate of z_0, level by level."""
     return model(batch["z_t"], batch["t"])
 
 

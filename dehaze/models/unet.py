@@ -86,7 +86,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, s: torch.Tensor | None = None,
                 extra: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
-        """x (B, C_in, H, W); t (B,) the step of x; s (B,) the source step of its path (source-conditioned only);
+        """Input x (B, C_in, H, W); t (B,) the step of x; s (B,) the source step of its path (source-conditioned only);
         ``extra``: ``extra_conditions`` further (B,) conditions."""
         emb = None
         if self.time_embed_dim:
