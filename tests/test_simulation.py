@@ -180,7 +180,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_manifest_dict):
 
 @pytest.mark.parametrize("jobs,test_fields", [(1, 0), (2, 1)])
 def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
-    """`dehaze study` (what `dehaze demo` runs with bigger settings): simulate, train all six models (one
+    """`dehaze study` (what `dehaze demo` runs with bigger settings): simulate, train all seven models (one
     at a time, or two side by side in worker processes, each after the run it builds on), predict with
     every strategy on the training ladder or on a held-out test ladder, evaluate; a rerun finds every
     stage done."""
@@ -191,6 +191,7 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
         "trainers": {
             "unet": {**tiny, "model": {"base_channels": 4, "depth": 2}},
             "pixel": {**tiny, "model": {"base_channels": 4, "depth": 2}},
+            "flow": {**tiny, "model": {"base_channels": 4, "depth": 2}},  # warm-started from the study's pixel run
             "hdn": {**tiny, "model": {"preset": "tiny"}},
             "hvae": {**tiny, "model": {"preset": "tiny"}},
             "latent": {**tiny, "model": {"width": 4, "time_embed_dim": 8}},
@@ -210,6 +211,8 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
     assert len(list((tmp_path / "out" / "predictions").glob("*.zarr"))) == len(STRATEGIES)
     for kind in cfg["trainers"]:
         assert (tmp_path / "out" / "runs" / kind / "checkpoint.pt").is_file(), kind
+    assert json.loads((tmp_path / "out" / "runs" / "flow" / "run.json").read_text())["config"]["model"]["warm_start"] == str(
+        (tmp_path / "out" / "runs" / "pixel").resolve())
     scored = json.loads((report / "metrics.json").read_text())["truth_store"]
     assert Path(scored).name == ("test.zarr" if test_fields else "ladder.zarr")
     if test_fields:  # held out: another seed, its own fields
