@@ -1,4 +1,4 @@
-"""Leica LIF reader through ``readlif`` (optional extra ``dehaze[lif]``).
+"""Leica LIF reader through ``readlif`` (optional extra ``dehaze-microscopy[lif]``).
 
 A LIF file is a project of many images. The usual pinhole series is one image per pinhole setting (LAS X
 saves one image per acquisition): each image is then one step, sorted by its pinhole. The manifest's
@@ -18,7 +18,9 @@ z) and λ-scans (a dimension over emission or excitation wavelength). Mosaic til
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +115,22 @@ def _refusal(dims_n: dict[int, int], settings: dict[str, Any]) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _lif_file(path: Path) -> Iterator[Any]:
+    """A readlif LifFile on a handle this context closes: given a path, readlif opens the file again for
+    every plane it reads and leaves those handles open."""
+    from readlif.reader import LifFile
+
+    with open(path, "rb") as handle:
+        yield LifFile(handle)
+
+
 def _reader(path: Path, image_index: int, tile: int):
     def read() -> np.ndarray:
-        from readlif.reader import LifFile
-
-        img = LifFile(str(path)).get_image(image_index)
-        nt, nc, nz = img.dims.t, img.channels, img.dims.z
-        planes = [[[np.asarray(img.get_frame(z=z, t=t, c=c, m=tile)) for z in range(nz)] for c in range(nc)] for t in range(nt)]
+        with _lif_file(path) as lif:
+            img = lif.get_image(image_index)
+            nt, nc, nz = img.dims.t, img.channels, img.dims.z
+            planes = [[[np.asarray(img.get_frame(z=z, t=t, c=c, m=tile)) for z in range(nz)] for c in range(nc)] for t in range(nt)]
         return np.asarray(planes)
 
     return read
@@ -127,10 +138,9 @@ def _reader(path: Path, image_index: int, tile: int):
 
 def _prober(path: Path, image_index: int, tile: int):
     def probe() -> None:
-        from readlif.reader import LifFile
-
         try:
-            np.asarray(LifFile(str(path)).get_image(image_index).get_frame(z=0, t=0, c=0, m=tile))
+            with _lif_file(path) as lif:
+                np.asarray(lif.get_image(image_index).get_frame(z=0, t=0, c=0, m=tile))
         except Exception as exc:  # noqa: BLE001 - readlif raises bare ValueErrors on data it cannot read
             raise UserError(f"{path}: cannot decode image {image_index} ({type(exc).__name__}: {exc})") from None
 
@@ -140,12 +150,13 @@ def _prober(path: Path, image_index: int, tile: int):
 def read_lif_series(path: Path) -> list[SeriesInfo]:
     """One :class:`SeriesInfo` per (LIF image, mosaic tile); images that are not x-y planes carry a refusal."""
     try:
-        from readlif.reader import LifFile
+        import readlif.reader  # noqa: F401 - the optional extra, checked before any file is opened
     except ImportError:
-        raise UserError(f"{path}: reading Leica LIF needs the optional extra: pip install 'dehaze[lif]'") from None
+        raise UserError(f"{path}: reading Leica LIF needs the optional extra: pip install 'dehaze-microscopy[lif]' "
+                        "(in a checkout: pip install -e '.[lif]')") from None
     try:
-        lif = LifFile(str(path))
-        images = [lif.get_image(i) for i in range(lif.num_images)]
+        with _lif_file(path) as lif:  # the metadata is read here; pixels later, by each series' reader
+            images = [lif.get_image(i) for i in range(lif.num_images)]
     except Exception as exc:  # noqa: BLE001 - readlif raises bare ValueErrors and struct errors on bad files
         raise UserError(f"{path}: cannot read as LIF (truncated or corrupt: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     elements = _image_elements(lif.xml_root)

@@ -175,7 +175,7 @@ def _import_spec() -> Any:
     try:
         from bioimageio import spec
     except ImportError:
-        raise UserError("dehaze export needs bioimageio.spec: pip install 'dehaze[export]'") from None
+        raise UserError("dehaze export needs bioimageio.spec: pip install 'dehaze-microscopy[export]' (in a checkout: pip install -e '.[export]')") from None
     bioimageio_compat()
     return spec
 
