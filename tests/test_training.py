@@ -80,8 +80,6 @@ def test_patches_are_reproducible_normalised_and_aligned(ladder):
     path = make("path", path_noise_std=0.0)
     ts = [float(path[i]["t"]) for i in range(20)]
     assert any(t != int(t) for t in ts) and all(0 < t <= 3 for t in ts)
-    deg = make("degradation")[0]
-    assert set(deg) == {"x", "y", "t"} and deg["t"] >= 1
     assert set(make("single")[0]) == {"x", "t"}
 
 

@@ -15,7 +15,6 @@ Sample kinds (tensors are (1, P, P) float32, normalised; ``t`` a float step):
                    ``path="ladder"``: {"x": x_t, "y": x_0, "t": t}, t ~ U(0, T] and x_t interpolated
                    between the two neighbouring ladder steps
 * ``single``:      {"x": x_t, "t": t}                  autoencoders, t drawn from all steps
-* ``degradation``: {"x": x_t, "y": x_{t-1}, "t": t}    degradation models
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from dehaze.errors import UserError
 from dehaze.normalization import Normalization
 from dehaze.store import LadderStore, open_ladder
 
-SampleKind = Literal["pair", "path", "single", "degradation"]
+SampleKind = Literal["pair", "path", "single"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class LadderPatches(Dataset):
         first = self._store(0)
         self.n_steps = first.n_steps
         self.steps = input_steps if input_steps is not None else list(range(1, self.n_steps))
-        lowest = 1 if kind in ("path", "degradation") else 0
+        lowest = 1 if kind == "path" else 0
         bad = [t for t in self.steps if not lowest <= t < self.n_steps]
         if bad or not self.steps:
             raise UserError(f"data.input_steps {self.steps}: each must be in {lowest}..{self.n_steps - 1}")
@@ -167,9 +166,6 @@ class LadderPatches(Dataset):
         elif self.kind == "single":
             t = float(rng.integers(self.n_steps))
             sample = {"x": read(int(t))}
-        elif self.kind == "degradation":
-            t = float(self.steps[rng.integers(len(self.steps))])
-            sample = {"x": read(int(t)), "y": read(int(t) - 1)}
         else:  # pragma: no cover - guarded by the Literal
             raise ValueError(self.kind)
 
