@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-
-from dehaze.runs import checkpoint_step
-from dehaze.study import run_study
-from dehaze.predict_config import PredictConfig
-from dehaze.runs import read_run_report
-from dehaze.study_config import StudyConfig
-
 from machine import machine_info
+
+from dehaze.predict_config import PredictConfig
+from dehaze.runs import checkpoint_step, read_run_report
+from dehaze.study import run_study
+from dehaze.study_config import StudyConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -287,10 +285,11 @@ def main() -> None:
         traj = entry.get("trajectory", {})
         walk = list(map(str, traj.get("steps", [])))  # t = T ... 1: one point per estimate (conventions.trajectory)
 
-        def along(metric: str) -> dict[str, float | None]:
+        # (walk, traj and entry bound now: both are called inside this iteration)
+        def along(metric: str, walk: list = walk, traj: dict = traj) -> dict[str, float | None]:
             return dict(zip(walk, traj.get(metric, [])))
 
-        def per_input_step(metric: str) -> dict[str, float | None]:
+        def per_input_step(metric: str, entry: dict = entry) -> dict[str, float | None]:
             return {t: v["mean"][metric] for t, v in entry["steps"].items()}
 
         summary[key] = {

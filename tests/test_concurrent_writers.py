@@ -35,6 +35,8 @@ def _hold(path: Path) -> subprocess.Popen:
 def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
 
 
@@ -80,7 +82,11 @@ def test_two_simulates_at_once_one_refused_the_other_valid(tmp_path, tiny_manife
         time.sleep(0.01)
     assert first.poll() is None, "the first simulate finished before the second started; make it bigger"
     one_line_error(cli("simulate", path, "-o", out, "-q"), f"(pid {first.pid})")
-    assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    code = first.wait(timeout=300)
+    err = first.stderr.read() if first.stderr else ""
+    if first.stderr:
+        first.stderr.close()
+    assert code == 0, err
     assert check_ladder(out) == [] and open_ladder(out).meta.status == "complete"
 
 
@@ -101,5 +107,9 @@ def test_two_predicts_at_once_one_refused_the_other_valid(tmp_path, cli):
         time.sleep(0.005)
     assert first.poll() is None, "the first predict finished before the second started; make it bigger"
     one_line_error(cli(*args), f"{out}: is being written by another dehaze process (pid {first.pid})")
-    assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    code = first.wait(timeout=300)
+    err = first.stderr.read() if first.stderr else ""
+    if first.stderr:
+        first.stderr.close()
+    assert code == 0, err
     assert check_ladder(out) == [] and open_ladder(out).meta.status == "complete"
