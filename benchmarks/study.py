@@ -77,7 +77,9 @@ def settings(kind: str) -> StudyConfig:
 # kind -> (name, model overrides, strategies). They measure the recipe choices with and without. (The
 # residual restorers were measured on this ladder by a first run with residual: true; README, "The restorers".)
 ABLATIONS = {
-    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"])],
+    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"]),
+              # the walk loss on the state one sampler step from x_s reaches (the default, uniform, jumps to t ~ U(0, s))
+              ("walk-span-one-step", {"walk_span": "one-step"}, ["pixel-indi", "pixel-one-shot"])],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,
