@@ -91,11 +91,12 @@ def _objective_value(obj: ET.Element, key: str, where: str) -> float | None:
     value = _float(obj, key, where)
     if value is None:
         child = next((e for e in obj if _local(e.tag) == key), None)
-        if child is not None and (child.text or "").strip():
+        text = (child.text or "").strip() if child is not None else ""
+        if text:
             try:
-                value = float(child.text.strip())
+                value = float(text)
             except ValueError:
-                raise UserError(f"{where}: Objective {key}={child.text.strip()!r} is not a number") from None
+                raise UserError(f"{where}: Objective {key}={text!r} is not a number") from None
     return value
 
 
@@ -139,8 +140,9 @@ def parse_ome_xml(text: str, where: str) -> list[ImageMeta]:
                 logical[index] = _channel(lc, here)
             meta.channels = [logical.get(c, ChannelMeta()) for c in range(max(logical, default=-1) + 1)]
         settings = next((e for e in img if _local(e.tag) in ("ObjectiveSettings", "ObjectiveRef")), None)
-        if settings is not None and settings.get("ID") in objectives:
-            meta.na, meta.magnification = objectives[settings.get("ID")]
+        objective_id = settings.get("ID") if settings is not None else None
+        if objective_id is not None and objective_id in objectives:
+            meta.na, meta.magnification = objectives[objective_id]
         elif len(objectives) == 1:
             meta.na, meta.magnification = next(iter(objectives.values()))
         images.append(meta)

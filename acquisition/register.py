@@ -229,7 +229,8 @@ def match(ref: np.ndarray, mov: np.ndarray, cfg: Registration, ref_f: np.ndarray
     leaving them) and the remainder is measured to 1/upsample px. ``ref_f``/``mov_f``: the central
     windows' spectra if already computed (a step takes part in several matches).
     """
-    shape = _crop(ref, cfg).shape
+    ny, nx = _crop(ref, cfg).shape
+    shape = (ny, nx)
     ref_f = _spectrum(_crop(ref, cfg)) if ref_f is None else ref_f
     mov_f = _spectrum(_crop(mov, cfg)) if mov_f is None else mov_f
     first = _phase_correlation(ref_f, mov_f, cfg, shape)
@@ -430,8 +431,11 @@ def _shift_plane(plane: np.ndarray, shift_px: np.ndarray, out: np.ndarray) -> No
             _beyond_edges(work, rows_at, ny, -2, lambda i: np.take(plane[i], cols).astype(np.float32))
         if wx is not None:
             # (work and rows bound now: the callback runs inside this iteration)
-            _beyond_edges(work, cols_at, nx, -1, lambda j, work=work, rows=rows: work[:, int(np.flatnonzero(cols_at == j)[0])].copy()
-                          if np.any(cols_at == j) else np.take(plane[:, j], rows).astype(np.float32))
+            def column(j: int, work: np.ndarray = work, rows: np.ndarray = rows) -> np.ndarray:
+                hit = np.flatnonzero(cols_at == j)
+                return work[:, int(hit[0])].copy() if hit.size else np.take(plane[:, j], rows).astype(np.float32)
+
+            _beyond_edges(work, cols_at, nx, -1, column)
         if wy is not None:
             work = _tap_sum(work, wy, -2, r1 - r0)
         if wx is not None:

@@ -46,7 +46,8 @@ class _TifffileLog(logging.Filter):
     @contextlib.contextmanager
     def capture(self) -> Iterator[list[str]]:
         outer = getattr(self._local, "said", None)
-        self._local.said = said = []
+        said: list[str] = []
+        self._local.said = said
         try:
             yield said
         finally:
@@ -138,13 +139,13 @@ def _refuse_lying_sizes(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries,
                         "copy the file again, or export it with metadata that matches its planes")
 
 
-def _cut_short(page: tifffile.TiffPage) -> bool:
+def _cut_short(page: tifffile.TiffPage | tifffile.TiffFrame) -> bool:
     """Whether a page's image data runs past the end of its own file (a member of a set is another file)."""
     size = page.parent.filehandle.size
     return any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts))
 
 
-def _decode_error(path: Path, page: tifffile.TiffPage | None, exc: Exception) -> UserError:
+def _decode_error(path: Path, page: tifffile.TiffPage | tifffile.TiffFrame | None, exc: Exception) -> UserError:
     text = str(exc).splitlines()[0] if str(exc) else ""
     compression = "" if page is None else f"{getattr(page.compression, 'name', page.compression)} compression; "
     hint = ("install imagecodecs (pip install imagecodecs), which decodes it" if "imagecodecs" in text
@@ -170,7 +171,7 @@ def _prober(path: Path, index: int, members: tuple[Path, ...] = ()):
     """Decodes the first plane of series ``index`` (of a multi-file set: the first plane of every member),
     what ``--dry-run`` checks of every file."""
 
-    def decode(tif: tifffile.TiffFile, page: tifffile.TiffPage | None, where: Path) -> None:
+    def decode(tif: tifffile.TiffFile, page: tifffile.TiffPage | tifffile.TiffFrame | None, where: Path) -> None:
         if page is None:
             raise UserError(f"{where}: series {index} has no image plane in the file; copy the file again")
         try:
@@ -249,9 +250,10 @@ def _member(folder: Path, name: str) -> Path:
     return next((p for p in exact.parent.iterdir() if p.name.lower() == exact.name.lower()), exact)
 
 
-def _shape(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, ...]:
+def _shape(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, int, int, int, int]:
     """(T, C, Z, Y, X) shape of a series without reading it (a zero-stride stand-in array)."""
-    return to_tczyx(np.broadcast_to(np.zeros((), np.uint8), shape), axes, str(path)).shape
+    t, c, z, y, x = to_tczyx(np.broadcast_to(np.zeros((), np.uint8), shape), axes, str(path)).shape
+    return t, c, z, y, x
 
 
 def read_tiff_series(path: Path) -> list[SeriesInfo]:

@@ -185,10 +185,10 @@ def predict(
         typer.echo("dry run: nothing written")
         return
     stores = run_predict(list(runs), input_path, output, cfg, step=step, overwrite=overwrite, show_progress=not quiet)
-    for store in stores:
-        typer.echo(f"{store.path}: {store.meta.prediction.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
-    _print_degradation_check(next((s.meta.prediction.strategy.get("degradation_check") for s in stores
-                                   if s.meta.prediction.strategy.get("degradation_check")), None))
+    infos = [s.meta.prediction for s in stores if s.meta.prediction is not None]  # every prediction store has one
+    for store, info in zip(stores, infos):
+        typer.echo(f"{store.path}: {info.method} predictions for {len(store.fields)} field(s) x {store.n_steps} steps")
+    _print_degradation_check(next((i.strategy["degradation_check"] for i in infos if i.strategy.get("degradation_check")), None))
 
 
 def _print_degradation_check(check: dict | None) -> None:
@@ -258,13 +258,15 @@ SCHEMAS = ("simulation", "acquisition", "train", "predict", "study")
 @user_errors
 def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS)}.")]) -> None:
     """Print the JSON schema of a manifest or config kind."""
+    from pydantic import BaseModel
+
     from acquisition.manifest import AcquisitionManifest
     from dehaze.manifests import SimulationManifest
     from dehaze.study_config import StudyConfig
     from training.config import TrainConfig
 
-    models = {"simulation": SimulationManifest, "acquisition": AcquisitionManifest, "train": TrainConfig,
-              "predict": PredictConfig, "study": StudyConfig}
+    models: dict[str, type[BaseModel]] = {"simulation": SimulationManifest, "acquisition": AcquisitionManifest,
+                                          "train": TrainConfig, "predict": PredictConfig, "study": StudyConfig}
     if kind not in models:
         raise UserError(f"unknown schema {kind!r}; choose one of: {', '.join(models)}")
     typer.echo(json.dumps(models[kind].model_json_schema(), indent=2))

@@ -138,7 +138,9 @@ class LoadedRuns:
 
 def load_runs(run_dirs: list[str | Path], device: torch.device) -> LoadedRuns:
     """Load every run (and the bases latent runs build on) into one bundle, one model per kind."""
-    bundle, infos, dirs = ModelBundle(), {}, {}
+    bundle = ModelBundle()
+    infos: dict[str, RunInfo] = {}
+    dirs: dict[str, str] = {}
     queue = [Path(r) for r in run_dirs]
     while queue:
         run = queue.pop(0)
@@ -302,7 +304,7 @@ def engine_tile(spec: StrategySpec, primary: RunInfo, tile: int | None) -> int:
 def samples_for(spec: StrategySpec, primary: RunInfo, samples: int | None) -> int:
     """K, the samples per input of a strategy."""
     if spec.samples:  # one-shot-hdn: K posterior draws make the MMSE and std
-        return samples or primary.config.model.mmse_samples
+        return samples or primary.config.model.mmse_samples  # type: ignore[attr-defined]  # declared by hdn and flow
     return (samples or 1) if "hvae" in spec.needs else 1  # latent strategies: samples around the estimate
 
 

@@ -75,9 +75,10 @@ class UNet(nn.Module):
         self.mid = ConvBlock(chans[depth], chans[depth], emb)
         self.upsample = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth))
         self.up = nn.ModuleList(ConvBlock(2 * chans[i], chans[i], emb) for i in range(depth))
-        self.head = nn.Conv2d(chans[0], out_channels, 1)
-        nn.init.zeros_(self.head.weight)  # start as the identity (residual) or zero map
-        nn.init.zeros_(self.head.bias)
+        self.head = head = nn.Conv2d(chans[0], out_channels, 1)
+        nn.init.zeros_(head.weight)  # start as the identity (residual) or zero map
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
     @property
     def multiple(self) -> int:
