@@ -94,7 +94,7 @@ class DehazeNet(nn.Module):
     time_embed_dim), is a buffer that :meth:`fix_conditions` computes once, kept in the weights: it
     broadcasts over any batch, and it moves with the module to the device it runs on. (UNet.forward makes
     the embedding with ``torch.arange(device=t.device)``, which ``torch.jit.trace`` would fix to the CPU.)
-    ``forward`` is UNet.forward with that embedding; dehaze export checks it gives the run's output.
+    ``forward`` is :meth:`UNet.body` with that embedding; dehaze export checks it gives the run's output.
     """
 
     def __init__(self, unet: dict, t: float | None = None, s: float | None = None) -> None:
@@ -113,19 +113,7 @@ class DehazeNet(nn.Module):
         self.emb.copy_(self.net.time_mlp(torch.cat(feats, dim=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        emb = self.emb if self.conditioned else None
-        h = net.stem(x)
-        skips = []
-        for block, pool in zip(net.down, net.pool):
-            h = block(h, emb)
-            skips.append(h)
-            h = pool(h)
-        h = net.mid(h, emb)
-        for i in reversed(range(net.depth)):
-            h = net.up[i](torch.cat([net.upsample[i](h), skips[i]], dim=1), emb)
-        out = net.head(h)
-        return x[:, : out.shape[1]] + out if net.residual else out
+        return self.net.body(x, self.emb if self.conditioned else None)
 
 
 @dataclass(frozen=True)

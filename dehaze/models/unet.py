@@ -103,6 +103,11 @@ class UNet(nn.Module):
             if extra:
                 feats = torch.cat([feats, *(sinusoidal_embedding(c, self.time_embed_dim) for c in extra)], dim=1)
             emb = self.time_mlp(feats)
+        return self.body(x, emb)
+
+    def body(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        """The network given its conditioning embedding ``emb`` (B, E) (None: unconditioned): x (B, C_in, H, W)
+        -> (B, C_out, H, W). The export wraps it with a constant embedding."""
         h = self.stem(x)
         skips = []
         for block, pool in zip(self.down, self.pool):
