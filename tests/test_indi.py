@@ -78,15 +78,21 @@ def test_one_step_of_size_s_is_the_one_shot_estimate():
     assert not torch.allclose(fine, one_shot)  # a real network's finer walk is a different estimate
 
 
-def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
+def _path_batch(ladder, n: int) -> dict:
+    """``n`` straight-path samples of the tiny ladder, stacked into a batch."""
     store = open_ladder(ladder)
     train, _ = split_fields([store], 0.0, 0)
     ds = LadderPatches([str(ladder)], train, "path", patch_size=16, norm=Normalization.from_stores([store]), seed=1,
-                       length=8, augment=False, path="straight")
-    batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ds[0]}
+                       length=n, augment=False, path="straight")
+    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in ds[0]}
+
+
+def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
+    batch = _path_batch(ladder, 8)
     torch.manual_seed(0)
-    plain = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=0.0))
-    walking = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, sample_delta=0.5, walk_weight=1.0))
+    common = {"base_channels": 4, "depth": 1, "time_embed_dim": 8, "sample_delta": 0.5, "walk_span": "one-step"}
+    plain = build_network(PixelModel(**common, walk_weight=0.0))
+    walking = build_network(PixelModel(**common, walk_weight=1.0))
     walking.load_state_dict(plain.state_dict())
     with torch.no_grad():
         nn.init.normal_(plain.head.weight, std=0.1)
@@ -105,11 +111,7 @@ def test_walk_weight_needs_the_straight_path():
 def test_the_uniform_walk_loss_state_is_a_jump_from_x_s_to_a_random_t(ladder):
     """walk_span=uniform: the state is x0_hat + (t/s)(x_s - x0_hat) for t ~ U(0, s) drawn from torch's RNG
     (so a seeded run repeats), x0_hat = R(x_s, s, s); the loss is the path term plus the loss there."""
-    store = open_ladder(ladder)
-    train, _ = split_fields([store], 0.0, 0)
-    ds = LadderPatches([str(ladder)], train, "path", patch_size=16, norm=Normalization.from_stores([store]), seed=1,
-                       length=4, augment=False, path="straight")
-    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ds[0]}
+    batch = _path_batch(ladder, 4)
     torch.manual_seed(0)
     net = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, walk_span="uniform"))
     with torch.no_grad():
