@@ -166,15 +166,18 @@ class FoldedPlaneConvolver:
         groups = [self._groups(z0) for z0 in z_out]
         before = truth_f is None and sum(len(members) for _, members in groups) < nz
         if truth_f is None and not before:
+            assert truth is not None, "field_planes needs the truth or its transform"
             truth_f = self.transform(truth)
         out = np.empty((len(otfs), len(z_out), ny, nx), dtype=np.float32)
         for i, (first, members) in enumerate(groups):
             if before:
+                assert truth is not None  # before is chosen only when truth_f was not given
                 grouped = np.empty((len(members), ny, nx), dtype=np.float32)
                 for k, zs in enumerate(members):
                     _sum_planes(truth, zs, grouped[k])
                 grouped_f = self.transform(grouped)
             else:
+                assert truth_f is not None
                 grouped_f = np.empty((len(members), *truth_f.shape[1:]), dtype=np.complex64)
                 for k, zs in enumerate(members):
                     _sum_planes(truth_f, zs, grouped_f[k])

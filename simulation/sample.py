@@ -33,8 +33,8 @@ def render_truth(manifest: SimulationManifest, field_index: int) -> np.ndarray:
     with _GLOBAL_RNG_LOCK:
         backend = NumpyAPI()
         backend.set_random_seed(global_seed)
-        truth = lines.render(space, xp=backend)
-    truth = np.asarray(truth, dtype=np.float32) * np.float32(s.fluorophores_per_voxel)
+        rendered = lines.render(space, xp=backend)
+    truth = np.asarray(rendered, dtype=np.float32) * np.float32(s.fluorophores_per_voxel)
     if s.thickness_px > 1.0:
         # Broaden the 1-voxel lines to the requested FWHM; Gaussian filtering keeps the fluorophore count.
         truth = ndimage.gaussian_filter(truth, sigma=s.thickness_px / FWHM_PER_SIGMA, mode="constant")
