@@ -68,14 +68,18 @@ def good(tmp_path_factory) -> Path:
     return simulate_tiny_ladder(tmp_path_factory.mktemp("good") / "ladder.zarr", 2, [32, 40])
 
 
-@pytest.fixture(scope="module")
-def run(good, tmp_path_factory) -> Path:
-    """A 2-step unet run on ``good``."""
+def train_tiny_run(kind: str, ladder: Path, out: Path) -> Path:
+    """A 2-step ``kind`` run (unet or pixel, 4 base channels, depth 2) on ``ladder``, written to ``out``."""
     from training.config import TrainConfig
     from training.loop import train
 
-    cfg = TrainConfig.model_validate({"model": {"kind": "unet", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
+    cfg = TrainConfig.model_validate({"model": {"kind": kind, "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
                                       "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
-    out = tmp_path_factory.mktemp("run") / "unet"
-    train("unet", [good], out, cfg, show_progress=False)
+    train(kind, [ladder], out, cfg, show_progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def run(good, tmp_path_factory) -> Path:
+    """A 2-step unet run on ``good``."""
+    return train_tiny_run("unet", good, tmp_path_factory.mktemp("run") / "unet")

@@ -22,7 +22,7 @@ from acq_data import PINHOLES_UM, hazy_steps
 
 from dehaze.runs import CHECKPOINT_FILE
 from dehaze.store import field_name, open_ladder
-from tests.conftest import simulate_tiny_ladder
+from tests.conftest import simulate_tiny_ladder, train_tiny_run
 
 CLI = [sys.executable, "-m", "dehaze.cli"]
 
@@ -94,14 +94,7 @@ def ladder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(ladder, tmp_path_factory) -> Path:
-    from training.config import TrainConfig
-    from training.loop import train
-
-    cfg = TrainConfig.model_validate({"model": {"kind": "pixel", "base_channels": 4, "depth": 2}, "steps": 2, "batch_size": 2,
-                                      "patch_size": 16, "device": "cpu", "data": {"val_patches": 2}})
-    out = tmp_path_factory.mktemp("run") / "pixel"
-    train("pixel", [ladder], out, cfg, show_progress=False)
-    return out
+    return train_tiny_run("pixel", ladder, tmp_path_factory.mktemp("run") / "pixel")
 
 
 def test_killed_predict_resumes_to_the_same_result(ladder, run, tmp_path):
