@@ -74,3 +74,12 @@ def test_info_png_montage(cli, good, tmp_path):
         result = cli("info", *args)
         assert result.exit_code == 2 and named in result.stderr, result.stderr
     assert not (tmp_path / "y.png").exists()
+
+
+def test_flow_dry_run_resolves_like_the_run(cli, good, tmp_path):
+    """A kind with an optional base needs no --base in the dry run either, and the printed config holds what
+    the data decide (the flow restorer's target_scale), as the run itself resolves it."""
+    out = tmp_path / "flow"
+    result = cli("train", "flow", "--data", good, "-o", out, "--dry-run", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert _config_line(result.stdout)["model"]["target_scale"] > 0 and not out.exists()

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from dehaze.errors import UserError
-from dehaze.normalization import Normalization
-from dehaze.runs import RUN_FILE, DataRef, RunInfo, check_run_dir, checkpoint_step, extension, read_run
+from dehaze.runs import RUN_FILE, check_run_dir, checkpoint_step, extension, read_run
 from training.config import MODEL_KINDS, TrainConfig
 from training.data import open_training_stores, split_fields
 
@@ -27,7 +26,7 @@ def describe_training(kind: str, data: list[str | Path], run_dir: str | Path, cf
         lines.append(f"data: {store.path} ({len(store.fields)} field(s) of {tuple(shape)}, {store.n_steps} steps)")
     lines.append(f"fields: {len(train_fields)} for training, {len(val_fields)} held out for validation")
     base_kind = MODEL_KINDS[kind].base
-    if base_kind is not None:
+    if base_kind is not None and not MODEL_KINDS[kind].base_optional:  # a latent trainer: resolved from its base
         if base_run is None:
             raise UserError(f"`dehaze train {kind}` builds on a {base_kind!r} run: pass --base RUN_DIR")
         base = read_run(base_run)
@@ -36,8 +35,11 @@ def describe_training(kind: str, data: list[str | Path], run_dir: str | Path, cf
         lines.append(f"base: {base_run} ({base.kind} run; fields of the model config it decides are filled in when training starts)")
         lines.append(f"would write {run_dir} (run of {cfg.steps} steps)")
         return "\n".join(lines)
-    info = RunInfo(kind=kind, config=cfg, normalization=Normalization.from_stores(stores),
-                   data=[DataRef(path=str(Path(s.path).resolve()), manifest_sha256=s.meta.manifest_sha256) for s in stores])
+    from training.loop import resolve_image_setup, run_info
+
+    resolved, norm = resolve_image_setup(kind, stores, cfg, base_run, run_dir, resume)  # as the run itself resolves it
+    lines[0] = f"resolved {kind} config: " + json.dumps(resolved.model_dump(mode="json"))  # with what the data decide
+    info = run_info(kind, resolved, norm, stores, None)
     resuming = check_run_dir(run_dir, info, resume)
     if resuming:
         reached, old = checkpoint_step(run_dir), extension(run_dir, info)

@@ -219,6 +219,26 @@ def resolve_warm_start(kind: str, base_run: str | Path | None, run_dir: Path, re
     return str(Path(base_run).resolve())
 
 
+def resolve_image_setup(kind: str, stores: list[LadderStore], cfg: TrainConfig, base_run: str | Path | None,
+                        run_dir: Path, resume: bool) -> tuple[TrainConfig, Normalization]:
+    """For a trainer on images (not latents): the run's normalisation and its config with the fields the
+    data (and an optional warm-start base run) decide; a --base it cannot take is a UserError."""
+    norm = Normalization.from_stores(stores)
+    model_cfg = cfg.model.resolve_from_data(stores, norm)
+    warm = resolve_warm_start(kind, base_run, run_dir, resume) if MODEL_KINDS[kind].base_optional else None
+    if warm is not None:
+        model_cfg = model_cfg.model_copy(update={"warm_start": warm})
+    elif base_run is not None:
+        raise UserError(f"`dehaze train {kind}` builds on no other run: drop --base")
+    return TrainConfig.model_validate({**cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}), norm
+
+
+def run_info(kind: str, cfg: TrainConfig, norm: Normalization, stores: list[LadderStore], base_run: str | None) -> RunInfo:
+    """The run's description (run.json) for a resolved config on ``stores``."""
+    return RunInfo(kind=kind, config=cfg, normalization=norm, base_run=base_run,
+                   data=[DataRef(path=str(Path(s.path).resolve()), manifest_sha256=s.meta.manifest_sha256) for s in stores])
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConfig, *, resume: bool = False,
           base_run: str | Path | None = None, show_progress: bool = True, in_memory: bool = False) -> TrainResult:
@@ -238,16 +258,8 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         cfg = latent.cfg
         norm = read_run(latent.base_run).normalization  # latents encode images normalised like the HVAE saw them
     else:
-        norm = Normalization.from_stores(stores)
-        model_cfg = cfg.model.resolve_from_data(stores, norm)
-        warm = resolve_warm_start(kind, base_run, run_dir, resume) if MODEL_KINDS[kind].base_optional else None
-        if warm is not None:
-            model_cfg = model_cfg.model_copy(update={"warm_start": warm})
-        elif base_run is not None:
-            raise UserError(f"`dehaze train {kind}` builds on no other run: drop --base")
-        cfg = TrainConfig.model_validate({**cfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")})
-    info = RunInfo(kind=kind, config=cfg, normalization=norm, base_run=latent.base_run if latent else None,
-                   data=[DataRef(path=str(Path(s.path).resolve()), manifest_sha256=s.meta.manifest_sha256) for s in stores])
+        cfg, norm = resolve_image_setup(kind, stores, cfg, base_run, run_dir, resume)
+    info = run_info(kind, cfg, norm, stores, latent.base_run if latent else None)
     rank, world = init_distributed()
     if world > 1 and task.param_groups is not None:
         raise UserError(f"`dehaze train {kind}` runs on one process (its GAN steps are not data-parallel yet)")
