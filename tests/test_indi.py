@@ -41,6 +41,22 @@ def test_straight_path_samples_lie_on_the_line_from_x_s_to_x_0(ladder):
     assert len(sources) > 1
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_source_fraction_puts_that_share_of_samples_on_the_source_state(ladder, fraction):
+    """t = s exactly (x_t = x_s, the state every walk starts from) for about ``fraction`` of the samples."""
+    store = open_ladder(ladder)
+    train, _ = split_fields([store], 0.0, 0)
+    ds = LadderPatches([str(ladder)], train, "path", patch_size=16, norm=Normalization.from_stores([store]), seed=3,
+                       length=40, augment=False, path="straight", source_fraction=fraction)
+    at_source = [float(ds[i]["t"]) == float(ds[i]["s"]) for i in range(len(ds))]
+    for i in range(len(ds)):
+        if at_source[i]:
+            assert torch.allclose(ds[i]["x"], ds[i]["x_s"], atol=1e-6)
+    assert sum(at_source) == {0.0: 0, 1.0: 40}.get(fraction, sum(at_source))
+    if fraction == 0.5:
+        assert 8 <= sum(at_source) <= 32
+
+
 class ExactRestorer(nn.Module):
     """R(x_t, t, s) = x_0 for a known x_0: the ideal restorer of the straight path."""
 

@@ -11,7 +11,8 @@ Sample kinds (tensors are (1, P, P) float32, normalised; ``t`` a float step):
 * ``pair``:        {"x": x_t, "y": x_0, "t": t}        restorers, t drawn from the input steps
 * ``path``:        InDI, plus a small Gaussian noise on x_t. ``path="straight"`` (the path the sampler
                    walks): {"x": x_t, "y": x_0, "t": t, "s": s, "x_s": x_s} with the source step s drawn
-                   from the input steps, t ~ U(0, s] and x_t = x_0 + (t/s)(x_s - x_0), x_0 the target;
+                   from the input steps, t ~ U(0, s] (t = s exactly with probability ``source_fraction``)
+                   and x_t = x_0 + (t/s)(x_s - x_0), x_0 the target;
                    ``path="ladder"``: {"x": x_t, "y": x_0, "t": t}, t ~ U(0, T] and x_t interpolated
                    between the two neighbouring ladder steps
 * ``single``:      {"x": x_t, "t": t}                  autoencoders, t drawn from all steps
@@ -78,13 +79,14 @@ class LadderPatches(Dataset):
     def __init__(self, store_paths: list[str], fields: list[FieldRef], kind: SampleKind, patch_size: int,
                  norm: Normalization, seed: int, length: int, input_steps: list[int] | None = None,
                  target: Literal["camera", "noise_free"] = "camera", augment: bool = True,
-                 path_noise_std: float = 0.0, path: Literal["straight", "ladder"] = "ladder", in_memory: bool = False) -> None:
+                 path_noise_std: float = 0.0, path: Literal["straight", "ladder"] = "ladder", in_memory: bool = False,
+                 source_fraction: float = 0.0) -> None:
         if not fields:
             raise UserError("no fields to draw patches from (too few fields for the validation split?)")
         self.store_paths, self.fields, self.kind = list(store_paths), fields, kind
         self.patch, self.norm, self.seed, self.length = patch_size, norm, seed, length
         self.target, self.augment, self.path_noise_std, self.path = target, augment, path_noise_std, path
-        self.in_memory = in_memory
+        self.in_memory, self.source_fraction = in_memory, source_fraction
         self._arrays: dict[tuple[int, str, str], object] | None = None
         self._pid: int | None = None
         first = self._store(0)
@@ -152,6 +154,8 @@ class LadderPatches(Dataset):
         elif self.kind == "path" and self.path == "straight":
             s = int(self.steps[rng.integers(len(self.steps))])
             t = float(rng.uniform(0.0, s)) or float(s)  # (0, s]
+            if self.source_fraction and rng.uniform() < self.source_fraction:
+                t = float(s)  # the source state itself: where every walk starts and the one-shot reads
             x_0, x_s = x0_target(), read(s)
             x_t = x_0 + (t / s) * (x_s - x_0) + self.path_noise_std * rng.standard_normal(x_s.shape).astype(np.float32)
             sample = {"x": x_t.astype(np.float32), "y": x_0, "x_s": x_s}

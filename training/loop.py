@@ -310,7 +310,8 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         val_ds = LatentPatches(latent.cache_path, [r.field for r in val_fields], task.sample_kind, cfg.patch_size,
                                cfg.seed + 1, cfg.data.val_patches, cfg.batch_size, cfg.data.input_steps) if val_fields else None
     else:
-        extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0), "path": getattr(cfg.model, "path", "ladder")}
+        extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0), "path": getattr(cfg.model, "path", "ladder"),
+                 "source_fraction": getattr(cfg.model, "source_fraction", 0.0)}
         common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target,
                       in_memory=in_memory)
         train_ds = LadderPatches(paths, train_fields, task.sample_kind, seed=cfg.seed, length=length,
