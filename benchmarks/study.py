@@ -266,10 +266,18 @@ def main() -> None:
                         "work folder /tmp/dehaze-study-<setting>-flow by default)")
     parser.add_argument("--degradation-ablations", action="store_true",
                         help="also train the degradation variants (walk-finetuned R, the seed's CycleGAN): slow on a CPU")
+    parser.add_argument("--ablation", action="append", default=None, metavar="KIND:NAME",
+                        help="train only these variants (repeatable), e.g. pixel:no-source-point")
     args = parser.parse_args()
     kind = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
     if kind == "gpu" and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA device")
+    chosen = {**ABLATIONS, **(DEGRADATION_ABLATIONS if args.degradation_ablations else {})}
+    if args.ablation:
+        known = {f"{k}:{v[0]}" for k, vs in chosen.items() for v in vs}
+        if unknown := sorted(set(args.ablation) - known):
+            parser.error(f"--ablation {', '.join(unknown)}: not one of {', '.join(sorted(known))}")
+        chosen = {k: [v for v in vs if f"{k}:{v[0]}" in args.ablation] for k, vs in chosen.items()}
     cfg = settings(kind)
     work = args.work or Path(f"/tmp/dehaze-study-{kind}{'-flow' if args.flow else ''}")
     if args.flow:
@@ -280,7 +288,6 @@ def main() -> None:
                     if part.get("steps") is not None and checkpoint_step(work / "runs" / kind) >= part["steps"])
     t0 = time.perf_counter()
     report_dir = run_study(cfg, work, quiet=False)
-    chosen = {**ABLATIONS, **(DEGRADATION_ABLATIONS if args.degradation_ablations else {})}
     # --no-ablations trains no variant; the latent K-samples check (predictions of the study's own runs) always runs
     ablations = run_ablations(cfg, work, {} if args.no_ablations else chosen)
     wall_s = time.perf_counter() - t0
