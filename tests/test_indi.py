@@ -142,3 +142,38 @@ def test_the_uniform_walk_loss_state_is_a_jump_from_x_s_to_a_random_t(ladder):
         want = (F.mse_loss(net(batch["x"], batch["t"], s), batch["y"]) + F.mse_loss(net(state, t, s), batch["y"]))
     assert torch.allclose(got, want, rtol=1e-5)
     assert PixelModel().walk_span == "uniform"
+
+
+class GaussianMMSE(nn.Module):
+    """The exact MMSE restorer of a Gaussian toy: x_0 ~ N(0, a^2) per pixel, x_s = x_0 + n, n ~ N(0, b^2),
+    so x_t = x_0 + (t/s) n on the straight path and E[x_0 | x_t] = a^2 / (a^2 + (t/s)^2 b^2) x_t."""
+
+    source_conditioned = True
+
+    def __init__(self, a: float, b: float) -> None:
+        super().__init__()
+        self.a2, self.b2 = a * a, b * b
+
+    def forward(self, x, t, s):  # noqa: ANN001, ANN201
+        r = (t / s)[:, None, None, None]
+        return self.a2 / (self.a2 + r * r * self.b2) * x
+
+
+def test_a_deterministic_walk_with_the_exact_mmse_restorer_loses_to_its_one_shot():
+    """Why 'walk >= one-shot' in PSNR cannot hold for a restorer near the MMSE: with the exact E[x_0 | x_t],
+    the walk's limit (delta -> 0) maps x_s to rho x_s, rho = a / sqrt(a^2 + b^2) (the transport map: its
+    output has the prior's variance a^2), whose MSE is 2 / (1 + rho) times the one-shot MMSE a^2 b^2 / (a^2 + b^2)."""
+    a, b, s = 1.0, 1.0, 3.0
+    g = torch.Generator().manual_seed(0)
+    x0 = a * torch.randn(4, 1, 64, 64, generator=g)
+    xs = x0 + b * torch.randn(4, 1, 64, 64, generator=g)
+    bundle = ModelBundle(pixel=GaussianMMSE(a, b))
+    rho = a / (a * a + b * b) ** 0.5
+    one_shot = pixel_indi(bundle, xs, [s, 0.0])
+    assert torch.allclose(one_shot, a * a / (a * a + b * b) * xs)
+    fine = pixel_indi(bundle, xs, indi_schedule(s, s / 256))
+    assert torch.allclose(fine, rho * xs, rtol=1e-2)  # the walk's limit
+    mse = {name: float(F.mse_loss(out, x0)) for name, out in (("one", one_shot), ("fine", fine))}
+    assert mse["fine"] / mse["one"] == pytest.approx(2 / (1 + rho), rel=0.05)
+    coarse = float(F.mse_loss(pixel_indi(bundle, xs, indi_schedule(s, s / 4)), x0))
+    assert mse["one"] < coarse < mse["fine"]  # the loss grows as the step shrinks
