@@ -12,7 +12,7 @@ multiples of it (the UNet's downsampling).
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, cast
 
 import torch
 from torch import nn
@@ -102,7 +102,8 @@ def flow_matching_loss(net: nn.Module, x_t: torch.Tensor, t: torch.Tensor, x0: t
                        tau: torch.Tensor) -> torch.Tensor:
     """MSE between the network's velocity at y_tau and the straight path's y_0 - noise (normalised units /
     target_scale). ``net`` may be DDP-wrapped; its module is a :class:`FlowNet`."""
-    flow = getattr(net, "module", net)
+    # DDP keeps the FlowNet as .module (nn.Module.__getattr__ is typed Tensor | Module, hence the cast)
+    flow = cast(FlowNet, getattr(net, "module", net))
     y_tau, target = straight_path(noise, x0 / flow.target_scale, tau)
     return F.mse_loss(net(y_tau, tau, x_t, t), target)
 
