@@ -40,6 +40,7 @@ small probe before relying on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 from microsim.psf import vectorial_rz
@@ -329,6 +330,19 @@ def psf_window(optics: Optics, field_shape_yx: tuple[int, int], nz: int, keep_pl
     return PsfWindow(nz=2 * reach + 1, n=n + 1 - n % 2)
 
 
+# the return type follows ``folded`` (callers that fold get FoldedPsf s, the others arrays)
+@overload
+def ladder_psfs(
+    optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1, folded: Literal[False] = False
+) -> list[np.ndarray]: ...
+@overload
+def ladder_psfs(
+    optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1, *, folded: Literal[True]
+) -> list[FoldedPsf]: ...
+@overload
+def ladder_psfs(
+    optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1, folded: bool = False
+) -> list[np.ndarray] | list[FoldedPsf]: ...
 def ladder_psfs(
     optics: Optics, window: PsfWindow, pinhole_au: list[float | None], workers: int = 1, folded: bool = False
 ) -> list[np.ndarray] | list[FoldedPsf]:
