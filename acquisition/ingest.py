@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Generator, Iterable, TypeVar
 
 import numpy as np
 
@@ -93,7 +93,8 @@ class _RawCache:
             return raw
 
 
-def in_threads(fn: Callable[[_In], _Out], items: Iterable[_In], n_items: int) -> Iterator[_Out]:
+# typed Generator, not Iterator: contextlib.closing needs its close()
+def in_threads(fn: Callable[[_In], _Out], items: Iterable[_In], n_items: int) -> Generator[_Out, None, None]:
     """``map(fn, items)`` over a few threads (see :func:`_workers`), results in order. On an error or
     Ctrl-C, fields not yet started are dropped (those running finish: no half-written field). Use it under
     ``contextlib.closing``, so that this happens before the caller cleans up, wherever the error arose."""
@@ -330,7 +331,8 @@ def _register_all(plan: Plan, m: AcquisitionManifest, cache: _RawCache, warn: Ca
         raw = _read_position(plan.positions[i], plan.spatial_axes)
         registration = _register(plan.positions[i], raw, m, said.append)
         cache.offer(i, raw)
-        return registration, raw.shape[-2:], said
+        ny, nx = raw.shape[-2:]  # (h, [z,] y, x)
+        return registration, (ny, nx), said
 
     registrations, boxes = [], []
     bar = progress_bar(total=len(plan.positions), desc="reading and registering", unit="field", disable=not show_progress)
