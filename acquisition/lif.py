@@ -61,9 +61,9 @@ def _detectors(conf: ET.Element | None, where: str) -> list[dict[str, Any]]:
     for det in conf.iter("Detector"):
         if det.get("IsActive") != "1":
             continue
-        band = bands.get(det.get("Channel"))
-        em = None if band is None else (band[0] + band[1]) / 2
-        below = [w for w in lines if band is None or w < band[0]]
+        em_band = bands.get(det.get("Channel"))  # (lo, hi) nm; not ``band``, the MultiBand element above
+        em = None if em_band is None else (em_band[0] + em_band[1]) / 2
+        below = [w for w in lines if em_band is None or w < em_band[0]]
         kind = f"{det.get('Type', '')} {det.get('Name', '')}".lower()
         out.append({"em": em, "ex": below[-1] if below else None, "transmitted": "trans" in kind or "tld" in kind.split()})
     return out
