@@ -20,11 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dehaze.errors import UserError
+
+if TYPE_CHECKING:  # dehaze.evaluate is imported where used, at run time
+    from dehaze.evaluate import Target
 
 CALIBRATION_FILE = "calibration.json"  # in the run directory: later predictions apply it
 DEFAULT_BINS = 20
@@ -91,7 +94,7 @@ def apply(std: np.ndarray, scale: float, offset: float) -> np.ndarray:
 
 
 # ---- stores: predictions against their truth -----------------------------------------------------------
-def _pairs(prediction: Any, truth: Any, target: str, fields: list[str] | None, steps: list[int] | None,
+def _pairs(prediction: Any, truth: Any, target: Target, fields: list[str] | None, steps: list[int] | None,
            ) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
     """(std, error) pooled over the chosen fields and input steps of a prediction store against its truth,
     with the std as it was written before any calibration the store records (ADU)."""
@@ -120,7 +123,7 @@ def _pairs(prediction: Any, truth: Any, target: str, fields: list[str] | None, s
     return std_all, np.concatenate(errors), chosen, steps
 
 
-def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: str = "noise_free",
+def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Target = "noise_free",
               fields: list[str] | None = None, steps: list[int] | None = None, bins: int = DEFAULT_BINS,
               write: bool = True, figure: str | Path | None = None) -> dict[str, Any]:
     """Fit the std's scale and offset of a prediction store against its truth (the fields given, or every
@@ -158,7 +161,7 @@ def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: st
     return result
 
 
-def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: str = "noise_free", bins: int = DEFAULT_BINS,
+def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: Target = "noise_free", bins: int = DEFAULT_BINS,
               figure: str | Path | None = None) -> dict[str, Any]:
     """Held-out calibration: fit on each field alone and score the fitted factors on the other fields (the
     honest number: the factors never saw the pixels they are judged on). Writes nothing with the run;
@@ -173,6 +176,8 @@ def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: st
         others = [g for g in pred.fields if g != f]
         scale, offset = fit_scale_offset(reliability(*_pairs(pred, truth, target, [f], None)[:2], bins))
         std, err = _pairs(pred, truth, target, others, None)[:2]
+        # _pairs found std arrays, which only a prediction writes, and it records its PredictionInfo
+        assert pred.meta.prediction is not None
         before, after = reliability(std, err, bins), reliability(apply(std, scale, offset), err, bins)
         fits.append({"fitted_on": f, "scale": scale, "offset": offset, "scored_on": others,
                      "scored_on_others": {"before": before.to_json(), "after": after.to_json(),
@@ -182,6 +187,7 @@ def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: st
 
             reliability_diagram({"uncalibrated": before, f"calibrated on {f} (x{scale:.2f} {offset:+.3g})": after}, Path(figure),
                                 title=f"{pred.meta.prediction.method}: reliability on held-out {', '.join(others)}")
+    assert pred.meta.prediction is not None  # as in the loop (it ran: at least 2 fields)
     return {"method": pred.meta.prediction.method, "target": target, "bins": bins, "fits": fits,
             "figure": str(figure) if figure is not None else None}
 
