@@ -369,17 +369,22 @@ def ladder_psfs(
     ex = folded_vectorial_psf(objective, ex_um, *args) if confocal else None
     mask = pinhole_transmission if physical else folded_pinhole_disk
     if physical:
-        em, ex = per_plane_power(em), (per_plane_power(ex) if confocal else None)
+        em, ex = per_plane_power(em), (per_plane_power(ex) if ex is not None else None)  # ex is None iff not confocal
     disks = {au: mask(window.n, au, em_um, optics.na, dx) for au in confocal}
     detection = _pinhole_convolutions(em, disks, workers)
-    out = []
+    out_folded: list[FoldedPsf] = []
+    out_full: list[np.ndarray] = []  # two lists, one return type each (see the overloads)
     for au in pinhole_au:
         if au is None:
             q = em.quadrant
         else:
+            assert ex is not None  # a confocal step: confocal is not empty, so ex was computed
             q = detection[au] * ex.quadrant  # float64
             if not physical:
                 q /= _full_sum(q, window.nz, window.n, symmetric)
         psf = FoldedPsf(q.astype(np.float32), window.nz, window.n, symmetric)
-        out.append(psf if folded else psf.full())
-    return out
+        if folded:
+            out_folded.append(psf)
+        else:
+            out_full.append(psf.full())
+    return out_folded if folded else out_full
