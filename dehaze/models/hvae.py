@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -108,6 +108,7 @@ class GatedResBlock(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         with torch.no_grad():  # start near the identity: small value half of the gate
             self.gate.weight[:channels].mul_(0.1)
+            assert self.gate.bias is not None  # Conv2d's default bias=True
             self.gate.bias[:channels].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,11 +254,13 @@ class HVAE(nn.Module):
                   spatial: tuple[int, int, int], use_mean: bool = False,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[LevelParams]]:
         """Decode: features of x (posterior) or None (prior); given latents or None (drawn). Returns (mean, levels)."""
-        h, params = None, [None] * self.levels
+        h, params = None, []  # params from the top level down: reversed below, so that index i is z_{i+1}
         for i in reversed(range(self.levels)):
             d = features[i] if features is not None else None
             z = latents[i] if latents is not None else None
-            h, params[i] = self.top_down[i](h, d, z, spatial=spatial, use_mean=use_mean, generator=generator)
+            h, level = self.top_down[i](h, d, z, spatial=spatial, use_mean=use_mean, generator=generator)
+            params.append(level)
+        params.reverse()
         return self.head(self.final(h)), params
 
     def _top_spatial(self, batch: int, height: int, width: int) -> tuple[int, int, int]:
@@ -276,9 +279,13 @@ class HVAE(nn.Module):
         else:
             logvar = torch.tensor(float(self.likelihood_logvar), device=x.device)
         recon_nll = gaussian_nll(target32, mean32, logvar).mean()
-        kl = [gaussian_kl(*p.posterior, *p.prior).flatten(1).sum(1) for p in params]
+        kl = []
+        for p in params:
+            assert p.posterior is not None  # the features of x went in: every level has its posterior
+            kl.append(gaussian_kl(*p.posterior, *p.prior).flatten(1).sum(1))
         n_pixels = target[0].numel()
-        kl_loss = sum(free_bits_kl(k, self.free_bits) for k in kl) / n_pixels
+        # levels >= 1 (__init__): a sum of Tensors, never sum()'s int 0
+        kl_loss = cast(torch.Tensor, sum(free_bits_kl(k, self.free_bits) for k in kl) / n_pixels)
         nelbo = recon_nll + sum(k.mean() for k in kl) / n_pixels
         return HVAEOutput(mean=mean, logvar=logvar, recon_nll=recon_nll, kl=kl, kl_loss=kl_loss,
                           loss=recon_nll + self.beta * kl_loss, nelbo=nelbo, latents=[p.z for p in params])
