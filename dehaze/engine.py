@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def _read_rows(array: Any, index: tuple[int, ...], y0: int, rows: int, width: in
     block = norm.apply(np.asarray(array[(*index, slice(y0, min(y0 + rows, h)), slice(None))]))
     pad_y, pad_x = rows - block.shape[0], width - w
     if pad_y or pad_x:
-        mode = "reflect" if min(block.shape) > max(pad_y, pad_x) else "edge"
+        mode: Literal["reflect", "edge"] = "reflect" if min(block.shape) > max(pad_y, pad_x) else "edge"
         block = np.pad(block, ((0, pad_y), (0, pad_x)), mode=mode)
     return block
 
@@ -92,13 +92,13 @@ def prepare_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
     """Put the bundle's networks in the engine's memory format, compiled if asked (in place; returns the bundle)."""
     fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
     for model in bundle.models.values():
-        model.to(memory_format=fmt)
+        model.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's overloads omit the documented memory_format=
         if opts.compile and not getattr(model, "_dehaze_compiled", False):
             model.compile(backend=opts.compile_backend)  # forward, in place
             for name in COMPILED_METHODS:
                 if hasattr(model, name):
                     setattr(model, name, torch.compile(getattr(model, name), backend=opts.compile_backend))
-            model._dehaze_compiled = True
+            model._dehaze_compiled = True  # type: ignore[assignment]  # torch types Module.__setattr__ values Tensor | Module
     return bundle
 
 
@@ -118,7 +118,8 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
     walks = 1 if posterior is not None else k  # walks per tile: K sampled ones, or one deterministic one
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))[:, None].to(device)
     x = x.repeat_interleave(walks, dim=0)  # (n*walks, 1, th, tw): walk j of tile i at i*walks + j
-    extra = {}
+    # ladder= / noise= for the strategies whose spec asks for them: keywords the Strategy protocol does not declare
+    extra: dict[str, Any] = {}
     if ladder is not None:
         extra["ladder"] = torch.from_numpy(np.ascontiguousarray(ladder, dtype=np.float32)).to(device).repeat_interleave(walks, dim=0)
     if noise is not None:  # sample j of tile i at row i*K + j, like x
@@ -129,6 +130,7 @@ def run_tiles(strategy: Strategy, bundle: ModelBundle, tiles: np.ndarray, schedu
 
     def callback(t: float, estimate: torch.Tensor) -> None:
         if float(t).is_integer() and 0 <= int(t) < n_levels:  # passed only when recording: traj is set
+            assert traj is not None
             traj[int(t)] = estimate.float().reshape(len(tiles), walks, *tiles.shape[1:]).mean(1).cpu().numpy()
 
     with _autocast(device, opts.precision):
