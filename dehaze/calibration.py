@@ -77,19 +77,26 @@ def reliability(std: np.ndarray, error: np.ndarray, bins: int = DEFAULT_BINS) ->
 
 
 def fit_scale_offset(rel: Reliability, offset: bool = True) -> tuple[float, float]:
-    """Least-squares RMSE = scale * RMV + offset over the bins (weighted by their counts); ``offset=False``
-    fits through the origin."""
+    """Least-squares RMSE = scale * RMV + offset over the bins (weighted by their counts), with offset >= 0;
+    ``offset=False`` fits through the origin.
+
+    Why offset >= 0: a negative one would give pixels of small spread a negative std, which would have to be
+    floored at 0, and a floored std cannot be undone (``calibrate`` refits a calibrated prediction from its raw
+    std). The bound costs nothing where it is not active; where it is, the least-squares optimum lies on it,
+    which is the fit through the origin."""
     w = rel.counts.astype(np.float64)
     if offset:
         a = np.stack([rel.rmv, np.ones_like(rel.rmv)], axis=1)
         sw = np.sqrt(w)[:, None]
         (scale, off), *_ = np.linalg.lstsq(a * sw, rel.rmse * sw[:, 0], rcond=None)
-        return float(scale), float(off)
+        if off >= 0:
+            return float(scale), float(off)
     return float((w * rel.rmv * rel.rmse).sum() / max((w * rel.rmv**2).sum(), 1e-30)), 0.0
 
 
 def apply(std: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    """The calibrated std: scale * std + offset, floored at 0."""
+    """The calibrated std: scale * std + offset (>= 0 for the factors fit_scale_offset returns; floored at 0
+    for factors written by hand)."""
     return np.maximum(np.float32(scale) * np.asarray(std, np.float32) + np.float32(offset), np.float32(0))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -125,6 +126,17 @@ def test_calibration_recovers_a_known_scale_and_offset():
     assert fit_scale_offset(reliability(std, 1.7 * std * rng.standard_normal(std.size)), offset=False)[0] == pytest.approx(1.7, rel=0.02)
 
 
+def test_a_negative_offset_is_not_fitted_so_a_calibrated_std_can_be_undone():
+    """Errors of 2 std - 0.8: the unconstrained fit would give small spreads a negative std (floored at 0, not
+    invertible); the fit keeps offset >= 0 and is then the fit through the origin."""
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.5, 3.0, 200_000)
+    rel = reliability(std, rng.standard_normal(std.size) * (2.0 * std - 0.8))
+    scale, offset = fit_scale_offset(rel)
+    assert offset == 0.0 and scale == pytest.approx(fit_scale_offset(rel, offset=False)[0])
+    assert np.all(apply(std, scale, offset) > 0)
+
+
 # ---- through the CLI ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(good, tmp_path_factory):
@@ -198,9 +210,13 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     f = raw.fields[0]
     np.testing.assert_allclose(calibrated.extra(f, "std")[...], cal["scale"] * raw.extra(f, "std")[...] + cal["offset"], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(off.extra(f, "std")[...], raw.extra(f, "std")[...])
-    # refitting on a calibrated prediction undoes its calibration first: the same factors
+    # refitting on a calibrated prediction undoes its calibration first: the same factors (to the float32
+    # rounding of the written std, which can move a near-tie across an equal-count bin edge of this tiny
+    # field: 0.4 % here; a fit on the calibrated std itself would give a scale near 1)
     result = cli("calibrate", tmp_path / "cal.zarr", "--truth", good, "--dry-run")
-    assert result.exit_code == 0 and f"scale {cal['scale']:.3f}" in result.stdout
+    assert result.exit_code == 0, result.stderr
+    refit = float(re.search(r"scale ([0-9.e+-]+),", result.stdout).group(1))
+    assert refit == pytest.approx(cal["scale"], rel=0.01)
     (runs / "flow" / "calibration.json").unlink()  # the other tests predict uncalibrated
     result = cli("calibrate", good, "--truth", good)
     assert result.exit_code == 2 and "not a prediction store" in result.stderr
