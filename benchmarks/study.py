@@ -81,7 +81,9 @@ ABLATIONS = {
               # the walk loss on the state one sampler step from x_s reaches (the default, uniform, jumps to t ~ U(0, s))
               ("walk-span-one-step", {"walk_span": "one-step"}, ["pixel-indi", "pixel-one-shot"]),
               # no training samples at t = s exactly (the earlier recipe; the default puts a quarter there)
-              ("no-source-point", {"source_fraction": 0.0}, ["pixel-indi", "pixel-one-shot"])],
+              ("no-source-point", {"source_fraction": 0.0}, ["pixel-indi", "pixel-one-shot"]),
+              # the earlier path noise (the default is 0; see PixelModel.path_noise_std)
+              ("path-noise-0.01", {"path_noise_std": 0.01}, ["pixel-indi", "pixel-one-shot"])],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,

@@ -130,7 +130,10 @@ class PixelModel(ModelKind):
     residual: bool = Field(False, description="predict x_t + f(x_t) instead of x_0 (see UNetModel.residual)")
     time_embed_dim: int = Field(64, ge=8)
     path: Literal["straight", "ladder"] = Field("straight", description="training path: straight InDI path from x_s (conditioned on t and s), or between neighbouring ladder steps (t only)")
-    path_noise_std: float = Field(0.01, ge=0, description="InDI's small noise on x_t, in normalised units")
+    # 0 by default: in normalised units (the 99.9th percentile of the hazy steps) the photon budget's x_0 has a
+    # std of ~0.005, so the earlier 0.01 buried the nearly clean states late in a walk under white noise twice
+    # the signal; measured on the CPU study ladder (ablation pixel:path-noise-0.01; README, "The restorers").
+    path_noise_std: float = Field(0.0, ge=0, description="InDI's small Gaussian noise on x_t, in normalised units")
     # The sampler's first call, and the whole one-shot estimate, read R at t = s exactly: under t ~ U(0, s]
     # that state has measure zero, while the UNet baseline trains on nothing else. Measured with and without
     # on the CPU study (ablation pixel:no-source-point; README, "The restorers").
