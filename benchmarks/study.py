@@ -233,11 +233,14 @@ def goals(methods: dict, ablations: dict, check: dict | None) -> dict:
     end = {k: list(v["psnr_along_walk_from_xT"].values())[-1] for k, v in methods.items() if v["psnr_along_walk_from_xT"]}
     t_max = max(int(t) for t in methods["hazy_input"]["psnr_per_input_step"])
     hazy, unet = methods["hazy_input"]["psnr_per_input_step"][str(t_max)], methods["one-shot-unet"]["psnr_per_input_step"][str(t_max)]
-    iterative = {k: end[k] for k in list(latent) + ["pixel-indi"] if k in end}
+    iterative = {k: end[k] for k in list(latent) + ["pixel-indi", "pixel-indi-early"] if k in end}
     best = max(iterative, key=iterative.get) if iterative else None
     direct = methods.get("latent-direct", {}).get("drift_db_per_step")
     indi, one = methods.get("pixel-indi", {}), methods.get("pixel-one-shot", {})
     indi_margin = {t: indi["psnr_per_input_step"][t] - one["psnr_per_input_step"][t] for t in one.get("psnr_per_input_step", {})}
+    early = methods.get("pixel-indi-early", {})
+    early_margin = {t: early["psnr_per_input_step"][t] - one["psnr_per_input_step"][t] for t in one.get("psnr_per_input_step", {})
+                    if t in early.get("psnr_per_input_step", {})}
     residuals = {t: v["residual"] for t, v in (check or {}).get("per_step", {}).items() if v["used_by_loops"]}
     samples_loss = ablations.get("latent-one-shot:samples", {}).get("loss_db", {})
 
@@ -250,6 +253,8 @@ def goals(methods: dict, ablations: dict, check: dict | None) -> dict:
         "best_iterative_within_1db_of_unet_from_xT": goal({"best": best, "db": iterative.get(best), "unet": unet},
                                                           best is not None and iterative[best] >= unet - 1.0),
         "pixel_indi_walk_ge_its_one_shot_every_source_step": goal(indi_margin, indi_margin and min(indi_margin.values()) >= 0),
+        # the walk stopped at t = 1 (pixel-indi-early), beside the goal: not the walk the goal names
+        "pixel_indi_early_ge_its_one_shot_every_source_step": goal(early_margin, early_margin and min(early_margin.values()) >= 0),
         "beyond: best_iterative_ge_unet": goal(iterative.get(best), best is not None and iterative[best] >= unet),
         "beyond: latent_direct_drift_ge_-0.3": goal(direct, direct is not None and direct >= -0.3),
         "degradation_residual_le_0.2_every_step_used": goal(residuals, residuals and max(residuals.values()) <= 0.2),

@@ -20,6 +20,8 @@ class PredictConfig(StrictModel):
     samples: int | None = Field(None, ge=1, description="posterior samples K per input (hdn: default its mmse_samples; "
                                 "latent: default 1 = posterior means)")
     alpha: float = Field(0.5, ge=0, le=1, description="running-combination weight of the latent-combine strategies")
+    indi_stop: float = Field(1.0, ge=0, description="pixel-indi-early: the step t of the InDI walk at which the "
+                             "restorer's estimate is returned (0: the whole walk, as pixel-indi)")
     flow_steps: int = Field(20, ge=1, le=1000, description="ODE steps of the flow sampler (noise to clean image)")
     flow_solver: Literal["euler", "heun"] = Field("euler", description="flow ODE solver: euler (1 network evaluation per "
                                                   "step) or heun (2nd order, 2 per step but the last)")

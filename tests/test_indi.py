@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from dehaze.models import build_network
 from dehaze.normalization import Normalization
 from dehaze.store import open_ladder
-from dehaze.strategies import ModelBundle, indi_schedule, pixel_indi
+from dehaze.strategies import ModelBundle, StrategyParams, indi_schedule, pixel_indi, pixel_indi_early
 from tests.conftest import simulate_tiny_ladder
 from training.config import PixelModel
 from training.data import LadderPatches, split_fields
@@ -177,3 +177,30 @@ def test_a_deterministic_walk_with_the_exact_mmse_restorer_loses_to_its_one_shot
     assert mse["fine"] / mse["one"] == pytest.approx(2 / (1 + rho), rel=0.05)
     coarse = float(F.mse_loss(pixel_indi(bundle, xs, indi_schedule(s, s / 4)), x0))
     assert mse["one"] < coarse < mse["fine"]  # the loss grows as the step shrinks
+
+
+def test_the_early_walk_returns_the_restorers_estimate_at_its_stop():
+    """pixel-indi-early = the full walk's estimate R(x_t, t, s) at the first t <= indi_stop; the one-shot from
+    a source step at or below the stop; the whole walk with indi_stop = 0."""
+    torch.manual_seed(0)
+    net = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8)).eval()
+    with torch.no_grad():
+        nn.init.normal_(net.head.weight, std=0.1)
+        bundle, x = ModelBundle(pixel=net), torch.rand(2, 1, 16, 16)
+        seen: dict[float, torch.Tensor] = {}
+        full = pixel_indi(bundle, x, indi_schedule(3.0, 0.5), callback=lambda t, e: seen.setdefault(t, e))
+        early = pixel_indi_early(bundle, x, indi_schedule(3.0, 0.5), params=StrategyParams(indi_stop=1.2))
+        assert torch.equal(early, seen[1.0]) and not torch.allclose(early, full)
+        assert torch.equal(pixel_indi_early(bundle, x, indi_schedule(3.0, 0.5), params=StrategyParams(indi_stop=0.0)), full)
+        assert torch.equal(pixel_indi_early(bundle, x, indi_schedule(1.0, 0.5), params=StrategyParams(indi_stop=1.0)),
+                           pixel_indi(bundle, x, [1.0, 0.0]))
+        ends: dict[float, torch.Tensor] = {}
+        pixel_indi_early(bundle, x, indi_schedule(3.0, 0.5), params=StrategyParams(indi_stop=1.0), callback=lambda t, e: ends.setdefault(t, e))
+        assert sorted(ends) == [0.0, 1.0, 1.5, 2.0, 2.5, 3.0] and torch.equal(ends[0.0], ends[1.0])
+
+
+def test_the_early_walk_of_the_exact_restorer_is_x0():
+    g = torch.Generator().manual_seed(0)
+    x0, xs = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    out = pixel_indi_early(ModelBundle(pixel=ExactRestorer(x0)), xs, indi_schedule(3.0, 0.25))
+    assert torch.allclose(out, x0, atol=1e-6)
