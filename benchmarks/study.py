@@ -77,13 +77,13 @@ def settings(kind: str) -> StudyConfig:
 # kind -> (name, model overrides, strategies). They measure the recipe choices with and without. (The
 # residual restorers were measured on this ladder by a first run with residual: true; README, "The restorers".)
 ABLATIONS = {
-    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-one-shot"]),
+    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # the walk loss on the state one sampler step from x_s reaches (the default, uniform, jumps to t ~ U(0, s))
-              ("walk-span-one-step", {"walk_span": "one-step"}, ["pixel-indi", "pixel-one-shot"]),
+              ("walk-span-one-step", {"walk_span": "one-step"}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # no training samples at t = s exactly (the earlier recipe; the default puts a quarter there)
-              ("no-source-point", {"source_fraction": 0.0}, ["pixel-indi", "pixel-one-shot"]),
+              ("no-source-point", {"source_fraction": 0.0}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # the earlier path noise (the default is 0; see PixelModel.path_noise_std)
-              ("path-noise-0.01", {"path_noise_std": 0.01}, ["pixel-indi", "pixel-one-shot"])],
+              ("path-noise-0.01", {"path_noise_std": 0.01}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,
