@@ -68,35 +68,35 @@ def settings(kind: str) -> StudyConfig:
         "latent": {**common, "steps": 600, "model": {"width": 32, "time_embed_dim": 32}, "optim": {"lr": 1e-3}},
         "degradation": {**common, "steps": 800, "model": {"width": 32}},
         # warm-started from the pixel run (same base_channels, depth and time_embed_dim): measured against
-        # from scratch in FLOW_ABLATIONS
-        "flow": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
+        # from scratch in FLOW_ABLATIONS; lr 1e-4 measured against 1e-3 and 3e-4 (benchmarks/flow_finetune.py)
+        "flow": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-4}},
     })
 
 
 # Variants trained beside the study's runs (same data, same steps), each scored with the strategies it changes:
-# kind -> (name, model overrides, strategies). They measure the recipe choices with and without. (The
+# kind -> (name, overrides of the trainer section, strategies). They measure the recipe choices with and without. (The
 # residual restorers were measured on this ladder by a first run with residual: true; README, "The restorers".)
 ABLATIONS = {
-    "pixel": [("no-walk-loss", {"walk_weight": 0.0}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+    "pixel": [("no-walk-loss", {"model": {"walk_weight": 0.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # the walk loss on the state one sampler step from x_s reaches (the default, uniform, jumps to t ~ U(0, s))
-              ("walk-span-one-step", {"walk_span": "one-step"}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("walk-span-one-step", {"model": {"walk_span": "one-step"}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # no training samples at t = s exactly (the earlier recipe; the default puts a quarter there)
-              ("no-source-point", {"source_fraction": 0.0}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("no-source-point", {"model": {"source_fraction": 0.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # the earlier path noise (the default is 0; see PixelModel.path_noise_std)
-              ("path-noise-0.01", {"path_noise_std": 0.01}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
+              ("path-noise-0.01", {"model": {"path_noise_std": 0.01}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,
-# which the issue measured 3-4 dB below the UNet; ("scratch-velocity", {"parametrisation": "velocity"}, ["flow"])
+# which the issue measured 3-4 dB below the UNet; ("scratch-velocity", {"model": {"parametrisation": "velocity"}, "optim": {"lr": 1e-3}}, ["flow"])
 # adds it: another ~20 min on 2 shared cores, not recorded.)
 FLOW_ABLATIONS = {
-    "flow": [("scratch-x0", {"parametrisation": "x0"}, ["flow"])],
+    "flow": [("scratch-x0", {"model": {"parametrisation": "x0"}, "optim": {"lr": 1e-3}}, ["flow"])],
 }
 FLOW_TRAINERS = ("unet", "pixel", "flow")  # --flow: the study's runs the flow restorer is judged against
 # Slower variants (--degradation-ablations; 5-15 min each on 2 idle cores, the per-step CycleGAN the slowest)
 DEGRADATION_ABLATIONS = {
-    "degradation": [("walk-finetuned-R", {"restorer_walk_weight": 1.0}, ["latent-direct", "latent-cold", "latent-combine-dr"]),
-                    ("cyclegan", {"preset": "cyclegan"}, ["latent-direct", "latent-cold"])],
+    "degradation": [("walk-finetuned-R", {"model": {"restorer_walk_weight": 1.0}}, ["latent-direct", "latent-cold", "latent-combine-dr"]),
+                    ("cyclegan", {"model": {"preset": "cyclegan"}}, ["latent-direct", "latent-cold"])],
 }
 LATENT_SAMPLES_CHECK = 4  # K of the in-distribution check: the one-shot latent estimate with K samples vs K = 1
 
@@ -121,11 +121,11 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict, samples: int | N
     out = {}
     test, runs = work / "test.zarr", work / "runs"
     for kind, kind_variants in variants.items():
-        for name, model, strategies in kind_variants:
+        for name, overrides, strategies in kind_variants:
             run = work / "ablations" / f"{kind}-{name}"
             # the study's section with the overrides merged on, validated as a new config (a preset fills its fields)
             variant_cfg = build_model(TrainConfig, train_config_dict(kind, cfg.trainers[kind], {"device": cfg.device},
-                                                                     {"model": model}), [], f"ablation {kind} {name}")
+                                                                     overrides), [], f"ablation {kind} {name}")
             if checkpoint_step(run) < variant_cfg.steps:
                 print(f"[ablation] training {kind} {name}")
                 # an ablation of the flow restorer is its recipe from scratch: no warm start
@@ -135,7 +135,7 @@ def run_ablations(cfg: StudyConfig, work: Path, variants: dict, samples: int | N
             stores = [predict([run], test, work / "ablations" / f"pred-{kind}-{name}" / f"{s}.zarr", PredictConfig(strategy=s, seed=0, device=cfg.device, samples=samples),
                               replace_stale=True, show_progress=False)[0] for s in strategies]
             report = evaluate([st.path for st in stores], test, work / "ablations" / f"report-{kind}-{name}", target=cfg.target)
-            out[f"{kind}:{name}"] = {"model_overrides": model,
+            out[f"{kind}:{name}"] = {"overrides": overrides,
                                      "methods": {k: _walk_summary(v) for k, v in report["methods"].items() if k != "hazy_input"}}
             check = read_run_report(run).get("degradation_check")
             if check:

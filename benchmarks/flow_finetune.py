@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""How fast the flow restorer may leave its warm start: the study's flow recipe at several learning rates
+and budgets, each warm-started from the study's pixel run, scored by its K-sample mean against the UNet.
+
+Needs a finished CPU study in ``--work`` (``python benchmarks/study.py``: its ladder, test ladder, pixel run
+and UNet prediction); trains each variant there (``flow-finetune/<name>``, resumable) and predicts the test
+ladder with K = 4 samples, 20 Euler steps (K = 16 is the flow's default; 4 keeps the run to minutes).
+
+    python benchmarks/flow_finetune.py      # ~10 min on 2 cores; writes results/flow_finetune_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from machine import machine_info, write_result
+from study import settings
+
+from dehaze.config import build_model
+from dehaze.evaluate import evaluate
+from dehaze.predict import predict
+from dehaze.predict_config import PredictConfig
+from dehaze.runs import checkpoint_step
+from training.config import TrainConfig, train_config_dict
+from training.loop import train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SAMPLES = 4
+# name -> overrides of the study's flow section (steps 800, Adam lr 1e-3: the recorded default)
+VARIANTS = {
+    "lr1e-3": {},
+    "lr3e-4": {"optim": {"lr": 3e-4}},
+    "lr1e-4": {"optim": {"lr": 1e-4}},
+    "lr3e-4-3200-steps": {"optim": {"lr": 3e-4}, "steps": 3200},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dehaze-study-cpu"), help="a finished CPU study's folder")
+    args = parser.parse_args()
+    work, t0 = args.work, time.perf_counter()
+    unet = work / "predictions" / "one-shot-unet.zarr"
+    missing = [p for p in (work / "ladder.zarr", work / "test.zarr", work / "runs" / "pixel", unet) if not p.exists()]
+    if missing:
+        parser.error(f"{missing[0]} is missing: run python benchmarks/study.py (or pass --work) first")
+    cfg, rows = settings("cpu"), {}
+    for name, overrides in VARIANTS.items():
+        out = work / "flow-finetune" / name
+        train_cfg = build_model(TrainConfig, train_config_dict("flow", cfg.trainers["flow"], {"device": "cpu"}, overrides), [], f"flow {name}")
+        t_train = time.perf_counter()
+        if checkpoint_step(out / "run") < train_cfg.steps:
+            print(f"training flow {name}")
+            train("flow", [work / "ladder.zarr"], out / "run", train_cfg, resume=(out / "run" / "run.json").is_file(),
+                  base_run=work / "runs" / "pixel", show_progress=False)
+        t_pred = time.perf_counter()
+        store = predict([out / "run"], work / "test.zarr", out / "pred.zarr", PredictConfig(strategy="flow", samples=SAMPLES, seed=0, device="cpu"),
+                        replace_stale=True, show_progress=False)[0]
+        t_end = time.perf_counter()
+        report = evaluate([store.path, unet], work / "test.zarr", out / "report", target=cfg.target)
+        flow, ref = report["methods"]["flow"]["steps"], report["methods"]["one-shot-unet"]["steps"]
+        rows[name] = {"overrides": overrides, "steps": train_cfg.steps, "lr": train_cfg.optim.lr,
+                      "psnr_mean_of_k": {t: v["mean"]["psnr"] for t, v in flow.items()},
+                      "mean_minus_unet_db": {t: flow[t]["mean"]["psnr"] - ref[t]["mean"]["psnr"] for t in flow},
+                      "train_s_this_invocation": t_pred - t_train, "predict_s": t_end - t_pred}
+        print(name, " ".join(f"t={t}: {v:+.2f}" for t, v in rows[name]["mean_minus_unet_db"].items()), "dB against the UNet")
+    write_result(RESULTS / "flow_finetune_cpu.json", {
+        "benchmark": "flow_finetune", "command": "python benchmarks/flow_finetune.py", "samples": SAMPLES, "flow_steps": 20,
+        "what": "flow K-sample mean PSNR (noise-free x_0 target) per input step, and its difference to the study's UNet, "
+                "for warm-started flow runs at several learning rates and budgets",
+        "variants": rows, "wall_s": time.perf_counter() - t0, "machine": machine_info()})
+
+
+if __name__ == "__main__":
+    main()
