@@ -290,7 +290,7 @@ def main() -> None:
     if args.flow:
         run_flow(cfg, work, ablations=not args.no_ablations)
         return
-    # the flow restorer is recorded apart (--flow): its K = 16 predictions alone take ~50 min on 2 cores
+    # the flow restorer is recorded apart (--flow): its K = 16 predictions alone take 7 min on 2 idle cores
     cfg = cfg.model_copy(update={"trainers": {k: v for k, v in cfg.trainers.items() if k != "flow"}})
     # what an earlier run in this folder already finished (run_study skips it): wall_s then covers the rest
     reused = sorted(kind for kind, part in cfg.trainers.items()
