@@ -120,18 +120,9 @@ def pixel_indi_early(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[fl
     the walk's own errors. Measured on the CPU study's pixel run (delta 0.25) on a validation ladder of its
     own seed (not the test ladder): R's estimate at t = 1 scores 0.0-2.0 dB above the walk's end from every
     source step 2-7 and within -0.4 ... +0.3 dB of the one-shot (README, "The restorers")."""
-    cut = next((i for i, t in enumerate(schedule) if 0 < t <= params.indi_stop), None)
-    if cut is None:  # indi_stop below the walk's last positive step: the whole walk
-        return pixel_indi(bundle, x, schedule, params=params, callback=callback)
-    inner = (lambda t, e: callback(t, e) if t > 0 else None) if callback else None  # its t = 0 report is not the end here
-    x_t = pixel_indi(bundle, x, schedule[: cut + 1], params=params, callback=inner)  # the state at t = schedule[cut]
-    restorer, t = need(bundle.pixel, "pixel"), float(schedule[cut])
-    conditions = (torch.full((x.shape[0],), float(schedule[0]), device=x.device),) if getattr(restorer, "source_conditioned", False) else ()
-    out = restorer(x_t, torch.full((x.shape[0],), t, device=x.device), *conditions)
-    if callback:
-        callback(t, out)
-        callback(0.0, out)
-    return out
+    cut = next((i for i, t in enumerate(schedule) if 0 < t <= params.indi_stop), len(schedule))
+    # the walk's last step from t to 0 is exactly R(x_t, t, s): the same walk, cut there
+    return pixel_indi(bundle, x, [*schedule[: cut + 1], 0.0] if cut < len(schedule) else schedule, params=params, callback=callback)
 
 
 def indi_schedule(t_start: float, delta: float) -> list[float]:
