@@ -109,3 +109,32 @@ def test_shape_mismatch_and_non_2d_inputs_are_errors(fn):
         fn(np.zeros((16, 16)), np.ones((16, 17)))
     with pytest.raises(ValueError, match="2-D"):
         fn(np.zeros((2, 16, 16)), np.ones((2, 16, 16)))
+
+
+def test_an_exact_posterior_sample_resolves_coarser_than_the_mmse_but_keeps_the_clean_power():
+    """Gaussian toy with a closed-form posterior (benchmarks/posterior_frc_theory.py): per frequency, Wiener
+    MMSE m and a sample m + e' with e' ~ the posterior. Theory: FRC(sample) = FRC(m)^2 < FRC(m), while the
+    sample's high-frequency power is the clean image's and the MMSE's is lower (the poster's criterion (b))."""
+    from dehaze.posterior import high_frequency_power_ratio
+
+    n, noise_std, rng = 128, 0.05, np.random.default_rng(0)
+    k = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
+    prior = 1.0 / (1.0 + (k / 0.08) ** 2) ** 2
+    prior *= n**4 / prior.sum()  # E|X(k)|^2 for a unit-variance image (numpy's unnormalised FFT)
+    otf, noise_power = np.exp(-2 * (np.pi * 1.5 * k) ** 2), n * n * noise_std**2
+    post_var = prior * noise_power / (otf**2 * prior + noise_power)
+
+    def field(power):
+        return np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * np.sqrt(power) / n))
+
+    x = field(prior)
+    y = np.real(np.fft.ifft2(otf * np.fft.fft2(x))) + noise_std * rng.standard_normal((n, n))
+    mmse = np.real(np.fft.ifft2(otf * prior / (otf**2 * prior + noise_power) * np.fft.fft2(y)))
+    sample = mmse + field(post_var)
+    _, frc_mmse = frc_curve(mmse, x)
+    _, frc_sample = frc_curve(sample, x)
+    resolved = frc_mmse > 1 / 7
+    assert np.abs(frc_sample - frc_mmse**2)[resolved].mean() < 0.05
+    assert frc_resolution_um(sample, x, 0.1) > frc_resolution_um(mmse, x, 0.1)
+    assert high_frequency_power_ratio(sample, x, (0.1, 0.1)) == pytest.approx(1.0, abs=0.1)
+    assert high_frequency_power_ratio(mmse, x, (0.1, 0.1)) < 0.5
