@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 from pydantic import Field, model_validator
 
@@ -165,8 +165,10 @@ class PixelModel(ModelKind):
 
         net = UNet(base_channels=self.base_channels, depth=self.depth, residual=self.residual,
                    time_embed_dim=self.time_embed_dim, source_conditioned=self.path == "straight")
-        # read by the restorer's loss (training.tasks.restorer_loss)
-        net.walk_weight, net.walk_delta, net.walk_span = self.walk_weight, self.sample_delta, self.walk_span
+        # read by the restorer's loss (training.tasks.restorer_loss); plain attributes the UNet does not declare,
+        # set by name because a Module's __setattr__ is typed for tensors and submodules only
+        for name, value in {"walk_weight": self.walk_weight, "walk_delta": self.sample_delta, "walk_span": self.walk_span}.items():
+            setattr(net, name, value)
         return net
 
 
@@ -230,6 +232,16 @@ def fill_from_preset(data: Any, presets: dict[str, dict[str, Any]], default: str
     return data
 
 
+_T = TypeVar("_T")
+
+
+def _preset_filled(value: _T | None) -> _T:
+    # A preset field of a validated config: the "before" validator fills every one left out or null from the
+    # preset, and an unknown preset fails validation, so None only comes from a config built around them.
+    assert value is not None, "preset field not filled: build the model config through validation"
+    return value
+
+
 HVAEPreset = Literal["hdn-reference", "small", "tiny"]
 HVAE_PRESETS: dict[str, dict[str, float | int]] = {
     # Prakash et al. 2022's configuration (the reference model has about 7.3 M parameters; ours 7.5 M);
@@ -269,8 +281,9 @@ class _LadderVAEModel(ModelKind):
     def build(self) -> nn.Module:  # one ladder VAE; HDN only differs in what it is trained on
         from dehaze.models.hvae import HVAE
 
-        return HVAE(levels=self.levels, latent_channels=self.latent_channels, blocks_per_level=self.blocks_per_level,
-                    filters=self.filters, dropout=self.dropout, free_bits=self.free_bits, beta=self.beta,
+        return HVAE(levels=_preset_filled(self.levels), latent_channels=_preset_filled(self.latent_channels),
+                    blocks_per_level=_preset_filled(self.blocks_per_level), filters=_preset_filled(self.filters),
+                    dropout=_preset_filled(self.dropout), free_bits=_preset_filled(self.free_bits), beta=self.beta,
                     likelihood_logvar=self.likelihood_logvar)
 
 
@@ -373,9 +386,10 @@ class DegradationModel(ModelKind):
         r = self.restorer
         if r is None or r.level_channels is None or r.n_steps is None:
             raise ValueError("degradation config is not resolved: its restorer comes from the latent run")
-        return LatentCycleGAN(r.level_channels, r.n_steps - 1, r.build(), width=self.width, shared=self.shared,
-                              lambda_cyc=self.lambda_cyc, lambda_cos=self.lambda_cos, lambda_sup=self.lambda_sup,
-                              lambda_gan=self.lambda_gan, pool_size=self.pool_size,
+        return LatentCycleGAN(r.level_channels, r.n_steps - 1, r.build(), width=self.width, shared=_preset_filled(self.shared),
+                              lambda_cyc=_preset_filled(self.lambda_cyc), lambda_cos=_preset_filled(self.lambda_cos),
+                              lambda_sup=_preset_filled(self.lambda_sup), lambda_gan=_preset_filled(self.lambda_gan),
+                              pool_size=self.pool_size,
                               restorer_walk_weight=self.restorer_walk_weight)
 
 
@@ -395,7 +409,7 @@ def training_order(kinds: Any = TRAINER_KINDS) -> list[str]:
 
     def visit(kind: str) -> None:
         base = MODEL_KINDS[kind].base
-        if base in chosen and base not in order:
+        if base is not None and base in chosen and base not in order:
             visit(base)
         if kind not in order:
             order.append(kind)
@@ -438,9 +452,10 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _patch_fits_the_ladder_vae(self) -> TrainConfig:
-        levels = getattr(self.model, "levels", None)
-        if isinstance(self.model, _LadderVAEModel) and self.patch_size % 2**levels:
-            raise ValueError(f"patch_size={self.patch_size} must be a multiple of 2**model.levels = {2**levels}")
+        if isinstance(self.model, _LadderVAEModel):
+            levels = _preset_filled(self.model.levels)
+            if self.patch_size % 2**levels:
+                raise ValueError(f"patch_size={self.patch_size} must be a multiple of 2**model.levels = {2**levels}")
         return self
 
 
@@ -477,6 +492,7 @@ def load_train_config(kind: str, config: Path | None, overrides: list[str]) -> t
             raise UserError(f"{config}: model.kind is {file_kind!r} but the trainer is {kind!r}")
         raw, source = train_config_dict(kind, file_cfg), str(config)
     cfg = build_model(TrainConfig, raw, overrides, source)
-    if cfg.model.kind != kind:
-        raise UserError(f"model.kind={cfg.model.kind!r} does not match the trainer {kind!r}")
+    # kind_name(): a type checker sees the base ModelKind, whose subclasses each fix ``kind`` to its default
+    if cfg.model.kind_name() != kind:
+        raise UserError(f"model.kind={cfg.model.kind_name()!r} does not match the trainer {kind!r}")
     return cfg, source
