@@ -8,7 +8,7 @@ batch) -> x_0 estimate`` (B, 1, P, P) on a validation ``pair`` batch, scored aga
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import torch
 from torch import nn
@@ -19,7 +19,34 @@ from training.data import SampleKind
 from training.latent_data import LatentKind
 from training.latent_tasks import cyclegan_losses, degradation_check, weighted_latent_mse
 
+if TYPE_CHECKING:
+    from dehaze.models.flow import FlowNet
+    from dehaze.models.hvae import HVAE
+    from dehaze.models.latent import LatentCycleGAN, LatentNet
+
 Batch = dict[str, torch.Tensor]
+# a latent kind's batch: "z_t", "z_0", "z_prev" are lists of per-level latents, "t" a tensor
+LatentBatch = dict[str, Any]
+
+
+# A Task's callables take any nn.Module; the loop hands each kind the network its config builds
+# (training.config.ModelKind.build), the loss perhaps DDP-wrapped (the network is then its .module). These
+# name that network's class for the type checker, which cannot follow the kind (nn.Module.__getattr__ is
+# typed Tensor | Module). The latent kinds never run DDP-wrapped (their GAN steps refuse several processes).
+def _flow_net(model: nn.Module) -> FlowNet:
+    return cast("FlowNet", getattr(model, "module", model))
+
+
+def _ladder_vae(model: nn.Module) -> HVAE:
+    return cast("HVAE", model)
+
+
+def _latent_net(model: nn.Module) -> LatentNet:
+    return cast("LatentNet", getattr(model, "module", model))
+
+
+def _cycle_gan(model: nn.Module) -> LatentCycleGAN:
+    return cast("LatentCycleGAN", model)
 
 
 def one_shot_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -74,9 +101,8 @@ def flow_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     tau come from torch's RNG, which checkpoints keep (a resumed run draws what an uninterrupted one does)."""
     from dehaze.models.flow import flow_matching_loss, tau_grid
 
-    net = getattr(model, "module", model)
     y = batch["y"]
-    grid = tau_grid(net.tau_grid)
+    grid = tau_grid(_flow_net(model).tau_grid)
     tau = grid[torch.randint(len(grid), (y.shape[0],))].to(y.device)
     return flow_matching_loss(model, batch["x"], batch["t"], y, torch.randn_like(y), tau)
 
@@ -89,14 +115,15 @@ def flow_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
     x = batch["x"]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(FLOW_VAL_SEED)).to(x.device)
     tau = torch.zeros(x.shape[0], device=x.device)
-    return model.clean_estimate(noise, tau, x, batch["t"]) * model.target_scale
+    flow = _flow_net(model)
+    return flow.clean_estimate(noise, tau, x, batch["t"]) * flow.target_scale
 
 
 def flow_from_base(model: nn.Module, base: nn.Module) -> None:
     """--base PIXEL_RUN: the flow network starts as that restorer's one-shot estimate (see warm_start_from_pixel)."""
     from dehaze.models.flow import warm_start_from_pixel
 
-    warm_start_from_pixel(model, base)
+    warm_start_from_pixel(_flow_net(model), base)
 
 
 # ---- ladder VAEs (dehaze.models.hvae) ----------------------------------------------------------------
@@ -110,7 +137,8 @@ def hvae_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def hvae_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
     """The deterministic reconstruction decode(encode(x_t)) (posterior means), scored against x_t itself."""
-    return model.decode(model.encode(batch["x"]))
+    vae = _ladder_vae(model)
+    return vae.decode(vae.encode(batch["x"]))
 
 
 def hdn_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -126,40 +154,46 @@ def hdn_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 # ---- latent models (dehaze.models.latent): batches hold lists of per-level latents ----------------------
-def latent_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def latent_loss(model: nn.Module, batch: LatentBatch) -> torch.Tensor:
     """sum_i w_i ||z_0,i - R(z_t, t)_i||^2 (weights from the model config, default 1)."""
-    net = getattr(model, "module", model)
-    return weighted_latent_mse(model(batch["z_t"], batch["t"]), batch["z_0"], net.level_weights)
+    return weighted_latent_mse(model(batch["z_t"], batch["t"]), batch["z_0"], _latent_net(model).level_weights)
 
 
-def latent_estimate(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+def latent_estimate(model: nn.Module, batch: LatentBatch) -> list[torch.Tensor]:
     """R(z_t, t): the latent restorer's estimate of z_0, level by level."""
     return model(batch["z_t"], batch["t"])
 
 
-def degradation_estimate(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+def degradation_loss(model: nn.Module, batch: LatentBatch) -> dict[str, torch.Tensor]:
+    """The degradation's losses, one per optimiser (see :func:`training.latent_tasks.cyclegan_losses`)."""
+    return cyclegan_losses(_cycle_gan(model), batch)
+
+
+def degradation_estimate(model: nn.Module, batch: LatentBatch) -> list[torch.Tensor]:
     """G(t)(R(z_t, t)): the learned degradation's guess of z_{t-1}."""
     t = int(batch["t"][0])
-    return model.G(model.restorer(batch["z_t"], batch["t"]), t)
+    gan = _cycle_gan(model)
+    return gan.G(gan.restorer(batch["z_t"], batch["t"]), t)
 
 
 def degradation_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Optimisers stepped in this order each batch: generators, discriminators, and the restorer when the
     run fine-tunes it on its loop's states (``restorer_walk_weight`` > 0; learning rate ``restorer_lr``)."""
-    groups = {"generators": model.generator_params(), "discriminators": model.discriminator_params()}
-    if model.restorer_params():
-        groups["restorer"] = model.restorer_params()
+    gan = _cycle_gan(model)
+    groups = {"generators": gan.generator_params(), "discriminators": gan.discriminator_params()}
+    if gan.restorer_params():
+        groups["restorer"] = gan.restorer_params()
     return groups
 
 
 def degradation_from_base(model: nn.Module, base: nn.Module) -> None:
     """The degradation run starts from the base latent run's restorer weights (frozen unless fine-tuned)."""
-    model.restorer.load_state_dict(base.state_dict())
+    _cycle_gan(model).restorer.load_state_dict(base.state_dict())
 
 
 def degradation_report(model: nn.Module, cache_path: str, fields: list[str], device: torch.device) -> dict:
     """The run's record of how far G moves (see :func:`training.latent_tasks.degradation_check`)."""
-    return {"degradation_check": degradation_check(model, cache_path, fields, device)}
+    return {"degradation_check": degradation_check(_cycle_gan(model), cache_path, fields, device)}
 
 
 @dataclass(frozen=True)
@@ -190,7 +224,7 @@ TASKS: dict[str, Task] = {
     "hvae": Task("single", hvae_loss, hvae_estimate, val_target="x"),
     "hdn": Task("pair", hdn_loss, hdn_estimate),
     "latent": Task("latent_pair", latent_loss, latent_estimate, val_target="z_0"),
-    "degradation": Task("latent_degradation", cyclegan_losses, degradation_estimate, val_target="z_prev",
+    "degradation": Task("latent_degradation", degradation_loss, degradation_estimate, val_target="z_prev",
                         param_groups=degradation_groups, init_from_base=degradation_from_base,
                         final_report=degradation_report),
 }
