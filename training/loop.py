@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -46,8 +47,8 @@ from dehaze.runs import (
 )
 from dehaze.store import LadderStore
 from training.config import MODEL_KINDS, OptimConfig, TrainConfig
-from training.data import LadderPatches, StepSampler, open_training_stores, split_fields
-from training.latent_data import LatentPatches
+from training.data import LadderPatches, SampleKind, StepSampler, open_training_stores, split_fields
+from training.latent_data import LatentKind, LatentPatches
 from training.latents import ensure_latent_cache
 from training.tasks import TASKS, Task
 
@@ -304,20 +305,24 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
 
     # -- data: patches (or latent crops) indexed by optimiser step, so a resumed run draws the same batches
     length = cfg.steps * cfg.batch_size * world
+    train_ds: LatentPatches | LadderPatches
+    val_ds: LatentPatches | LadderPatches | None
+    # the casts: a latent setup is made for exactly the tasks of a latent sample kind (Task.latent), which the
+    # type checker cannot follow from the property
     if latent is not None:
-        train_ds = LatentPatches(latent.cache_path, [r.field for r in train_fields], task.sample_kind, cfg.patch_size,
+        latent_kind = cast(LatentKind, task.sample_kind)
+        train_ds = LatentPatches(latent.cache_path, [r.field for r in train_fields], latent_kind, cfg.patch_size,
                                  cfg.seed, length, cfg.batch_size, cfg.data.input_steps)
-        val_ds = LatentPatches(latent.cache_path, [r.field for r in val_fields], task.sample_kind, cfg.patch_size,
+        val_ds = LatentPatches(latent.cache_path, [r.field for r in val_fields], latent_kind, cfg.patch_size,
                                cfg.seed + 1, cfg.data.val_patches, cfg.batch_size, cfg.data.input_steps) if val_fields else None
     else:
-        extra = {"path_noise_std": getattr(cfg.model, "path_noise_std", 0.0), "path": getattr(cfg.model, "path", "ladder"),
-                 "source_fraction": getattr(cfg.model, "source_fraction", 0.0)}
-        common = dict(patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps, target=cfg.data.target,
-                      in_memory=in_memory)
-        train_ds = LadderPatches(paths, train_fields, task.sample_kind, seed=cfg.seed, length=length,
-                                 augment=cfg.data.augment, **common, **extra)
-        val_ds = LadderPatches(paths, val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False,
-                               **common) if val_fields else None
+        # what the training and validation patches share
+        patches = functools.partial(LadderPatches, paths, patch_size=cfg.patch_size, norm=norm, input_steps=cfg.data.input_steps,
+                                    target=cfg.data.target, in_memory=in_memory)
+        train_ds = patches(train_fields, cast(SampleKind, task.sample_kind), seed=cfg.seed, length=length, augment=cfg.data.augment,
+                           path_noise_std=getattr(cfg.model, "path_noise_std", 0.0), path=getattr(cfg.model, "path", "ladder"),
+                           source_fraction=getattr(cfg.model, "source_fraction", 0.0))
+        val_ds = patches(val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False) if val_fields else None
     if rank == 0:
         prepare_run_dir(run_dir, info, resume)
     if world > 1:
