@@ -13,12 +13,17 @@ the settings a strategy takes besides its networks (``dehaze predict`` binds the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from training.config import TRAINER_KINDS
+
+if TYPE_CHECKING:
+    from dehaze.models.flow import FlowNet
+    from dehaze.models.hvae import HVAE
+    from dehaze.models.latent import LatentCycleGAN, LatentNet
 
 Callback = Callable[[float, torch.Tensor], None]
 
@@ -28,6 +33,16 @@ class ModelBundle:
     (every kind of :data:`training.config.TRAINER_KINDS`), ``None`` where no run of that kind was given.
     The latent restorer is ``bundle.latent`` R(z_t, t); ``bundle.degradation`` the LatentCycleGAN whose
     G(t) degrades and whose ``restorer`` the latent loops use."""
+
+    if TYPE_CHECKING:  # what __getattr__ gives per kind: the networks the kinds build (training.config.ModelKind.build);
+        # the UNet and the pixel restorer are only called, so any Module serves (the tests give analytic restorers)
+        unet: nn.Module | None
+        pixel: nn.Module | None
+        flow: FlowNet | None
+        hdn: HVAE | None
+        hvae: HVAE | None
+        latent: LatentNet | None
+        degradation: LatentCycleGAN | None
 
     def __init__(self, **models: nn.Module | None) -> None:
         unknown = sorted(set(models) - set(TRAINER_KINDS))
@@ -70,7 +85,10 @@ class Strategy(Protocol):
                  params: StrategyParams = DEFAULT_PARAMS, callback: Callback | None = None) -> torch.Tensor: ...
 
 
-def need(model: nn.Module | None, name: str) -> nn.Module:
+_Network = TypeVar("_Network", bound=nn.Module)
+
+
+def need(model: _Network | None, name: str) -> _Network:
     """``model``, or a ValueError naming the kind of run the strategy needs."""
     if model is None:
         raise ValueError(f"this strategy needs a trained {name} model")
@@ -135,7 +153,7 @@ def indi_schedule(t_start: float, delta: float) -> list[float]:
 
 
 # ---- HDN: posterior sampling ------------------------------------------------------------------------
-def hdn_posterior(model: nn.Module, x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
+def hdn_posterior(model: HVAE, x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mmse, std, samples) of a ladder VAE's posterior for ``x`` (B, 1, H, W): ``samples`` (k, B, 1, H, W)
     are decoded means of z ~ q(z | x); ``mmse`` their mean and ``std`` their per-pixel standard deviation
@@ -234,6 +252,7 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
         if s == 0 or identity:
             return z0
         if oracle:
+            assert ladder is not None  # checked on entry: the oracle loop raises without one
             return hvae.encode(ladder[:, s : s + 1].to(x.dtype), sample=False)
         return gan.G(z0, s + 1)
 

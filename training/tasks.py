@@ -150,7 +150,7 @@ def hdn_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
     """MMSE estimate of x_0: mean of a few decoded posterior samples."""
     from dehaze.strategies import hdn_posterior
 
-    return hdn_posterior(model, batch["x"], HDN_VAL_SAMPLES)[0]
+    return hdn_posterior(_ladder_vae(model), batch["x"], HDN_VAL_SAMPLES)[0]
 
 
 # ---- latent models (dehaze.models.latent): batches hold lists of per-level latents ----------------------
