@@ -172,8 +172,9 @@ def _k_sample_mean_psnr(store: Path, truth: Path, target: str, k: int) -> dict[s
 
 def run_flow(cfg: StudyConfig, work: Path, ablations: bool = True) -> Path:
     """--flow: the flow restorer beside the runs it is judged against (FLOW_TRAINERS, the study's sections and
-    ladders), its ablations, the std calibration fitted on one held-out field and scored on the other, and
-    the posterior criteria of ``dehaze evaluate``; writes results/flow_cpu.json and its figures."""
+    ladders), its ablations, the std calibration (per input step, and pooled over the steps beside it) fitted
+    on one held-out field and scored on the other, and the posterior criteria of ``dehaze evaluate``; writes
+    results/flow_cpu.json and its figures."""
     from dehaze.calibration import cross_fit
 
     t0 = time.perf_counter()
@@ -190,6 +191,7 @@ def run_flow(cfg: StudyConfig, work: Path, ablations: bool = True) -> Path:
     ablations = found
     flow_store = work / "predictions" / "flow.zarr"
     calibration = cross_fit(flow_store, work / "test.zarr", target=cfg.target, figure=RESULTS / "flow_cpu_reliability.png")
+    pooled = cross_fit(flow_store, work / "test.zarr", target=cfg.target, pooled=True)  # one scale for all steps, beside it
     t_max = max(report["steps"])
     methods = {k: {"psnr_per_input_step": {t: v["mean"]["psnr"] for t, v in e["steps"].items()},
                    "frc_um_per_input_step": {t: v["mean"]["frc_resolution_um"] for t, v in e["steps"].items()},
@@ -207,6 +209,7 @@ def run_flow(cfg: StudyConfig, work: Path, ablations: bool = True) -> Path:
         "train_wall_s": {k: float((work / "runs" / k / "log.csv").read_text().split()[-1].split(",")[-1]) for k in FLOW_TRAINERS},
         "target": report["target"], "flow_config": cfg.trainers["flow"], "predict": sub.predict.model_dump(mode="json"),
         "methods": methods, "ablations": ablations or "not run (--no-ablations)", "calibration": calibration,
+        "calibration_pooled_over_steps": pooled,
         "goals": {
             "k_sample_mean_within_0.3db_of_unet_every_step": {"measured_db": gap, "reached": min(gap.values()) >= -0.3},
             "single_samples_finer_frc_than_unet_every_step": {"measured_um": finer, "reached": bool(finer) and max(finer.values()) < 0},

@@ -6,7 +6,8 @@ held-out fields whose clean image is known:
 
 * bin the pixels by their predicted std (equal-count bins: every bin holds the same number of pixels);
 * per bin: RMV = sqrt(mean sigma^2) (root mean variance) and RMSE = sqrt(mean (mean - x_0)^2);
-* fit RMSE = scale * RMV + offset by least squares over the bins; a calibrated std is scale * sigma + offset.
+* fit RMSE = scale * RMV + offset by least squares over the bins; a calibrated std is scale * sigma + offset;
+* by default one (scale, offset) per input step of the ladder (see ``step_factors``), or one for all steps.
 
 Calibration error (Levi et al. 2022's UCE, in ADU): sum over bins of (n_b / N) |RMV_b - RMSE_b|; and the
 largest relative gap per bin, |RMV_b - RMSE_b| / RMSE_b (the issue's goal: within 10 % in every bin).
@@ -77,19 +78,20 @@ def reliability(std: np.ndarray, error: np.ndarray, bins: int = DEFAULT_BINS) ->
 
 
 def fit_scale_offset(rel: Reliability, offset: bool = True) -> tuple[float, float]:
-    """Least-squares RMSE = scale * RMV + offset over the bins (weighted by their counts), with offset >= 0;
-    ``offset=False`` fits through the origin.
+    """Least-squares RMSE = scale * RMV + offset over the bins (weighted by their counts), with offset >= 0
+    and scale > 0; ``offset=False`` fits through the origin (whose scale is always > 0).
 
-    Why offset >= 0: a negative one would give pixels of small spread a negative std, which would have to be
+    Why offset >= 0 and scale > 0: a negative offset would give pixels of small spread a negative std, a
+    negative scale (an error that falls as the spread grows) pixels of large spread; either would have to be
     floored at 0, and a floored std cannot be undone (``calibrate`` refits a calibrated prediction from its raw
-    std). The bound costs nothing where it is not active; where it is, the least-squares optimum lies on it,
-    which is the fit through the origin."""
+    std). The bounds cost nothing where they are not active; where the offset's is, the least-squares optimum
+    lies on it, which is the fit through the origin, and that is the fallback for both."""
     w = rel.counts.astype(np.float64)
     if offset:
         a = np.stack([rel.rmv, np.ones_like(rel.rmv)], axis=1)
         sw = np.sqrt(w)[:, None]
         (scale, off), *_ = np.linalg.lstsq(a * sw, rel.rmse * sw[:, 0], rcond=None)
-        if off >= 0:
+        if off >= 0 and scale > 0:
             return float(scale), float(off)
     return float((w * rel.rmv * rel.rmse).sum() / max((w * rel.rmv**2).sum(), 1e-30)), 0.0
 
@@ -100,61 +102,116 @@ def apply(std: np.ndarray, scale: float, offset: float) -> np.ndarray:
     return np.maximum(np.float32(scale) * np.asarray(std, np.float32) + np.float32(offset), np.float32(0))
 
 
+# ---- factors per input step --------------------------------------------------------------------------------
+# Why per step: a ladder's input step is known at predict time, and the sampler's spread errs by a factor that
+# moves with it (on the CPU study the fitted scale rises from 0.65 at step 1 to 2.4-3.0 at x_T: the spread
+# shrinks with the haze while the error grows). One pooled scale averages opposite errors and, pooled over
+# steps, bins pixels of different steps together: the reliability curve goes flat. ``pooled=True`` is
+# HazeMatching's one fit per data set.
+def step_factors(cal: dict[str, Any] | None, step: int) -> tuple[float, float]:
+    """(scale, offset) a calibration gives the std of input step ``step``: its own fit where it has one, the
+    pooled fit otherwise (steps it never saw, or a pooled calibration), (1, 0) for none."""
+    if not cal:
+        return 1.0, 0.0
+    own = (cal.get("per_step") or {}).get(str(step))
+    return (float(own["scale"]), float(own["offset"])) if own else (float(cal["scale"]), float(cal["offset"]))
+
+
+def fit_factors(pairs: dict[int, tuple[np.ndarray, np.ndarray]], bins: int = DEFAULT_BINS, pooled: bool = False,
+                ) -> dict[str, Any]:
+    """The calibration of ``pairs`` (input step -> (raw std, error), ADU): the pooled scale and offset over
+    every step and, unless ``pooled``, each step's own (``per_step``, keyed by the step as a string)."""
+    std, err = (np.concatenate([p[i] for p in pairs.values()]) for i in (0, 1))
+    scale, offset = fit_scale_offset(reliability(std, err, bins))
+    per_step = {} if pooled else {str(t): dict(zip(("scale", "offset"), fit_scale_offset(reliability(s, e, bins))))
+                                  for t, (s, e) in pairs.items()}
+    return {"scale": scale, "offset": offset, "per_step": per_step}
+
+
+def reliability_of(pairs: dict[int, tuple[np.ndarray, np.ndarray]], cal: dict[str, Any] | None, bins: int = DEFAULT_BINS,
+                   ) -> Reliability:
+    """Pooled reliability of ``pairs`` with each step's std calibrated by ``cal`` (None: the raw std)."""
+    std = np.concatenate([apply(s, *step_factors(cal, t)) for t, (s, _) in pairs.items()])
+    return reliability(std, np.concatenate([e for _, e in pairs.values()]), bins)
+
+
+def gaps_per_step(pairs: dict[int, tuple[np.ndarray, np.ndarray]], cal: dict[str, Any] | None, bins: int = DEFAULT_BINS,
+                  ) -> dict[str, float]:
+    """Each step's largest relative gap per bin on its own pixels (pooled bins can hide a step's error: two
+    steps off by opposite factors over the same spreads look calibrated together)."""
+    return {str(t): reliability_of({t: p}, cal, bins).max_relative_gap() for t, p in pairs.items()}
+
+
+def _label(cal: dict[str, Any]) -> str:
+    scales = [v["scale"] for v in cal["per_step"].values()]
+    if scales:
+        return f"calibrated per step (x{min(scales):.2f}..x{max(scales):.2f})"
+    return f"calibrated (x{cal['scale']:.2f} {cal['offset']:+.3g})"
+
+
 # ---- stores: predictions against their truth -----------------------------------------------------------
 def _pairs(prediction: Any, truth: Any, target: Target, fields: list[str] | None, steps: list[int] | None,
-           ) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
-    """(std, error) pooled over the chosen fields and input steps of a prediction store against its truth,
-    with the std as it was written before any calibration the store records (ADU)."""
+           ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Input step -> (std, error) pooled over the chosen fields of a prediction store against its truth, with
+    the std as it was written before any calibration the store records (ADU); and the fields."""
     from dehaze.evaluate import target_image
 
     info = prediction.meta.prediction.strategy if prediction.meta.prediction else {}
-    previous = info.get("std_calibration") or {"scale": 1.0, "offset": 0.0}
+    previous = info.get("std_calibration")
     chosen = fields or prediction.fields
     unknown = [f for f in chosen if f not in prediction.fields or f not in truth.fields]
     if unknown:
         raise UserError(f"calibration: field {unknown[0]} is not in both the prediction and --truth")
     steps = steps or list(range(1, prediction.n_steps))
-    stds, errors = [], []
+    stds: dict[int, list[np.ndarray]] = {t: [] for t in steps}
+    errors: dict[int, list[np.ndarray]] = {t: [] for t in steps}
     for f in chosen:
         if "std" not in prediction.root[f]:
             raise UserError(f"{prediction.path}: field {f} has no std array (not a sampling strategy's prediction)")
         x0 = target_image(truth, f, target)
         est, std = prediction.image(f)[...], prediction.extra(f, "std")[...]
         for t in steps:
-            raw = (std[t] - previous["offset"]) / previous["scale"]  # undo a calibration applied at predict time
-            stds.append(raw.ravel())
-            errors.append((est[t] - x0).ravel())
-    std_all = np.concatenate(stds)
-    if not np.any(std_all > 0):
+            scale, offset = step_factors(previous, t)
+            stds[t].append(((std[t] - offset) / scale).ravel())  # undo a calibration applied at predict time
+            errors[t].append((est[t] - x0).ravel())
+    pairs = {t: (np.concatenate(stds[t]), np.concatenate(errors[t])) for t in steps}
+    if not any(np.any(s > 0) for s, _ in pairs.values()):
         raise UserError(f"{prediction.path}: its std is 0 everywhere (K = 1?); predict with --samples K > 1 to calibrate")
-    return std_all, np.concatenate(errors), chosen, steps
+    return pairs, chosen
+
+
+def _prediction(path: str | Path) -> Any:
+    from dehaze.store import open_ladder
+
+    store = open_ladder(path)
+    if store.meta.source != "prediction" or store.meta.prediction is None:
+        raise UserError(f"{path}: is not a prediction store")
+    return store
 
 
 def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Target = "noise_free",
               fields: list[str] | None = None, steps: list[int] | None = None, bins: int = DEFAULT_BINS,
-              write: bool = True, figure: str | Path | None = None) -> dict[str, Any]:
+              pooled: bool = False, write: bool = True, figure: str | Path | None = None) -> dict[str, Any]:
     """Fit the std's scale and offset of a prediction store against its truth (the fields given, or every
-    field: use held-out fields) and, with ``write``, store the factors as ``calibration.json`` in the run
-    that made it (its later predictions apply them). Returns the factors and the calibration error before
-    and after; ``figure``: a reliability-diagram PNG."""
+    field: use held-out fields), per input step unless ``pooled``, and, with ``write``, store the factors as
+    ``calibration.json`` in the run that made it (its later predictions apply them). Returns the factors and
+    the calibration error before and after (pooled over the steps); ``figure``: a reliability-diagram PNG."""
     from dehaze.store import open_ladder
 
-    pred, truth = open_ladder(prediction_path), open_ladder(truth_path)
-    if pred.meta.source != "prediction" or pred.meta.prediction is None:
-        raise UserError(f"{prediction_path}: is not a prediction store")
-    std, err, chosen, steps = _pairs(pred, truth, target, fields, steps)
-    before = reliability(std, err, bins)
-    scale, offset = fit_scale_offset(before)
-    after = reliability(apply(std, scale, offset), err, bins)
+    pred, truth = _prediction(prediction_path), open_ladder(truth_path)
+    pairs, chosen = _pairs(pred, truth, target, fields, steps)
+    cal = fit_factors(pairs, bins, pooled)
+    before, after = reliability_of(pairs, None, bins), reliability_of(pairs, cal, bins)
     result = {"method": pred.meta.prediction.method, "prediction": str(Path(prediction_path).resolve()),
-              "truth": str(Path(truth_path).resolve()), "target": target, "fields": chosen, "steps": steps, "bins": bins,
-              "samples": pred.meta.prediction.strategy.get("samples"), "scale": scale, "offset": offset,
-              "before": before.to_json(), "after": after.to_json()}
+              "truth": str(Path(truth_path).resolve()), "target": target, "fields": chosen, "steps": list(pairs),
+              "bins": bins, "samples": pred.meta.prediction.strategy.get("samples"), **cal,
+              "before": before.to_json(), "after": after.to_json(),
+              "max_relative_gap_per_step": {"before": gaps_per_step(pairs, None, bins), "after": gaps_per_step(pairs, cal, bins)}}
     if figure is not None:
         from dehaze.figures import reliability_diagram
 
-        reliability_diagram({"uncalibrated": before, f"calibrated (x{scale:.2f} {offset:+.3g})": after}, Path(figure),
-                            title=f"{result['method']}: reliability ({len(chosen)} field(s), steps {steps[0]}..{steps[-1]})")
+        reliability_diagram({"uncalibrated": before, _label(cal): after}, Path(figure),
+                            title=f"{result['method']}: reliability ({len(chosen)} field(s), steps {min(pairs)}..{max(pairs)})")
         result["figure"] = str(figure)
     if write:
         runs = [r for r in pred.meta.prediction.run_dirs]
@@ -169,33 +226,32 @@ def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Ta
 
 
 def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: Target = "noise_free", bins: int = DEFAULT_BINS,
-              figure: str | Path | None = None) -> dict[str, Any]:
+              pooled: bool = False, figure: str | Path | None = None) -> dict[str, Any]:
     """Held-out calibration: fit on each field alone and score the fitted factors on the other fields (the
     honest number: the factors never saw the pixels they are judged on). Writes nothing with the run;
     ``figure``: the reliability diagram of the first fit, on its held-out fields."""
     from dehaze.store import open_ladder
 
-    pred, truth = open_ladder(prediction_path), open_ladder(truth_path)
+    pred, truth = _prediction(prediction_path), open_ladder(truth_path)
     if len(pred.fields) < 2:
         raise UserError(f"{prediction_path}: cross-fitting needs at least 2 fields")
     fits = []
     for i, f in enumerate(pred.fields):
         others = [g for g in pred.fields if g != f]
-        scale, offset = fit_scale_offset(reliability(*_pairs(pred, truth, target, [f], None)[:2], bins))
-        std, err = _pairs(pred, truth, target, others, None)[:2]
-        # _pairs found std arrays, which only a prediction writes, and it records its PredictionInfo
-        assert pred.meta.prediction is not None
-        before, after = reliability(std, err, bins), reliability(apply(std, scale, offset), err, bins)
-        fits.append({"fitted_on": f, "scale": scale, "offset": offset, "scored_on": others,
+        cal = fit_factors(_pairs(pred, truth, target, [f], None)[0], bins, pooled)
+        scored = _pairs(pred, truth, target, others, None)[0]
+        before, after = reliability_of(scored, None, bins), reliability_of(scored, cal, bins)
+        fits.append({"fitted_on": f, **cal, "scored_on": others,
                      "scored_on_others": {"before": before.to_json(), "after": after.to_json(),
-                                          "relative_gap_per_bin": after.to_json()["relative_gap_per_bin"]}})
+                                          "relative_gap_per_bin": after.to_json()["relative_gap_per_bin"],
+                                          "max_relative_gap_per_step": {"before": gaps_per_step(scored, None, bins),
+                                                                        "after": gaps_per_step(scored, cal, bins)}}})
         if i == 0 and figure is not None:
             from dehaze.figures import reliability_diagram
 
-            reliability_diagram({"uncalibrated": before, f"calibrated on {f} (x{scale:.2f} {offset:+.3g})": after}, Path(figure),
+            reliability_diagram({"uncalibrated": before, f"{_label(cal)} on {f}": after}, Path(figure),
                                 title=f"{pred.meta.prediction.method}: reliability on held-out {', '.join(others)}")
-    assert pred.meta.prediction is not None  # as in the loop (it ran: at least 2 fields)
-    return {"method": pred.meta.prediction.method, "target": target, "bins": bins, "fits": fits,
+    return {"method": pred.meta.prediction.method, "target": target, "bins": bins, "pooled": pooled, "fits": fits,
             "figure": str(figure) if figure is not None else None}
 
 
@@ -206,6 +262,9 @@ def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     try:
         cal = json.loads(path.read_text())
-        return {"scale": float(cal["scale"]), "offset": float(cal["offset"]), "fitted_on": cal.get("prediction")}
+        per_step = {str(int(t)): {"scale": float(v["scale"]), "offset": float(v["offset"])}
+                    for t, v in (cal.get("per_step") or {}).items()}
+        return {"scale": float(cal["scale"]), "offset": float(cal["offset"]), "per_step": per_step,
+                "fitted_on": cal.get("prediction")}
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path}: unreadable calibration (run `dehaze calibrate` again)") from None

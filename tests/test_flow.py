@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from dehaze.calibration import apply, fit_scale_offset, reliability
+from dehaze.calibration import apply, fit_factors, fit_scale_offset, reliability, reliability_of, step_factors
 from dehaze.models.flow import FlowNet, flow_matching_loss, integrate, sample, sample_taus, straight_path, tau_grid, warm_start_from_pixel
 from dehaze.models.unet import UNet
 from dehaze.noise import noise_key, position_noise
@@ -126,7 +126,7 @@ def test_calibration_recovers_a_known_scale_and_offset():
     assert fit_scale_offset(reliability(std, 1.7 * std * rng.standard_normal(std.size)), offset=False)[0] == pytest.approx(1.7, rel=0.02)
 
 
-def test_a_negative_offset_is_not_fitted_so_a_calibrated_std_can_be_undone():
+def test_a_negative_offset_or_scale_is_not_fitted_so_a_calibrated_std_can_be_undone():
     """Errors of 2 std - 0.8: the unconstrained fit would give small spreads a negative std (floored at 0, not
     invertible); the fit keeps offset >= 0 and is then the fit through the origin."""
     rng = np.random.default_rng(1)
@@ -135,6 +135,30 @@ def test_a_negative_offset_is_not_fitted_so_a_calibrated_std_can_be_undone():
     scale, offset = fit_scale_offset(rel)
     assert offset == 0.0 and scale == pytest.approx(fit_scale_offset(rel, offset=False)[0])
     assert np.all(apply(std, scale, offset) > 0)
+    # an error that falls as the spread grows: no negative scale either (it would floor the large spreads at 0)
+    rel = reliability(std, rng.standard_normal(std.size) * (4.0 - std))
+    scale, offset = fit_scale_offset(rel)
+    assert scale > 0 and offset == 0.0 and scale == pytest.approx(fit_scale_offset(rel, offset=False)[0])
+
+
+def test_per_step_calibration_recovers_each_steps_scale_where_one_pooled_scale_cannot():
+    """Two input steps whose spreads err by 0.7x and 2.5x (the CPU study's flow: 0.65 at step 1, 2.4-3.0 at x_T)
+    over the same range of spreads: each step's own fit recovers its factor; one pooled fit cannot (pooled
+    bins mix the two steps and look calibrated; each step alone is off by the ratio of its factor to the pooled)."""
+    rng = np.random.default_rng(2)
+    pairs = {}
+    for t, factor in ((1, 0.7), (2, 2.5)):
+        std = rng.uniform(0.5, 3.0, 200_000)
+        pairs[t] = (std, factor * std * rng.standard_normal(std.size))
+    cal = fit_factors(pairs)
+    assert cal["per_step"]["1"]["scale"] == pytest.approx(0.7, rel=0.03) and cal["per_step"]["2"]["scale"] == pytest.approx(2.5, rel=0.03)
+    assert all(reliability_of({t: p}, cal).max_relative_gap() < 0.05 for t, p in pairs.items())
+    pooled = fit_factors(pairs, pooled=True)
+    assert pooled["per_step"] == {} and reliability_of(pairs, pooled).max_relative_gap() < 0.05
+    assert all(reliability_of({t: p}, pooled).max_relative_gap() > 0.2 for t, p in pairs.items())
+    # a step the calibration never saw gets the pooled factors; no calibration leaves the std as it is
+    assert step_factors(cal, 7) == (cal["scale"], cal["offset"]) and step_factors(None, 1) == (1.0, 0.0)
+    assert step_factors(cal, 2) == (cal["per_step"]["2"]["scale"], cal["per_step"]["2"]["offset"])
 
 
 # ---- through the CLI ----------------------------------------------------------------------------------------
@@ -195,28 +219,45 @@ def test_flow_predict_tiled_equals_untiled_and_seeded_runs_repeat(cli, good, run
         assert whole.extra(f, "std")[1:].mean() > 0.01 * scale  # the samples follow their noise: tiling would show
 
 
+def _step_scales(stdout: str) -> dict[int, float]:
+    return {int(t): float(v) for t, v in re.findall(r"step (\d+): scale ([0-9.e+-]+),", stdout)}
+
+
 def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good, runs, tmp_path):
     common = [runs / "flow", "--input", good, "--samples", "3", "--flow-steps", "3", "-q"]
     assert cli("predict", *common, "-o", tmp_path / "raw.zarr").exit_code == 0
     result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--figure", tmp_path / "rel.png")
     assert result.exit_code == 0, result.stderr
-    assert "std calibration: scale" in result.stdout and (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
+    assert "std calibration" in result.stdout and (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
     cal = json.loads((runs / "flow" / "calibration.json").read_text())
     assert cal["after"]["uce"] <= cal["before"]["uce"]
+    raw = open_ladder(tmp_path / "raw.zarr")
+    assert sorted(cal["per_step"]) == [str(t) for t in range(1, raw.n_steps)]  # one fit per input step >= 1
+    assert _step_scales(result.stdout) == pytest.approx({int(t): v["scale"] for t, v in cal["per_step"].items()}, rel=1e-3)
     assert cli("predict", *common, "-o", tmp_path / "cal.zarr").exit_code == 0
     assert cli("predict", *common, "-o", tmp_path / "off.zarr", "--no-calibrated-std").exit_code == 0
-    raw, calibrated, off = (open_ladder(tmp_path / f"{n}.zarr") for n in ("raw", "cal", "off"))
-    assert calibrated.meta.prediction.strategy["std_calibration"]["scale"] == pytest.approx(cal["scale"])
+    calibrated, off = (open_ladder(tmp_path / f"{n}.zarr") for n in ("cal", "off"))
+    assert calibrated.meta.prediction.strategy["std_calibration"]["per_step"] == cal["per_step"]
     f = raw.fields[0]
-    np.testing.assert_allclose(calibrated.extra(f, "std")[...], cal["scale"] * raw.extra(f, "std")[...] + cal["offset"], rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(off.extra(f, "std")[...], raw.extra(f, "std")[...])
+    written, raw_std = calibrated.extra(f, "std")[...], raw.extra(f, "std")[...]
+    for t in range(raw.n_steps):  # each step its own factors; step 0 (not fitted) the pooled ones
+        scale, offset = step_factors(cal, t)
+        np.testing.assert_allclose(written[t], scale * raw_std[t] + offset, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(off.extra(f, "std")[...], raw_std)
     # refitting on a calibrated prediction undoes its calibration first: the same factors (to the float32
     # rounding of the written std, which can move a near-tie across an equal-count bin edge of this tiny
-    # field: 0.4 % here; a fit on the calibrated std itself would give a scale near 1)
+    # field; a fit on the calibrated std itself would give scales near 1)
     result = cli("calibrate", tmp_path / "cal.zarr", "--truth", good, "--dry-run")
     assert result.exit_code == 0, result.stderr
-    refit = float(re.search(r"scale ([0-9.e+-]+),", result.stdout).group(1))
-    assert refit == pytest.approx(cal["scale"], rel=0.01)
+    assert _step_scales(result.stdout) == pytest.approx({int(t): v["scale"] for t, v in cal["per_step"].items()}, rel=0.01)
+    # --pooled: HazeMatching's one scale and offset for every step
+    result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--pooled")
+    assert result.exit_code == 0, result.stderr
+    pooled = json.loads((runs / "flow" / "calibration.json").read_text())
+    assert pooled["per_step"] == {} and not _step_scales(result.stdout)
+    assert cli("predict", *common, "-o", tmp_path / "pooled.zarr").exit_code == 0
+    np.testing.assert_allclose(open_ladder(tmp_path / "pooled.zarr").extra(f, "std")[...],
+                               pooled["scale"] * raw_std + pooled["offset"], rtol=1e-5, atol=1e-4)
     (runs / "flow" / "calibration.json").unlink()  # the other tests predict uncalibrated
     result = cli("calibrate", good, "--truth", good)
     assert result.exit_code == 2 and "not a prediction store" in result.stderr
