@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 from acquisition.lif import LIF_SUFFIXES, read_lif_series
 from acquisition.manifest import AcquisitionManifest
@@ -289,9 +289,9 @@ def _steps_of(s: SeriesInfo, axis: str | None, m: AcquisitionManifest) -> list[S
         return [Step(s, None, 0, channel, 0)]
     if axis == "C" and m.channel_em_nm is not None:  # several dyes, each at every pinhole: one dye's channels
         wanted = m.channel_em_nm
-        keep = [c for c in range(nc) if s.channel(c).em_wavelength_nm is not None and _close(s.channel(c).em_wavelength_nm, wanted)]
+        keep = [c for c in range(nc) if (em := s.channel(c).em_wavelength_nm) is not None and _close(em, wanted)]
         if not keep:
-            found = sorted({s.channel(c).em_wavelength_nm for c in range(nc)} - {None})
+            found = sorted({em for c in range(nc) if (em := s.channel(c).em_wavelength_nm) is not None})
             raise UserError(f"{s.label}: no channel with emission wavelength {wanted:g} nm (channel_em_nm); the file's: {found or 'none given'}")
         return [Step(s, "C", c, c, k) for k, c in enumerate(keep)]
     n = {"C": nc, "T": nt, "Z": nz}[axis]
@@ -308,8 +308,8 @@ def _metadata_pinhole(step: Step) -> tuple[float | None, float | None]:
 
 def _assign_pinholes(positions: dict[str, list[Step]], m: AcquisitionManifest) -> str:
     """Fill pinhole_um / pinhole_au of every step; returns where they came from."""
-    if m.pinhole_um is not None or m.pinhole_au is not None:
-        values = m.pinhole_um if m.pinhole_um is not None else m.pinhole_au
+    values = m.pinhole_um if m.pinhole_um is not None else m.pinhole_au
+    if values is not None:
         key = "pinhole_um" if m.pinhole_um is not None else "pinhole_au"
         for pos, steps in positions.items():
             if len(steps) != len(values):
@@ -344,6 +344,14 @@ def _assign_pinholes(positions: dict[str, list[Step]], m: AcquisitionManifest) -
                 )
             kinds.add(step.series.kind)
     return "file metadata (" + ", ".join(sorted(kinds)) + ")"
+
+
+@overload
+def _prefer(manifest: float, from_file: float | None, key: str, where: str, warnings: list[str]) -> float: ...
+
+
+@overload
+def _prefer(manifest: float | None, from_file: float | None, key: str, where: str, warnings: list[str]) -> float | None: ...
 
 
 def _prefer(manifest: float | None, from_file: float | None, key: str, where: str, warnings: list[str]) -> float | None:
@@ -501,13 +509,13 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
             px = dict(st.series.pixel_size_um)
             if "x" in px:
                 px.setdefault("y", px["x"])
-            for a, value in (("x", m.pixel_size_um), ("y", m.pixel_size_um), ("z", m.z_step_um if "z" in spatial_axes else None)):
+            for dim, value in (("x", m.pixel_size_um), ("y", m.pixel_size_um), ("z", m.z_step_um if "z" in spatial_axes else None)):
                 if value is not None:
-                    px[a] = _prefer(value, px.get(a), "pixel_size_um" if a != "z" else "z_step_um", st.label, warnings)
-            for a in spatial_axes:
-                if px.get(a) is None:
-                    what = "pixel_size_um" if a != "z" else "z_step_um"
-                    raise UserError(f"{st.label}: no {a} pixel size in the file; give {what} in an acquisition manifest")
+                    px[dim] = _prefer(value, px.get(dim), "pixel_size_um" if dim != "z" else "z_step_um", st.label, warnings)
+            for dim in spatial_axes:
+                if px.get(dim) is None:
+                    what = "pixel_size_um" if dim != "z" else "z_step_um"
+                    raise UserError(f"{st.label}: no {dim} pixel size in the file; give {what} in an acquisition manifest")
             px = {a: float(px[a]) for a in spatial_axes}
             if px_ref is None:
                 px_ref = px
@@ -522,7 +530,8 @@ def discover(source: str | Path, m: AcquisitionManifest) -> Plan:
         warnings.append("pinhole sizes in Airy units unknown: give magnification_at_pinhole (with em_wavelength_nm, na) or um_per_au to record them")
     return Plan(
         source=source, files=files, positions=ordered, spatial_axes=spatial_axes, spatial_shape=shape,
-        pixel_size_um=px_ref, pinhole_um=[st.pinhole_um for st in ref.steps] if use_um else None,
+        # use_um: every step has its pinhole_um (the filter only tells the type checker so)
+        pixel_size_um=px_ref, pinhole_um=[st.pinhole_um for st in ref.steps if st.pinhole_um is not None] if use_um else None,
         pinhole_au=pinhole_au, units_source=units_source, em_wavelength_nm=em, na=na, warnings=warnings,
         step_optics=[_optics(st, em_of[id(st)], na) for st in ref.steps], images=_image_listing(found, series),
     )
