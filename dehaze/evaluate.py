@@ -34,9 +34,10 @@ import numpy as np
 from dehaze import __version__
 from dehaze.errors import UserError
 from dehaze.metrics import SSIM_WIN, frc_resolution_um, ms_ssim, psnr, psnr_range_invariant, ssim
-from dehaze.store import LadderStore, make_output_folder, open_ladder
+from dehaze.store import LadderStore, PredictionInfo, make_output_folder, open_ladder
 
 Target = Literal["camera", "noise_free"]
+CurveKind = Literal["one_shot", "iterative", "identity"]  # how a method is drawn: dehaze.figures.StepCurve.kind
 DEFAULT_BASELINES: tuple[str, ...] = ("unet", "hdn")
 IDENTITY = "hazy_input"
 METRICS = ("psnr", "psnr_range_invariant", "ssim", "ms_ssim", "frc_resolution_um")
@@ -116,6 +117,13 @@ def _open_prediction(path: Path, truth: LadderStore) -> LadderStore:
         if pred.image(field).shape != truth.image(field).shape:
             raise UserError(f"{path}: {field} has shape {pred.image(field).shape}, the truth store's is {truth.image(field).shape}")
     return pred
+
+
+def _prediction(store: LadderStore) -> PredictionInfo:
+    """The description of a store :func:`_open_prediction` opened."""
+    info = store.meta.prediction
+    assert info is not None  # _open_prediction refused a store without one
+    return info
 
 
 def _short(items: list[str], n: int = 3) -> str:
@@ -251,7 +259,7 @@ def evaluate(
     }
     sources: dict[str, LadderStore] = {IDENTITY: truth}
     for store in preds:
-        info = store.meta.prediction
+        info = _prediction(store)
         key = info.method if info.method not in methods else f"{info.method} ({store.path.name})"
         one_shot = bool(info.strategy.get("one_shot", False)) or info.method in baselines
         methods[key] = {"label": key, "kind": "prediction", "one_shot": one_shot, "store": str(store.path), "prediction": info.model_dump(mode="json")}
@@ -260,7 +268,8 @@ def evaluate(
         sources[key] = store
 
     # ---- per field: load the target once, score every method's plane t against it -------------
-    spacing = tuple(float(truth.meta.pixel_size_um[a]) for a in truth.meta.spatial_axes[-2:])
+    y_axis, x_axis = truth.meta.spatial_axes[-2:]  # (y, x) or (z, y, x): the plane's axes are the last two
+    spacing = (float(truth.meta.pixel_size_um[y_axis]), float(truth.meta.pixel_size_um[x_axis]))
     offset, offset_source = _ssim_offset(truth)
     per_field: dict[str, dict[int, dict[str, dict[str, float]]]] = {k: {t: {} for t in steps} for k in methods}
     montage_planes: dict[str, dict[int, np.ndarray]] = {k: {} for k in methods}
@@ -278,7 +287,7 @@ def evaluate(
                     montage_planes[key][t] = plane
 
     for key, entry in methods.items():
-        by_step = {}
+        by_step: dict[str, dict[str, Any]] = {}
         for t in steps:
             mean = {m: _mean([per_field[key][t][f][m] for f in fields]) for m in METRICS}
             by_step[str(t)] = {"mean": mean, "per_field": per_field[key][t]}
@@ -308,6 +317,7 @@ def evaluate(
         "montage_png": report_dir / "montage.png",
     }
     _plot_psnr(report, paths["psnr_per_step_png"])
+    assert first_target is not None  # the loop ran: _open_truth read the first of the fields
     _plot_montage(report, first_target, montage_planes, montage_steps, paths["montage_png"])
     if _add_trajectories(report, truth, sources, target, spacing, offset):
         paths["study_psnr_png"] = report_dir / "study_psnr.png"
@@ -340,10 +350,10 @@ def _add_posterior_criteria(report: dict[str, Any], truth: LadderStore, sources:
     where it is among the predictions. Returns them by method, for the figure."""
     from dehaze.posterior import criteria
 
-    unet = next((store for k, store in sources.items() if k != IDENTITY and store.meta.prediction.method == "one-shot-unet"), None)
+    unet = next((store for k, store in sources.items() if k != IDENTITY and _prediction(store).method == "one-shot-unet"), None)
     found = {}
     for key, store in sources.items():
-        if key == IDENTITY or (store.meta.prediction.strategy.get("samples") or 1) <= 1:
+        if key == IDENTITY or (_prediction(store).strategy.get("samples") or 1) <= 1:
             continue
         found[key] = criteria(store, lambda f: _target_image(truth, f, target), steps, spacing, unet)
         report["methods"][key]["posterior"] = {k: v for k, v in found[key].items() if not k.startswith("_")}
@@ -440,7 +450,7 @@ def _plot_study(report: dict[str, Any], path: Path) -> None:
     drift_key = {"psnr": "drift_db_per_step", "psnr_range_invariant": "drift_range_invariant_db_per_step"}
     for entry in report["methods"].values():
         traj = entry["trajectory"]
-        kind = "iterative" if traj["from_trajectory"] else ("identity" if entry["kind"] == "identity" else "one_shot")
+        kind: CurveKind = "iterative" if traj["from_trajectory"] else ("identity" if entry["kind"] == "identity" else "one_shot")
         for metric, curves in panels.items():
             label = entry["label"] if kind != "identity" else "hazy input x_T"
             if kind == "iterative":
@@ -468,7 +478,7 @@ def _plot_psnr(report: dict[str, Any], path: Path) -> None:
     curves = []
     for entry in report["methods"].values():
         values = [entry["steps"][str(t)]["mean"]["psnr"] for t in steps]
-        kind = "identity" if entry["kind"] == "identity" else ("one_shot" if entry["one_shot"] else "iterative")
+        kind: CurveKind = "identity" if entry["kind"] == "identity" else ("one_shot" if entry["one_shot"] else "iterative")
         curves.append(StepCurve(label=entry["label"], values=values, kind=kind))
     title = f"PSNR against {report['target']} x_0 (data range of the target), mean over {len(report['fields'])} fields — {Path(report['truth_store']).name}"
     psnr_per_step_plot(steps, curves, path, title=title, ylabel="PSNR (dB)")
