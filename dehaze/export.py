@@ -42,7 +42,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from dehaze.config import format_validation_error
 from dehaze.errors import UserError
 from dehaze.models.unet import UNet, sinusoidal_embedding
 from dehaze.runs import RunInfo, checkpoint_step, load_model, read_run
+from training.config import PixelModel, UNetModel
 
 EXPORTABLE_KINDS = ("unet", "pixel")
 PACKAGE_FORMAT = 1  # of config.dehaze; load_package refuses a newer one
@@ -97,6 +98,8 @@ class DehazeNet(nn.Module):
     ``forward`` is :meth:`UNet.body` with that embedding; dehaze export checks it gives the run's output.
     """
 
+    emb: torch.Tensor  # the buffer (conditioned only)
+
     def __init__(self, unet: dict, t: float | None = None, s: float | None = None) -> None:
         super().__init__()
         self.net = UNet(**unet)
@@ -109,6 +112,7 @@ class DehazeNet(nn.Module):
     def fix_conditions(self) -> None:
         """Compute the embedding of the constant t (and s) from the network's weights (after loading them)."""
         dim = self.net.time_embed_dim
+        assert dim is not None  # conditioned: the network is a time-conditioned (pixel) restorer
         feats = [sinusoidal_embedding(torch.tensor([float(c)]), dim) for c in (self.t, self.s) if c is not None]
         self.emb.copy_(self.net.time_mlp(torch.cat(feats, dim=1)))
 
@@ -129,11 +133,19 @@ class ExportResult:
     test_summary: Any = None  # its ValidationSummary (every check it ran, in .details)
 
 
+def exported_model(info: RunInfo) -> UNetModel | PixelModel:
+    """The model config of a run that exports (:func:`refuse_kind` turned away every other kind)."""
+    m = info.config.model
+    assert isinstance(m, (UNetModel, PixelModel)), f"a {info.kind!r} run does not export (refuse_kind first)"
+    return m
+
+
 def unet_kwargs(info: RunInfo) -> dict[str, Any]:
     """The UNet arguments of a unet or pixel run's network (as its ``ModelKind.build`` makes it)."""
-    m = info.config.model
-    kwargs = {"base_channels": m.base_channels, "depth": m.depth, "residual": m.residual}
+    m = exported_model(info)
+    kwargs: dict[str, Any] = {"base_channels": m.base_channels, "depth": m.depth, "residual": m.residual}
     if info.kind == "pixel":
+        assert isinstance(m, PixelModel)  # dehaze train writes a run's kind and its model config together
         kwargs.update(time_embed_dim=m.time_embed_dim, source_conditioned=m.path == "straight")
     return kwargs
 
@@ -208,7 +220,12 @@ def bioimageio_compat() -> None:
                                                                    func.__defaults__, func.__closure__)
         func.__globals__["_DehazeHandlerWithoutInfo"] = _HandlerWithoutInfo
         func.__code__ = _compat_serializer.__code__
-        func._dehaze_compat = True
+        func.__dict__["_dehaze_compat"] = True  # a function attribute (through __dict__: its type declares none)
+
+
+if TYPE_CHECKING:  # not names of this module: _compat_serializer's code runs with the patched module's globals
+    _dehaze_unpatched: Callable[..., Any]
+    _DehazeHandlerWithoutInfo: type[_HandlerWithoutInfo]
 
 
 def _compat_serializer(value: Any, handler: Any, info: Any) -> Any:
@@ -319,7 +336,7 @@ def _documentation(info: RunInfo, run_dir: Path, step: int, store: Any, side: in
 
 ## Input and output
 
-- input `raw`: one 2D image (B, 1, y, x), camera ADU as float32, y and x multiples of {2 ** info.config.model.depth} px
+- input `raw`: one 2D image (B, 1, y, x), camera ADU as float32, y and x multiples of {2 ** exported_model(info).depth} px
   (the test input is {side} x {side} px); pixel size {m.pixel_size_um.get('y')} x {m.pixel_size_um.get('x')} µm.
 - output `x0`: the estimate of the clean step x_0 (pinhole {m.pinhole_au[0]} AU), same shape, ADU as float32.
 - tiling: crop {HALO} px from each side of an output tile (dehaze's own tile margin).
@@ -364,7 +381,7 @@ ingest a held-out ladder and score it per step against its step 0:
 
 def _rdf(info: RunInfo, step: int, store: Any, side: int, kwargs: dict[str, Any], spec: Any) -> dict[str, Any]:
     norm, m = info.normalization, store.meta
-    multiple = 2 ** info.config.model.depth
+    multiple = 2 ** exported_model(info).depth
     torch_version = torch.__version__.split("+")[0]
 
     # a halo needs outputs larger than twice it: then the smallest input is the first multiple above 2 x HALO
@@ -450,14 +467,14 @@ def export_run(run_dir: str | Path, output: str | Path, *, step: int | None = No
     store = _training_store(info)
     step = _pick_step(info, store, step)
     info, model = load_model(run_dir, "cpu")
-    multiple = 2 ** info.config.model.depth
+    multiple = 2 ** exported_model(info).depth
     x = _test_image(store, step, multiple)
     y = _run_network(info, model, x, step)
 
     kwargs = unet_kwargs(info)
     t = float(step) if info.kind == "pixel" else None
     s = t if kwargs.get("source_conditioned") else None
-    arch_kwargs = {"unet": kwargs, "t": t, "s": s}
+    arch_kwargs: dict[str, Any] = {"unet": kwargs, "t": t, "s": s}
     wrapper = DehazeNet(**arch_kwargs)
     wrapper.net.load_state_dict(model.state_dict())
     if wrapper.conditioned:
