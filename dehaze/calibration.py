@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -102,36 +102,81 @@ def apply(std: np.ndarray, scale: float, offset: float) -> np.ndarray:
     return np.maximum(np.float32(scale) * np.asarray(std, np.float32) + np.float32(offset), np.float32(0))
 
 
-# ---- factors per input step --------------------------------------------------------------------------------
+def fit_isotonic(rel: Reliability) -> dict[str, list[float]]:
+    """The monotone map std -> RMSE through the bins: knots at each bin's RMV, values the isotonic
+    (non-decreasing, count-weighted least-squares) regression of the bins' RMSE (scipy's pool-adjacent-
+    violators). Applied by linear interpolation, clamped at the end knots. Why: within one ladder step the
+    error of the mean can be flat over most spreads and rise steeply in the top bins, a shape no scale and
+    offset follow; why monotone: a larger spread should never promise a smaller error. Not invertible where
+    it is flat, so a prediction written with it cannot be refitted (predict again with --no-calibrated-std)."""
+    from scipy.optimize import isotonic_regression
+
+    values = isotonic_regression(rel.rmse, weights=rel.counts.astype(np.float64)).x
+    knots, first = np.unique(rel.rmv, return_index=True)  # np.interp needs increasing knots; bins can tie
+    return {"std": knots.tolist(), "rmse": values[first].tolist()}
+
+
+# ---- one fit per input step --------------------------------------------------------------------------------
 # Why per step: a ladder's input step is known at predict time, and the sampler's spread errs by a factor that
 # moves with it (on the CPU study the fitted scale rises from 0.65 at step 1 to 2.4-3.0 at x_T: the spread
 # shrinks with the haze while the error grows). One pooled scale averages opposite errors and, pooled over
 # steps, bins pixels of different steps together: the reliability curve goes flat. ``pooled=True`` is
 # HazeMatching's one fit per data set.
-def step_factors(cal: dict[str, Any] | None, step: int) -> tuple[float, float]:
-    """(scale, offset) a calibration gives the std of input step ``step``: its own fit where it has one, the
-    pooled fit otherwise (steps it never saw, or a pooled calibration), (1, 0) for none."""
-    if not cal:
-        return 1.0, 0.0
+Method = Literal["linear", "isotonic"]
+METHODS: tuple[Method, ...] = ("linear", "isotonic")
+_FIT_KEYS = {"linear": ("scale", "offset"), "isotonic": ("std", "rmse")}
+
+
+def _fit(rel: Reliability, method: Method) -> dict[str, Any]:
+    if method == "isotonic":
+        return fit_isotonic(rel)
+    return dict(zip(("scale", "offset"), fit_scale_offset(rel)))
+
+
+def step_fit(cal: dict[str, Any], step: int) -> dict[str, Any]:
+    """The fit a calibration gives input step ``step``: its own where it has one, the pooled one otherwise
+    (steps it never saw, or a pooled calibration)."""
     own = (cal.get("per_step") or {}).get(str(step))
-    return (float(own["scale"]), float(own["offset"])) if own else (float(cal["scale"]), float(cal["offset"]))
+    return own if own else {k: cal[k] for k in _FIT_KEYS[cal.get("map", "linear")]}
+
+
+def calibrated(cal: dict[str, Any] | None, step: int, std: np.ndarray) -> np.ndarray:
+    """The calibrated std (ADU, float32) of input step ``step`` under ``cal`` (None: ``std`` as it is)."""
+    if not cal:
+        return np.asarray(std, np.float32)
+    fit = step_fit(cal, step)
+    if cal.get("map", "linear") == "isotonic":
+        return np.interp(np.asarray(std, np.float64), fit["std"], fit["rmse"]).astype(np.float32)
+    return apply(std, fit["scale"], fit["offset"])
+
+
+def uncalibrated(cal: dict[str, Any] | None, step: int, std: np.ndarray, where: Any) -> np.ndarray:
+    """The raw std behind a std written calibrated by ``cal`` (linear fits only; ``where`` names the store)."""
+    if not cal:
+        return np.asarray(std)
+    if cal.get("map", "linear") == "isotonic":
+        raise UserError(f"{where}: its std was calibrated by an isotonic map, which cannot be undone; "
+                        "predict again with --no-calibrated-std to calibrate anew")
+    fit = step_fit(cal, step)
+    return (np.asarray(std) - fit["offset"]) / fit["scale"]
 
 
 def fit_factors(pairs: dict[int, tuple[np.ndarray, np.ndarray]], bins: int = DEFAULT_BINS, pooled: bool = False,
-                ) -> dict[str, Any]:
-    """The calibration of ``pairs`` (input step -> (raw std, error), ADU): the pooled scale and offset over
-    every step and, unless ``pooled``, each step's own (``per_step``, keyed by the step as a string)."""
+                method: Method = "linear") -> dict[str, Any]:
+    """The calibration of ``pairs`` (input step -> (raw std, error), ADU) by ``method``: the pooled fit over
+    every step (``scale``/``offset``, or the isotonic knots ``std``/``rmse``) and, unless ``pooled``, each
+    step's own (``per_step``, keyed by the step as a string); ``map`` names the method."""
+    if method not in METHODS:
+        raise UserError(f"calibration: method {method!r} is not one of {', '.join(METHODS)}")
     std, err = (np.concatenate([p[i] for p in pairs.values()]) for i in (0, 1))
-    scale, offset = fit_scale_offset(reliability(std, err, bins))
-    per_step = {} if pooled else {str(t): dict(zip(("scale", "offset"), fit_scale_offset(reliability(s, e, bins))))
-                                  for t, (s, e) in pairs.items()}
-    return {"scale": scale, "offset": offset, "per_step": per_step}
+    per_step = {} if pooled else {str(t): _fit(reliability(s, e, bins), method) for t, (s, e) in pairs.items()}
+    return {"map": method, **_fit(reliability(std, err, bins), method), "per_step": per_step}
 
 
 def reliability_of(pairs: dict[int, tuple[np.ndarray, np.ndarray]], cal: dict[str, Any] | None, bins: int = DEFAULT_BINS,
                    ) -> Reliability:
     """Pooled reliability of ``pairs`` with each step's std calibrated by ``cal`` (None: the raw std)."""
-    std = np.concatenate([apply(s, *step_factors(cal, t)) for t, (s, _) in pairs.items()])
+    std = np.concatenate([calibrated(cal, t, s) for t, (s, _) in pairs.items()])
     return reliability(std, np.concatenate([e for _, e in pairs.values()]), bins)
 
 
@@ -143,6 +188,8 @@ def gaps_per_step(pairs: dict[int, tuple[np.ndarray, np.ndarray]], cal: dict[str
 
 
 def _label(cal: dict[str, Any]) -> str:
+    if cal["map"] == "isotonic":
+        return f"calibrated{' per step' if cal['per_step'] else ''} (isotonic)"
     scales = [v["scale"] for v in cal["per_step"].values()]
     if scales:
         return f"calibrated per step (x{min(scales):.2f}..x{max(scales):.2f})"
@@ -157,7 +204,7 @@ def _pairs(prediction: Any, truth: Any, target: Target, fields: list[str] | None
     from dehaze.evaluate import target_image
 
     info = prediction.meta.prediction.strategy if prediction.meta.prediction else {}
-    previous = info.get("std_calibration")
+    previous = info.get("std_calibration")  # what predict applied, as read_calibration returned it
     chosen = fields or prediction.fields
     unknown = [f for f in chosen if f not in prediction.fields or f not in truth.fields]
     if unknown:
@@ -171,8 +218,7 @@ def _pairs(prediction: Any, truth: Any, target: Target, fields: list[str] | None
         x0 = target_image(truth, f, target)
         est, std = prediction.image(f)[...], prediction.extra(f, "std")[...]
         for t in steps:
-            scale, offset = step_factors(previous, t)
-            stds[t].append(((std[t] - offset) / scale).ravel())  # undo a calibration applied at predict time
+            stds[t].append(uncalibrated(previous, t, std[t], prediction.path).ravel())  # undo predict's calibration
             errors[t].append((est[t] - x0).ravel())
     pairs = {t: (np.concatenate(stds[t]), np.concatenate(errors[t])) for t in steps}
     if not any(np.any(s > 0) for s, _ in pairs.values()):
@@ -191,16 +237,18 @@ def _prediction(path: str | Path) -> Any:
 
 def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Target = "noise_free",
               fields: list[str] | None = None, steps: list[int] | None = None, bins: int = DEFAULT_BINS,
-              pooled: bool = False, write: bool = True, figure: str | Path | None = None) -> dict[str, Any]:
+              pooled: bool = False, method: Method = "linear", write: bool = True, figure: str | Path | None = None,
+              ) -> dict[str, Any]:
     """Fit the std's scale and offset of a prediction store against its truth (the fields given, or every
-    field: use held-out fields), per input step unless ``pooled``, and, with ``write``, store the factors as
+    field: use held-out fields), per input step unless ``pooled`` (``method`` "isotonic": a monotone map
+    instead of a scale and offset, see ``fit_isotonic``), and, with ``write``, store the factors as
     ``calibration.json`` in the run that made it (its later predictions apply them). Returns the factors and
     the calibration error before and after (pooled over the steps); ``figure``: a reliability-diagram PNG."""
     from dehaze.store import open_ladder
 
     pred, truth = _prediction(prediction_path), open_ladder(truth_path)
     pairs, chosen = _pairs(pred, truth, target, fields, steps)
-    cal = fit_factors(pairs, bins, pooled)
+    cal = fit_factors(pairs, bins, pooled, method)
     before, after = reliability_of(pairs, None, bins), reliability_of(pairs, cal, bins)
     result = {"method": pred.meta.prediction.method, "prediction": str(Path(prediction_path).resolve()),
               "truth": str(Path(truth_path).resolve()), "target": target, "fields": chosen, "steps": list(pairs),
@@ -226,7 +274,7 @@ def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Ta
 
 
 def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: Target = "noise_free", bins: int = DEFAULT_BINS,
-              pooled: bool = False, figure: str | Path | None = None) -> dict[str, Any]:
+              pooled: bool = False, method: Method = "linear", figure: str | Path | None = None) -> dict[str, Any]:
     """Held-out calibration: fit on each field alone and score the fitted factors on the other fields (the
     honest number: the factors never saw the pixels they are judged on). Writes nothing with the run;
     ``figure``: the reliability diagram of the first fit, on its held-out fields."""
@@ -238,7 +286,7 @@ def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: Ta
     fits = []
     for i, f in enumerate(pred.fields):
         others = [g for g in pred.fields if g != f]
-        cal = fit_factors(_pairs(pred, truth, target, [f], None)[0], bins, pooled)
+        cal = fit_factors(_pairs(pred, truth, target, [f], None)[0], bins, pooled, method)
         scored = _pairs(pred, truth, target, others, None)[0]
         before, after = reliability_of(scored, None, bins), reliability_of(scored, cal, bins)
         fits.append({"fitted_on": f, **cal, "scored_on": others,
@@ -251,20 +299,32 @@ def cross_fit(prediction_path: str | Path, truth_path: str | Path, *, target: Ta
 
             reliability_diagram({"uncalibrated": before, f"{_label(cal)} on {f}": after}, Path(figure),
                                 title=f"{pred.meta.prediction.method}: reliability on held-out {', '.join(others)}")
-    return {"method": pred.meta.prediction.method, "target": target, "bins": bins, "pooled": pooled, "fits": fits,
+    return {"method": pred.meta.prediction.method, "target": target, "bins": bins, "pooled": pooled,
+            "map": method, "fits": fits,
             "figure": str(figure) if figure is not None else None}
 
 
 def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
-    """A run's fitted std calibration ({"scale", "offset", ...}), or None where it has none."""
+    """A run's fitted std calibration ({"map", the pooled fit, "per_step", "fitted_on"}: what ``calibrated``
+    applies), or None where it has none."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
     try:
         cal = json.loads(path.read_text())
-        per_step = {str(int(t)): {"scale": float(v["scale"]), "offset": float(v["offset"])}
-                    for t, v in (cal.get("per_step") or {}).items()}
-        return {"scale": float(cal["scale"]), "offset": float(cal["offset"]), "per_step": per_step,
-                "fitted_on": cal.get("prediction")}
-    except (OSError, ValueError, KeyError, TypeError):
+        method = cal.get("map", "linear")  # files written before the isotonic map are linear
+        if method not in METHODS:
+            raise ValueError(method)
+
+        def fit(d: dict[str, Any]) -> dict[str, Any]:
+            if method == "linear":
+                return {"scale": float(d["scale"]), "offset": float(d["offset"])}
+            knots, values = [float(v) for v in d["std"]], [float(v) for v in d["rmse"]]
+            if len(knots) != len(values) or not knots or any(b <= a for a, b in zip(knots, knots[1:])):
+                raise ValueError("knots")
+            return {"std": knots, "rmse": values}
+
+        per_step = {str(int(t)): fit(v) for t, v in (cal.get("per_step") or {}).items()}
+        return {"map": method, **fit(cal), "per_step": per_step, "fitted_on": cal.get("prediction")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{path}: unreadable calibration (run `dehaze calibrate` again)") from None

@@ -330,20 +330,26 @@ def calibrate(
     target: Annotated[Literal["camera", "noise_free"], typer.Option("--target", help="x_0 the error is measured against.")] = "noise_free",
     field: Annotated[Optional[list[str]], typer.Option("--field", help="Fit on this field only (repeatable; default: every field).")] = None,
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Reliability diagram PNG (default: reliability.png beside the store).")] = None,
-    pooled: Annotated[bool, typer.Option("--pooled", help="One scale and offset for every input step (default: one per step).")] = False,
+    pooled: Annotated[bool, typer.Option("--pooled", help="One fit for every input step (default: one per step).")] = False,
+    method: Annotated[Literal["linear", "isotonic"], typer.Option("--method", help="linear: RMSE = scale * RMV + offset (HazeMatching's); isotonic: a monotone map through the bins (follows a curved reliability; a prediction written with it cannot be refitted).")] = "linear",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and report; store nothing with the run.")] = False,
 ) -> None:
-    """Fit the posterior std's scale and offset against the error (binned RMSE vs root mean variance), per
-    input step unless --pooled, and store them with the run (calibration.json): its later predictions write
-    calibrated stds."""
+    """Fit the posterior std against the error (binned RMSE vs root mean variance), per input step unless
+    --pooled, and store the fit with the run (calibration.json): its later predictions write calibrated stds."""
     from dehaze.calibration import calibrate as run_calibration
 
-    result = run_calibration(prediction, truth, target=target, fields=field, pooled=pooled, write=not dry_run,
+    result = run_calibration(prediction, truth, target=target, fields=field, pooled=pooled, method=method, write=not dry_run,
                              figure=figure or prediction.with_name(prediction.name.removesuffix(".zarr") + "-reliability.png"))
-    for t, f in result["per_step"].items():
-        typer.echo(f"step {t}: scale {f['scale']:.3f}, offset {f['offset']:.4g} ADU")
-    typer.echo(f"std calibration{' pooled over the steps (for steps not fitted)' if result['per_step'] else ''}: scale "
-               f"{result['scale']:.3f}, offset {result['offset']:.4g} ADU; uncertainty calibration error "
+
+    def described(fit: dict) -> str:
+        if method == "isotonic":
+            return f"isotonic map, std {fit['std'][0]:.4g}..{fit['std'][-1]:.4g} -> {fit['rmse'][0]:.4g}..{fit['rmse'][-1]:.4g} ADU"
+        return f"scale {fit['scale']:.3f}, offset {fit['offset']:.4g} ADU"
+
+    for t, fit in result["per_step"].items():
+        typer.echo(f"step {t}: {described(fit)}")
+    typer.echo(f"std calibration{' pooled over the steps (for steps not fitted)' if result['per_step'] else ''}: "
+               f"{described(result)}; uncertainty calibration error "
                f"{result['before']['uce']:.4g} -> {result['after']['uce']:.4g} ADU (largest gap per bin "
                f"{100 * result['before']['max_relative_gap']:.0f} % -> {100 * result['after']['max_relative_gap']:.0f} %)")
     typer.echo(f"wrote {result['figure']}" + (f" and {result['written']}" if "written" in result else ""))

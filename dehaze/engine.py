@@ -64,9 +64,9 @@ class EngineOptions:
     trajectory: bool = True
     seed: int = 0
     write_samples: bool = False  # write the K samples too (array "samples", (h, K, [z,] y, x))
-    # calibration of the std (dehaze.calibration): (scale, offset) per input step h, std_written = scale * std
-    # + offset in ADU; () writes the raw std
-    std_factors: tuple[tuple[float, float], ...] = ()
+    # calibration of the std (dehaze.calibration): per input step h, std_written = std_maps[h](std in ADU);
+    # () writes the raw std
+    std_maps: tuple[Callable[[np.ndarray], np.ndarray], ...] = ()
 
 
 def _read_rows(array: Any, index: tuple[int, ...], y0: int, rows: int, width: int, norm: Normalization) -> np.ndarray:
@@ -206,9 +206,8 @@ def predict_field(strategy: Strategy, bundle: ModelBundle, schedule_fn: Schedule
         rows_out = (slice(ylo, min(yhi, height)), slice(0, width))
         if ylo < height:
             out.write_block(field, "0", (h, *plane, *rows_out), norm.invert(mean[keep, :width]))
-            scale, offset = opts.std_factors[h] if opts.std_factors else (1.0, 0.0)
-            out.write_block(field, "std", (h, *plane, *rows_out),
-                            np.float32(scale) * std[keep, :width] * np.float32(norm.scale) + np.float32(offset))
+            std_adu = std[keep, :width] * np.float32(norm.scale)
+            out.write_block(field, "std", (h, *plane, *rows_out), opts.std_maps[h](std_adu) if opts.std_maps else std_adu)
             if samples is not None:
                 out.write_block(field, "samples", (h, slice(None), *plane, *rows_out), norm.invert(samples[:, keep, :width]))
             if traj is not None:

@@ -333,10 +333,11 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": params.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
     if spec.needs_noise:  # the flow sampler: its ODE settings, and the std calibration of its run (dehaze calibrate)
-        from dehaze.calibration import read_calibration, step_factors
+        from dehaze.calibration import calibrated, read_calibration
 
         cal = read_calibration(runs.dirs[spec.primary]) if calibrated_std else None
-        opts = replace(opts, std_factors=tuple(step_factors(cal, h) for h in range(src.n_steps)))
+        if cal:
+            opts = replace(opts, std_maps=tuple(functools.partial(calibrated, cal, h) for h in range(src.n_steps)))
         strategy_info.update(flow_steps=params.flow_steps, flow_solver=params.flow_solver, std_calibration=cal)
     if opts.write_samples:
         strategy_info["samples_written"] = True

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from dehaze.calibration import apply, fit_factors, fit_scale_offset, reliability, reliability_of, step_factors
+from dehaze.calibration import apply, calibrated, fit_factors, fit_scale_offset, reliability, reliability_of, step_fit
 from dehaze.models.flow import FlowNet, flow_matching_loss, integrate, sample, sample_taus, straight_path, tau_grid, warm_start_from_pixel
 from dehaze.models.unet import UNet
 from dehaze.noise import noise_key, position_noise
@@ -157,8 +157,28 @@ def test_per_step_calibration_recovers_each_steps_scale_where_one_pooled_scale_c
     assert pooled["per_step"] == {} and reliability_of(pairs, pooled).max_relative_gap() < 0.05
     assert all(reliability_of({t: p}, pooled).max_relative_gap() > 0.2 for t, p in pairs.items())
     # a step the calibration never saw gets the pooled factors; no calibration leaves the std as it is
-    assert step_factors(cal, 7) == (cal["scale"], cal["offset"]) and step_factors(None, 1) == (1.0, 0.0)
-    assert step_factors(cal, 2) == (cal["per_step"]["2"]["scale"], cal["per_step"]["2"]["offset"])
+    assert step_fit(cal, 7) == {"scale": cal["scale"], "offset": cal["offset"]} and step_fit(cal, 2) == cal["per_step"]["2"]
+    x = np.array([0.5, 1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(calibrated(cal, 7, x), apply(x, cal["scale"], cal["offset"]))
+    np.testing.assert_array_equal(calibrated(None, 1, x), x)
+
+
+def test_the_isotonic_map_follows_a_curved_reliability_that_no_scale_and_offset_fit():
+    """The flow's shape within one step (CPU study): the error flat over most spreads, rising steeply in the top
+    bins. A scale and offset miss bins at both ends; the monotone map through the bins fits every bin."""
+    rng = np.random.default_rng(3)
+    std = rng.uniform(0.05, 0.2, 400_000)
+    true_error_std = 0.2 + 200 * np.maximum(std - 0.17, 0) ** 1.5  # flat 0.2, then rising steeply to 1.2
+    pairs = {1: (std, true_error_std * rng.standard_normal(std.size))}
+    linear, isotonic = fit_factors(pairs), fit_factors(pairs, method="isotonic")
+    assert isotonic["map"] == "isotonic" and sorted(isotonic["per_step"]["1"]) == ["rmse", "std"]
+    assert reliability_of(pairs, linear).max_relative_gap() > 0.15
+    assert reliability_of(pairs, isotonic).max_relative_gap() < 0.10  # the issue's goal; bins of a steep rise blur a little
+    knots = isotonic["per_step"]["1"]
+    assert np.all(np.diff(knots["std"]) > 0) and np.all(np.diff(knots["rmse"]) >= 0)  # monotone
+    # clamped past the end knots (no extrapolation of a steep top bin), and never below the smallest error
+    ends = calibrated(isotonic, 1, np.array([0.0, 10.0]))
+    assert ends[0] == pytest.approx(knots["rmse"][0]) and ends[1] == pytest.approx(knots["rmse"][-1])
 
 
 # ---- through the CLI ----------------------------------------------------------------------------------------
@@ -241,8 +261,8 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     f = raw.fields[0]
     written, raw_std = calibrated.extra(f, "std")[...], raw.extra(f, "std")[...]
     for t in range(raw.n_steps):  # each step its own factors; step 0 (not fitted) the pooled ones
-        scale, offset = step_factors(cal, t)
-        np.testing.assert_allclose(written[t], scale * raw_std[t] + offset, rtol=1e-5, atol=1e-4)
+        fit = step_fit(cal, t)
+        np.testing.assert_allclose(written[t], fit["scale"] * raw_std[t] + fit["offset"], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(off.extra(f, "std")[...], raw_std)
     # refitting on a calibrated prediction undoes its calibration first: the same factors (to the float32
     # rounding of the written std, which can move a near-tie across an equal-count bin edge of this tiny
@@ -258,6 +278,24 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     assert cli("predict", *common, "-o", tmp_path / "pooled.zarr").exit_code == 0
     np.testing.assert_allclose(open_ladder(tmp_path / "pooled.zarr").extra(f, "std")[...],
                                pooled["scale"] * raw_std + pooled["offset"], rtol=1e-5, atol=1e-4)
+    # --method isotonic: a monotone map per step, applied by later predictions; it cannot be undone, so a
+    # prediction written with it is not refitted (a one-line error naming the way out)
+    result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--method", "isotonic")
+    assert result.exit_code == 0, result.stderr
+    assert "isotonic map" in result.stdout
+    iso = json.loads((runs / "flow" / "calibration.json").read_text())
+    assert iso["map"] == "isotonic" and sorted(iso["per_step"]) == sorted(cal["per_step"])
+    assert cli("predict", *common, "-o", tmp_path / "iso.zarr").exit_code == 0
+    iso_std = open_ladder(tmp_path / "iso.zarr").extra(f, "std")[...]
+    for t in range(1, raw.n_steps):
+        knots = iso["per_step"][str(t)]
+        np.testing.assert_allclose(iso_std[t], np.interp(raw_std[t], knots["std"], knots["rmse"]), rtol=1e-5, atol=1e-6)
+    result = cli("calibrate", tmp_path / "iso.zarr", "--truth", good, "--dry-run")
+    assert result.exit_code == 2 and "isotonic map, which cannot be undone" in result.stderr and "--no-calibrated-std" in result.stderr
+    # a damaged calibration file: a one-line error at predict time, not a traceback
+    (runs / "flow" / "calibration.json").write_text(json.dumps({**iso, "per_step": {"1": {"std": [2.0, 1.0], "rmse": [0.1, 0.2]}}}))
+    result = cli("predict", *common, "-o", tmp_path / "bad.zarr")
+    assert result.exit_code == 2 and "unreadable calibration" in result.stderr
     (runs / "flow" / "calibration.json").unlink()  # the other tests predict uncalibrated
     result = cli("calibrate", good, "--truth", good)
     assert result.exit_code == 2 and "not a prediction store" in result.stderr
