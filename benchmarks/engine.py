@@ -20,17 +20,22 @@ that the restorer and the degradation really change the latents and the agreemen
   only for the recorded plane, per-row progress.
 * **engine_bf16** (CPUs with AVX512-BF16/AMX): the engine with ``--precision bf16``.
 * **naive** ("what a first implementation would do"): the whole plane read and normalised, the same
-  tiling (``tile_geometry``: same tile/margin, same multiple), and for each tile, for each sample, the same
-  strategy function on a batch of 1, fp32, contiguous, the trajectory callback passed on every plane
-  (every step's estimate decoded, kept only for the haziest plane), then mean/std over the K samples, inner
-  crops stitched, and the three arrays written to a temp prediction store at the end (``write_field``).
+  tiling (``tile_geometry``: same tile/margin, same multiple), and for each tile the same strategy
+  function on a batch of 1, fp32, contiguous, the trajectory callback passed on every plane (every step's
+  estimate decoded, kept only for the haziest plane), then each of the K posterior samples on a batch of 1
+  and their std, inner crops stitched, and the three arrays written to a temp prediction store at the end
+  (``write_field``).
 * **naive_lean**: naive with the callback only on the recorded plane: the engine's saving on decodes
   taken away, so ``naive_lean/engine`` is what batching and the memory format alone buy.
 
-Agreement: K = 1 uses posterior means (deterministic): the engine's and naive's estimates (and the
-trajectory) must agree to float tolerance. K = 16 draws posterior samples (the two sides draw differently),
-so only statistics are compared: the difference of the two K-sample means relative to its expected
-sampling spread sqrt(2/K) * std (about 1 when both estimate the same posterior mean).
+K posterior samples (as ``dehaze predict`` draws them for the latent strategies): one walk per tile on
+posterior means, its estimate the mean, and K samples of the HVAE posterior around it (the spec's
+``posterior``); the engine draws the K together, the naive loop one at a time.
+
+Agreement: the walk is deterministic, so the engine's and naive's estimates (and the trajectory) must
+agree to float tolerance at any K; with K = 16 the two sides draw their samples differently, so their
+spread is compared as a ratio (mean std, within 15 %). (The flow section, whose every sample is its own
+walk, compares the K-sample means against their expected sampling spread instead.)
 
 Timing: engine and naive alternate (E N, N E, ...), medians of wall time (and CPU time) are reported.
 Also a tile-batch-size sweep of the engine (CPU) and a cProfile of one engine run. On CUDA: Mpx/s,
@@ -190,8 +195,12 @@ def engine_bundle(bundle: ModelBundle, opts: EngineOptions) -> ModelBundle:
 
 
 def strategy_for(job: Job) -> Strategy:
-    """The benchmarked strategy, told to draw posterior samples when the job has several."""
-    return functools.partial(STRATEGIES[STRATEGY].fn, params=StrategyParams(sample=job.samples > 1))
+    """The benchmarked strategy's walk (deterministic: it runs on posterior means; with K > 1 both sides draw
+    the K samples around its estimate with the spec's posterior, as ``dehaze predict`` does)."""
+    return STRATEGIES[STRATEGY].fn
+
+
+POSTERIOR = STRATEGIES[STRATEGY].posterior  # (bundle, x0 (B, 1, H, W), K) -> (K, B, 1, H, W)
 
 
 def run_engine(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path) -> tuple[LadderStore, float, float]:
@@ -203,7 +212,7 @@ def run_engine(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path
     t0, c0 = time.perf_counter(), time.process_time()
     store = new_store(out_path, "engine")
     predict_field(strategy_for(job), b, schedule_fn(job.schedule), source, NORM, store, FIELD, 0, opts, job.device,
-                  multiple=bundle.hvae.multiple, show_progress=False)
+                  multiple=bundle.hvae.multiple, show_progress=False, posterior=POSTERIOR)
     sync(job.device)
     return store, time.perf_counter() - t0, time.process_time() - c0
 
@@ -233,26 +242,25 @@ def run_naive(bundle: ModelBundle, source: zarr.Array, job: Job, out_path: Path,
         for y0, ylo, yhi in rows:
             for x0, xlo, xhi in cols:
                 x = torch.from_numpy(np.ascontiguousarray(plane[y0 : y0 + th, x0 : x0 + tw]))[None, None].to(dev)
-                samples = []
-                traj_sum: dict[int, np.ndarray] = {}
+                traj: dict[int, np.ndarray] = {}
 
-                # (record and traj_sum bound now: the callback runs inside this iteration)
-                def callback(t: float, est: torch.Tensor, record: bool = record, traj_sum: dict = traj_sum) -> None:
+                # (record and traj bound now: the callback runs inside this iteration)
+                def callback(t: float, est: torch.Tensor, record: bool = record, traj: dict = traj) -> None:
                     if record and float(t).is_integer():
-                        e = est[0, 0].float().cpu().numpy()
-                        traj_sum[int(t)] = traj_sum[int(t)] + e if int(t) in traj_sum else e.copy()
+                        traj[int(t)] = est[0, 0].float().cpu().numpy().copy()
 
-                for _ in range(k):
-                    samples.append(fn(b, x, sched(h), callback=callback if (record or not lean) else None)[0, 0].float().cpu().numpy())
-                stack = np.stack(samples)
+                estimate = fn(b, x, sched(h), callback=callback if (record or not lean) else None)
+                # K > 1: the posterior samples around the walk's estimate, one at a time
+                draws = [estimate] if k == 1 else [POSTERIOR(b, estimate, 1)[0] for _ in range(k)]
+                stack = np.stack([d[0, 0].float().cpu().numpy() for d in draws])
                 ys, xs = slice(ylo, min(yhi, height)), slice(xlo, min(xhi, width))
                 cy, cx = slice(ylo - y0, min(yhi, height) - y0), slice(xlo - x0, min(xhi, width) - x0)
                 if ys.start >= height or xs.start >= width:
                     continue
-                mean_out[h, ys, xs] = stack.mean(0)[cy, cx]
+                mean_out[h, ys, xs] = estimate[0, 0].float().cpu().numpy()[cy, cx]
                 std_out[h, ys, xs] = stack.std(0)[cy, cx]
-                for t, s in traj_sum.items():
-                    traj_out[t, ys, xs] = (s / k)[cy, cx]
+                for t, e in traj.items():  # one walk per tile: its estimates are the trajectory
+                    traj_out[t, ys, xs] = e[cy, cx]
     store = new_store(out_path, "naive")
     store.write_field(FIELD, NORM.invert(mean_out), extras={"std": std_out * np.float32(NORM.scale),
                                                             "trajectory": NORM.invert(traj_out)})
@@ -276,6 +284,9 @@ def flops_per_image(bundle: ModelBundle, job: Job, th: int, tw: int) -> dict[str
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             fn(b, x, schedule_fn("fixed")(T_MAX), callback=cb)
         out[label] = fc.get_total_flops() / n
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        POSTERIOR(b, x, 1)
+    out["posterior_sample"] = fc.get_total_flops() / n
     return out
 
 
@@ -286,16 +297,20 @@ def run_flops(bundle: ModelBundle, job: Job, height: int, width: int) -> tuple[f
         return float("nan"), float("nan")
     _, _, th, tw, rows, cols = tile_geometry(height, width, job.tile, job.margin, bundle.hvae.multiple)
     per = flops_per_image(bundle, job, th, tw)
-    images = len(rows) * len(cols) * job.samples
-    return images * ((N_PLANES - 1) * per["plain"] + per["trajectory"]), images * N_PLANES * per["trajectory"]
+    walks = len(rows) * len(cols)  # one walk per tile and plane, then K > 1 posterior samples around it
+    sampling = walks * N_PLANES * job.samples * per["posterior_sample"] if job.samples > 1 else 0.0
+    return (walks * ((N_PLANES - 1) * per["plain"] + per["trajectory"]) + sampling,
+            walks * N_PLANES * per["trajectory"] + sampling)
 
 
 # ------------------------------------------------------------------------------------------ comparisons
 
 
-def compare_k1(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: float = 1e-3) -> dict[str, Any]:
-    """Engine vs naive with posterior means: same estimates up to ``tol`` (normalised units): float rounding
-    for fp32, bf16's 8-bit mantissa for the bf16 engine."""
+def compare_k1(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: float = 1e-3, samples: int = 1) -> dict[str, Any]:
+    """Engine vs naive on the walk's posterior means: same estimates up to ``tol`` (normalised units): float
+    rounding for fp32, bf16's 8-bit mantissa for the bf16 engine. ``samples`` K > 1: the K posterior samples
+    around the estimate are drawn differently on the two sides, so their spread is compared as a ratio of
+    mean stds (within 15 %) instead of being 0."""
     d0 = np.abs(a["0"] - b["0"]) / NORM.scale
     fin = np.isfinite(a["trajectory"]) & np.isfinite(b["trajectory"])
     dt_ = np.abs(a["trajectory"][fin] - b["trajectory"][fin]) / NORM.scale
@@ -309,8 +324,13 @@ def compare_k1(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: float = 
         "std_max_engine": float(a["std"].max()), "std_max_naive": float(b["std"].max()),
         "tolerance_normalised": tol,
     }
+    if samples == 1:
+        spread_ok = res["std_max_engine"] == 0 and res["std_max_naive"] == 0
+    else:
+        res["std_ratio_engine_over_naive"] = float(a["std"].mean() / b["std"].mean())
+        spread_ok = 0.85 < res["std_ratio_engine_over_naive"] < 1.15
     res["agree"] = bool(res["max_abs_diff_normalised"] < tol and res["trajectory_max_abs_diff_normalised"] < tol and same_nan
-                        and res["std_max_engine"] == 0 and res["std_max_naive"] == 0)
+                        and spread_ok)
     return res
 
 
@@ -413,8 +433,7 @@ def side_by_side(bundle: ModelBundle, source: zarr.Array, job: Job, repeats: int
             agreement["naive_lean_vs_naive"] = {"identical": same}
             continue
         tol = 2e-2 if side == "engine_bf16" else 1e-3
-        agreement[f"{side}_vs_naive"] = (compare_k1(results[side], results["naive"], tol) if job.samples == 1
-                                          else compare_k(results[side], results["naive"], job.samples))
+        agreement[f"{side}_vs_naive"] = compare_k1(results[side], results["naive"], tol, job.samples)
     out["agreement"] = agreement
     return out
 

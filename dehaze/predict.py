@@ -172,10 +172,7 @@ def engine_options(cfg: PredictConfig) -> EngineOptions:
 
 def strategy_params(cfg: PredictConfig) -> StrategyParams:
     """The settings strategies get besides their networks (:class:`dehaze.strategies.StrategyParams`)."""
-    # sample=False: the latent strategies' K samples are drawn around their estimate by the engine
-    # (StrategySpec.posterior), not inside the walk
-    return StrategyParams(alpha=cfg.alpha, sample=False, flow_steps=cfg.flow_steps, flow_solver=cfg.flow_solver,
-                          indi_stop=cfg.indi_stop)
+    return StrategyParams(alpha=cfg.alpha, flow_steps=cfg.flow_steps, flow_solver=cfg.flow_solver, indi_stop=cfg.indi_stop)
 
 
 @dataclass

@@ -66,7 +66,6 @@ class StrategyParams:
     """What a strategy is told besides its networks, input and schedule."""
 
     alpha: float = 0.5  # running-combination weight alpha_t of the latent-combine variants
-    sample: bool = False  # the latent strategies end with a posterior sample around their estimate
     flow_steps: int = 20  # ODE steps of the flow sampler, noise (tau = 0) to the clean image (tau = 1)
     flow_solver: Literal["euler", "heun"] = "euler"  # heun: 2 network evaluations per step but the last
     indi_stop: float = 1.0  # pixel-indi-early: the walk's t at which R's estimate is returned (1: the first ladder step)
@@ -222,9 +221,10 @@ latent restorer decode(R(E(x_t), t)) for direct, combination and cold variants.
 
 The restorer is the degradation run's (``gan.restorer``): the base latent run's weights, or those the
 degradation run fine-tuned on its loop's states. Every walk runs on posterior means, the kind of latent R
-was trained on. Posterior samples (``params.sample``) are drawn where they are valid: from the HVAE's
-posterior of the final estimate, z ~ q(z | x_hat_0), decoded (sampling z_T ~ q(z | x_T) fed R latents it
-never saw: the one-shot latent estimate at x_T lost 7 dB in the science review).
+was trained on. Posterior samples (the spec's ``posterior``, :func:`latent_posterior`, drawn by the engine
+after one walk) come from where they are valid: the HVAE's posterior of the final estimate, z ~ q(z | x_hat_0),
+decoded (sampling z_T ~ q(z | x_T) fed R latents it never saw: the one-shot latent estimate at x_T lost 7 dB
+in the science review).
 """
 
 Latents = list[torch.Tensor]
@@ -285,8 +285,6 @@ def latent_loop(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float],
     x0 = decoded if (decoded is not None and z is z0_prev) else hvae.decode(z)
     if callback:
         callback(0.0, x0)
-    if params.sample:  # one posterior sample around the final estimate (see the module docstring)
-        x0 = hvae.decode(hvae.encode(x0, sample=True))
     return x0
 
 

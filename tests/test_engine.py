@@ -261,15 +261,18 @@ def test_seeded_predictions_repeat_exactly(cli, setup, tmp_path):
 
 
 def test_k_samples_mean_and_std(loaded, tiles):
+    """Without a spec posterior (the flow and HDN samplers' way: each of the K walks is random itself), the
+    engine runs K walks per tile: the mean is theirs, the std their spread, each tile's own."""
     b = loaded.bundle
     spec = STRATEGIES["latent-direct"]
     images = tiles[:, 0].numpy()
     captured = []
-
-    params = {"sample": StrategyParams()}
+    sampled = {"on": False}
 
     def capturing(bundle, x, schedule, *, callback=None):
-        out = spec.fn(bundle, x, schedule, params=params["sample"], callback=callback)
+        out = spec.fn(bundle, x, schedule, callback=callback)
+        if sampled["on"]:  # a random strategy: the walk, then one posterior sample around its estimate
+            out = spec.posterior(bundle, out, 1)[0]
         captured.append(out.clone())
         return out
 
@@ -281,18 +284,17 @@ def test_k_samples_mean_and_std(loaded, tiles):
     assert (s1 == 0).all() and np.abs(s3).max() < 1e-5
     np.testing.assert_allclose(m3, m1, atol=1e-5)
     assert not np.allclose(m1[0], m1[1])
-    # posterior samples: the MMSE is the mean of the K samples of each tile, std their spread
+    # random walks: the MMSE is the mean of the K samples of each tile, std their spread
     captured.clear()
     torch.manual_seed(0)
-    params["sample"] = StrategyParams(sample=True)
+    sampled["on"] = True
     mean, std, traj = run_tiles(capturing, b, images, schedule, EngineOptions(samples=4), CPU, T + 1, True)
     (samples,) = captured
     samples = samples.view(len(images), 4, *images.shape[1:]).numpy()  # sample j of tile i is row i*K + j
     np.testing.assert_allclose(mean, samples.mean(1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std, samples.std(1), rtol=1e-4, atol=1e-6)
     assert std.max() > 0 and np.isfinite(traj).all()
-    # the walk itself runs on posterior means: its final estimate, recorded at step 0, is the K = 1 one,
-    # and the samples are drawn around it
+    # the walk itself runs on posterior means: its final estimate, recorded at step 0, is the K = 1 one
     np.testing.assert_allclose(traj[0], m1, atol=1e-5)
     assert np.abs(mean - m1).max() > 0  # sampled, not the posterior-mean encoding
 
