@@ -329,7 +329,7 @@ def calibrate(
     truth: Annotated[Path, typer.Option("--truth", help="The ladder store the prediction was made from.")],
     target: Annotated[Literal["camera", "noise_free"], typer.Option("--target", help="x_0 the error is measured against.")] = "noise_free",
     field: Annotated[Optional[list[str]], typer.Option("--field", help="Fit on this field only (repeatable; default: every field).")] = None,
-    figure: Annotated[Optional[Path], typer.Option("--figure", help="Reliability diagram PNG (default: reliability.png beside the store).")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", help="Reliability diagram PNG (default: <store name>-reliability.png beside the store).")] = None,
     pooled: Annotated[bool, typer.Option("--pooled", help="One fit for every input step (default: one per step).")] = False,
     method: Annotated[Literal["linear", "isotonic"], typer.Option("--method", help="linear: RMSE = scale * RMV + offset (HazeMatching's); isotonic: a monotone map through the bins (follows a curved reliability; a prediction written with it cannot be refitted).")] = "linear",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and report; store nothing with the run.")] = False,
@@ -346,12 +346,16 @@ def calibrate(
             return f"isotonic map, std {fit['std'][0]:.4g}..{fit['std'][-1]:.4g} -> {fit['rmse'][0]:.4g}..{fit['rmse'][-1]:.4g} ADU"
         return f"scale {fit['scale']:.3f}, offset {fit['offset']:.4g} ADU"
 
+    gaps = result["max_relative_gap_per_step"]
     for t, fit in result["per_step"].items():
-        typer.echo(f"step {t}: {described(fit)}")
-    typer.echo(f"std calibration{' pooled over the steps (for steps not fitted)' if result['per_step'] else ''}: "
-               f"{described(result)}; uncertainty calibration error "
-               f"{result['before']['uce']:.4g} -> {result['after']['uce']:.4g} ADU (largest gap per bin "
-               f"{100 * result['before']['max_relative_gap']:.0f} % -> {100 * result['after']['max_relative_gap']:.0f} %)")
+        typer.echo(f"step {t}: {described(fit)}; worst bin {100 * gaps['before'][t]:.0f} % -> {100 * gaps['after'][t]:.0f} % off")
+    skipped = sorted(set(map(int, gaps["before"])) - set(result["steps"]))
+    typer.echo(f"std calibration{' pooled over the steps' if result['per_step'] else ''}: {described(result)}; "
+               f"calibration error (binned RMSE of the K-sample mean vs root mean variance of the std, ADU, in-sample) "
+               f"{result['before']['uce']:.4g} -> {result['after']['uce']:.4g}, worst bin "
+               f"{100 * result['before']['max_relative_gap']:.0f} % -> {100 * result['after']['max_relative_gap']:.0f} % off"
+               + (f"; steps {', '.join(map(str, skipped))} left raw (std 0)" if skipped else "")
+               + "; step 0 and steps not fitted keep their raw std")
     typer.echo(f"wrote {result['figure']}" + (f" and {result['written']}" if "written" in result else ""))
 
 

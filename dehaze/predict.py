@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -330,12 +331,19 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
     strategy_info = {"name": name, "one_shot": spec.one_shot, "samples": k, "sample_delta": delta, "alpha": params.alpha,
                      "tile": opts.tile, "margin": opts.margin, "seed": opts.seed}
     if spec.needs_noise:  # the flow sampler: its ODE settings, and the std calibration of its run (dehaze calibrate)
-        from dehaze.calibration import calibrated, read_calibration
+        from dehaze.calibration import calibrated, calibration_mismatch, read_calibration
 
+        strategy_info.update(flow_steps=params.flow_steps, flow_solver=params.flow_solver)
         cal = read_calibration(runs.dirs[spec.primary]) if calibrated_std else None
+        mismatch = calibration_mismatch(cal, strategy_info) if cal else None
+        if mismatch:  # a fit made at other settings would state a wrong spread: the raw one, said so
+            print(f"dehaze: note: {output}: std written uncalibrated: the run's calibration does not apply ({mismatch})",
+                  file=sys.stderr, flush=True)
+            strategy_info["std_calibration_skipped"] = mismatch
+            cal = None
         if cal:
             opts = replace(opts, std_maps=tuple(functools.partial(calibrated, cal, h) for h in range(src.n_steps)))
-        strategy_info.update(flow_steps=params.flow_steps, flow_solver=params.flow_solver, std_calibration=cal)
+        strategy_info["std_calibration"] = cal
     if opts.write_samples:
         strategy_info["samples_written"] = True
     if "degradation" in spec.needs:  # how far the run's G moves: evaluate reports it beside the scores

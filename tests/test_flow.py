@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dehaze.calibration import apply, calibrated, fit_factors, fit_scale_offset, reliability, reliability_of, step_fit
+from dehaze.errors import UserError
 from dehaze.models.flow import FlowNet, flow_matching_loss, integrate, sample, sample_taus, straight_path, tau_grid, warm_start_from_pixel
 from dehaze.models.unet import UNet
 from dehaze.noise import noise_key, position_noise
@@ -156,11 +157,28 @@ def test_per_step_calibration_recovers_each_steps_scale_where_one_pooled_scale_c
     pooled = fit_factors(pairs, pooled=True)
     assert pooled["per_step"] == {} and reliability_of(pairs, pooled).max_relative_gap() < 0.05
     assert all(reliability_of({t: p}, pooled).max_relative_gap() > 0.2 for t, p in pairs.items())
-    # a step the calibration never saw gets the pooled factors; no calibration leaves the std as it is
-    assert step_fit(cal, 7) == {"scale": cal["scale"], "offset": cal["offset"]} and step_fit(cal, 2) == cal["per_step"]["2"]
+    # a step the calibration was not fitted on (step 0, a step of another ladder) keeps its raw std, under a
+    # pooled calibration too; no calibration leaves the std as it is
+    assert cal["steps"] == [1, 2] and step_fit(cal, 2) == cal["per_step"]["2"] and step_fit(cal, 0) is None
+    assert step_fit(pooled, 1) == {"scale": pooled["scale"], "offset": pooled["offset"]} and step_fit(pooled, 7) is None
     x = np.array([0.5, 1.0, 2.0], np.float32)
-    np.testing.assert_array_equal(calibrated(cal, 7, x), apply(x, cal["scale"], cal["offset"]))
+    np.testing.assert_array_equal(calibrated(cal, 0, x), x)
+    np.testing.assert_array_equal(calibrated(pooled, 2, x), apply(x, pooled["scale"], pooled["offset"]))
     np.testing.assert_array_equal(calibrated(None, 1, x), x)
+
+
+def test_a_step_whose_std_is_zero_is_left_out_of_the_fit():
+    """A zero spread has no scale: fitting it would write std 0 for an error that is not (and a refit would
+    divide by that scale); the step keeps its raw std and the others are fitted as before."""
+    rng = np.random.default_rng(4)
+    std = rng.uniform(0.5, 3.0, 100_000)
+    pairs = {1: (np.zeros(std.size), 0.3 * rng.standard_normal(std.size)), 2: (std, 2.0 * std * rng.standard_normal(std.size))}
+    for pooled in (False, True):
+        cal = fit_factors(pairs, pooled=pooled)
+        assert cal["steps"] == [2] and step_fit(cal, 1) is None and "1" not in cal["per_step"]
+        assert step_fit(cal, 2)["scale"] == pytest.approx(2.0, rel=0.03)
+    with pytest.raises(UserError, match="0 at every step"):
+        fit_factors({1: pairs[1]})
 
 
 def test_the_isotonic_map_follows_a_curved_reliability_that_no_scale_and_offset_fit():
@@ -176,9 +194,11 @@ def test_the_isotonic_map_follows_a_curved_reliability_that_no_scale_and_offset_
     assert reliability_of(pairs, isotonic).max_relative_gap() < 0.10  # the issue's goal; bins of a steep rise blur a little
     knots = isotonic["per_step"]["1"]
     assert np.all(np.diff(knots["std"]) > 0) and np.all(np.diff(knots["rmse"]) >= 0)  # monotone
-    # clamped past the end knots (no extrapolation of a steep top bin), and never below the smallest error
+    # below the first knot its value (never below the smallest error); above the last, in proportion to the
+    # spread (a clamp would promise the largest spreads the top bin's RMSE)
     ends = calibrated(isotonic, 1, np.array([0.0, 10.0]))
-    assert ends[0] == pytest.approx(knots["rmse"][0]) and ends[1] == pytest.approx(knots["rmse"][-1])
+    assert ends[0] == pytest.approx(knots["rmse"][0])
+    assert ends[1] == pytest.approx(knots["rmse"][-1] / knots["std"][-1] * 10.0, rel=1e-5) and ends[1] > 10 * knots["rmse"][-1]
 
 
 # ---- through the CLI ----------------------------------------------------------------------------------------
@@ -244,6 +264,13 @@ def _step_scales(stdout: str) -> dict[int, float]:
 
 
 def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good, runs, tmp_path):
+    try:
+        _calibrate_then_predict(cli, good, runs, tmp_path)
+    finally:
+        (runs / "flow" / "calibration.json").unlink(missing_ok=True)  # the other tests predict uncalibrated
+
+
+def _calibrate_then_predict(cli, good, runs, tmp_path):
     common = [runs / "flow", "--input", good, "--samples", "3", "--flow-steps", "3", "-q"]
     assert cli("predict", *common, "-o", tmp_path / "raw.zarr").exit_code == 0
     result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--figure", tmp_path / "rel.png")
@@ -251,16 +278,18 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     assert "std calibration" in result.stdout and (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
     cal = json.loads((runs / "flow" / "calibration.json").read_text())
     assert cal["after"]["uce"] <= cal["before"]["uce"]
+    assert cal["fitted_at"] == {"samples": 3, "flow_steps": 3, "flow_solver": "euler"}
     raw = open_ladder(tmp_path / "raw.zarr")
-    assert sorted(cal["per_step"]) == [str(t) for t in range(1, raw.n_steps)]  # one fit per input step >= 1
+    assert sorted(cal["per_step"]) == [str(t) for t in range(1, raw.n_steps)] == [str(t) for t in cal["steps"]]
     assert _step_scales(result.stdout) == pytest.approx({int(t): v["scale"] for t, v in cal["per_step"].items()}, rel=1e-3)
     assert cli("predict", *common, "-o", tmp_path / "cal.zarr").exit_code == 0
     assert cli("predict", *common, "-o", tmp_path / "off.zarr", "--no-calibrated-std").exit_code == 0
-    calibrated, off = (open_ladder(tmp_path / f"{n}.zarr") for n in ("cal", "off"))
-    assert calibrated.meta.prediction.strategy["std_calibration"]["per_step"] == cal["per_step"]
+    calibrated_store, off = (open_ladder(tmp_path / f"{n}.zarr") for n in ("cal", "off"))
+    assert calibrated_store.meta.prediction.strategy["std_calibration"]["per_step"] == cal["per_step"]
     f = raw.fields[0]
-    written, raw_std = calibrated.extra(f, "std")[...], raw.extra(f, "std")[...]
-    for t in range(raw.n_steps):  # each step its own factors; step 0 (not fitted) the pooled ones
+    written, raw_std = calibrated_store.extra(f, "std")[...], raw.extra(f, "std")[...]
+    np.testing.assert_array_equal(written[0], raw_std[0])  # step 0 was not fitted: its raw std
+    for t in range(1, raw.n_steps):  # each step its own factors
         fit = step_fit(cal, t)
         np.testing.assert_allclose(written[t], fit["scale"] * raw_std[t] + fit["offset"], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(off.extra(f, "std")[...], raw_std)
@@ -270,14 +299,21 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     result = cli("calibrate", tmp_path / "cal.zarr", "--truth", good, "--dry-run")
     assert result.exit_code == 0, result.stderr
     assert _step_scales(result.stdout) == pytest.approx({int(t): v["scale"] for t, v in cal["per_step"].items()}, rel=0.01)
-    # --pooled: HazeMatching's one scale and offset for every step
+    # a prediction at other sampler settings (here K = 2) writes its raw std, and says so
+    result = cli("predict", runs / "flow", "--input", good, "--samples", "2", "--flow-steps", "3", "-q", "-o", tmp_path / "k2.zarr")
+    assert result.exit_code == 0, result.stderr
+    assert "std written uncalibrated" in result.stderr and "samples = 3" in result.stderr
+    k2 = open_ladder(tmp_path / "k2.zarr").meta.prediction.strategy
+    assert k2["std_calibration"] is None and "samples = 3" in k2["std_calibration_skipped"]
+    # --pooled: HazeMatching's one scale and offset, for every fitted step
     result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--pooled")
     assert result.exit_code == 0, result.stderr
     pooled = json.loads((runs / "flow" / "calibration.json").read_text())
     assert pooled["per_step"] == {} and not _step_scales(result.stdout)
     assert cli("predict", *common, "-o", tmp_path / "pooled.zarr").exit_code == 0
-    np.testing.assert_allclose(open_ladder(tmp_path / "pooled.zarr").extra(f, "std")[...],
-                               pooled["scale"] * raw_std + pooled["offset"], rtol=1e-5, atol=1e-4)
+    pooled_std = open_ladder(tmp_path / "pooled.zarr").extra(f, "std")[...]
+    np.testing.assert_allclose(pooled_std[1:], pooled["scale"] * raw_std[1:] + pooled["offset"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(pooled_std[0], raw_std[0])
     # --method isotonic: a monotone map per step, applied by later predictions; it cannot be undone, so a
     # prediction written with it is not refitted (a one-line error naming the way out)
     result = cli("calibrate", tmp_path / "raw.zarr", "--truth", good, "--method", "isotonic")
@@ -289,16 +325,34 @@ def test_calibrate_stores_the_factors_and_later_predictions_apply_them(cli, good
     iso_std = open_ladder(tmp_path / "iso.zarr").extra(f, "std")[...]
     for t in range(1, raw.n_steps):
         knots = iso["per_step"][str(t)]
-        np.testing.assert_allclose(iso_std[t], np.interp(raw_std[t], knots["std"], knots["rmse"]), rtol=1e-5, atol=1e-6)
+        inside = raw_std[t] <= knots["std"][-1]  # between the knots: interpolated (above: in proportion, tested above)
+        np.testing.assert_allclose(iso_std[t][inside], np.interp(raw_std[t][inside], knots["std"], knots["rmse"]), rtol=1e-5, atol=1e-6)
     result = cli("calibrate", tmp_path / "iso.zarr", "--truth", good, "--dry-run")
     assert result.exit_code == 2 and "isotonic map, which cannot be undone" in result.stderr and "--no-calibrated-std" in result.stderr
-    # a damaged calibration file: a one-line error at predict time, not a traceback
-    (runs / "flow" / "calibration.json").write_text(json.dumps({**iso, "per_step": {"1": {"std": [2.0, 1.0], "rmse": [0.1, 0.2]}}}))
-    result = cli("predict", *common, "-o", tmp_path / "bad.zarr")
-    assert result.exit_code == 2 and "unreadable calibration" in result.stderr
-    (runs / "flow" / "calibration.json").unlink()  # the other tests predict uncalibrated
-    result = cli("calibrate", good, "--truth", good)
-    assert result.exit_code == 2 and "not a prediction store" in result.stderr
+    # damaged calibration files: a one-line error at predict time, not a traceback
+    for damaged in ({**iso, "per_step": {"1": {"std": [2.0, 1.0], "rmse": [0.1, 0.2]}}},
+                    {**cal, "scale": float("nan")}, {**cal, "per_step": {"1": {"scale": -1.0, "offset": 0.0}}},
+                    {**cal, "map": "cubic"}):
+        (runs / "flow" / "calibration.json").write_text(json.dumps(damaged))
+        result = cli("predict", *common, "-o", tmp_path / "bad.zarr")
+        assert result.exit_code == 2 and "unreadable calibration" in result.stderr, damaged
+        assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_calibrate_refuses_what_it_cannot_fit_honestly(cli, good, runs, run, tmp_path):
+    """One-line errors, exit 2, nothing written into the run: a truth that is not the prediction's input, a
+    prediction of another method, a figure into a missing folder, a store that is no prediction."""
+    assert cli("predict", runs / "flow", "--input", good, "--samples", "2", "--flow-steps", "2", "-q", "-o", tmp_path / "p.zarr").exit_code == 0
+    assert cli("predict", run, "--input", good, "-q", "-o", tmp_path / "unet.zarr").exit_code == 0
+    cases = [((tmp_path / "p.zarr", "--truth", tmp_path / "unet.zarr"), "is not the ladder"),
+             ((tmp_path / "unet.zarr", "--truth", good), "calibration is fitted for and applied to flow predictions"),
+             ((tmp_path / "p.zarr", "--truth", good, "--figure", tmp_path / "missing" / "rel.png"), "does not exist"),
+             ((good, "--truth", good), "not a prediction store")]
+    for args, message in cases:
+        result = cli("calibrate", *args)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (runs / "flow" / "calibration.json").exists()
 
 
 # ---- the posterior criteria in evaluate ---------------------------------------------------------------------
