@@ -279,6 +279,7 @@ def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Ta
     instead of a scale and offset, see ``fit_isotonic``), and, with ``write``, store the factors as
     ``calibration.json`` in the run that made it (its later predictions apply them). Returns the factors and
     the calibration error before and after (pooled over the steps); ``figure``: a reliability-diagram PNG."""
+    from dehaze.runs import checkpoint_sha256
     from dehaze.store import ensure_writable_parent, open_ladder
 
     pred, truth = _prediction(prediction_path), open_ladder(truth_path)
@@ -289,6 +290,9 @@ def calibrate(prediction_path: str | Path, truth_path: str | Path, *, target: Ta
     if write and (len(run_dirs) != 1 or not Path(run_dirs[0]).is_dir()):
         raise UserError(f"{prediction_path}: its run {run_dirs[0] if run_dirs else '(none)'} is not there to store the "
                         "calibration in; use --dry-run, or predict again from the run")
+    if write and pred.meta.manifest.get("checkpoints") not in (None, [checkpoint_sha256(run_dirs[0])]):
+        raise UserError(f"{prediction_path}: its run {run_dirs[0]} was trained again since this prediction; predict "
+                        "again before calibrating (a fit of other weights' spread would be stored with these)")
     if figure is not None:
         ensure_writable_parent(Path(figure))
     pairs, chosen = _pairs(pred, truth, target, fields, steps)

@@ -26,7 +26,7 @@ from dehaze.errors import UserError
 from dehaze.export import is_package, load_package
 from dehaze.predict_config import PredictConfig
 from dehaze.progress import progress_bar
-from dehaze.runs import CHECKPOINT_FILE, RunInfo, load_model, read_run, read_run_report
+from dehaze.runs import RunInfo, checkpoint_sha256, load_model, read_run, read_run_report
 from dehaze.store import (
     DatasetMeta,
     LadderStore,
@@ -278,14 +278,6 @@ def plan_prediction(run_dirs: list[str | Path], input_path: str | Path, output: 
     return PredictPlan(cfg, runs, src, out_paths, dev, Path(output) if strategy == "all" else None)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def engine_tile(spec: StrategySpec, primary: RunInfo, tile: int | None) -> int:
     """Tile size (px) for a strategy: the one asked for; else, for one-shot HDN, its run's training patch size;
     else DEFAULT_TILE.
@@ -352,7 +344,7 @@ def _predict_one(name: str, spec: StrategySpec, runs: LoadedRuns, bundle: ModelB
             strategy_info["degradation_check"] = check
     run_list = sorted(str(Path(runs.dirs[kind]).resolve()) for kind in set(spec.needs) | {spec.primary})
     # the checkpoints too: a prediction from a run trained again (same folder) is made again
-    identity = {"runs": run_list, "checkpoints": [_file_sha256(Path(r) if Path(r).is_file() else Path(r) / CHECKPOINT_FILE) for r in run_list],
+    identity = {"runs": run_list, "checkpoints": [checkpoint_sha256(r) for r in run_list],
                 "input": src.sha256, "strategy": strategy_info}
     meta = DatasetMeta(
         source="prediction", manifest=identity,

@@ -12,6 +12,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -246,3 +247,14 @@ def checkpoint_step(run_dir: str | Path) -> int:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a damaged file
         raise UserError(f"{path}: not a loadable checkpoint ({type(exc).__name__}); delete {run_dir} and rerun to "
                         "train it again") from None
+
+
+def checkpoint_sha256(run: str | Path) -> str:
+    """SHA-256 of a run's checkpoint (``run`` a run folder, or a checkpoint file itself): the identity a
+    prediction records of the weights that made it."""
+    path = Path(run) if Path(run).is_file() else Path(run) / CHECKPOINT_FILE
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -353,6 +353,17 @@ def test_calibrate_refuses_what_it_cannot_fit_honestly(cli, good, runs, run, tmp
         assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (runs / "flow" / "calibration.json").exists()
+    # a run trained again since its prediction: the fit would be stored with weights that did not make it
+    import shutil
+
+    shutil.copytree(runs / "flow", tmp_path / "flow-copy")
+    assert cli("predict", tmp_path / "flow-copy", "--input", good, "--samples", "2", "--flow-steps", "2", "-q", "-o", tmp_path / "c.zarr").exit_code == 0
+    with (tmp_path / "flow-copy" / "checkpoint.pt").open("ab") as f:
+        f.write(b"\0")  # other weights, as far as the checkpoint's identity goes
+    result = cli("calibrate", tmp_path / "c.zarr", "--truth", good)
+    assert result.exit_code == 2 and "trained again since this prediction" in result.stderr
+    assert not (tmp_path / "flow-copy" / "calibration.json").exists()
+    assert cli("calibrate", tmp_path / "c.zarr", "--truth", good, "--dry-run").exit_code == 0  # stores nothing: allowed
 
 
 # ---- the posterior criteria in evaluate ---------------------------------------------------------------------
