@@ -7,7 +7,7 @@ held-out fields whose clean image is known:
 * bin the pixels by their predicted std (equal-count bins: every bin holds the same number of pixels);
 * per bin: RMV = sqrt(mean sigma^2) (root mean variance) and RMSE = sqrt(mean (mean - x_0)^2);
 * fit RMSE = scale * RMV + offset by least squares over the bins; a calibrated std is scale * sigma + offset;
-* by default one (scale, offset) per input step of the ladder (see ``step_factors``), or one for all steps.
+* by default one (scale, offset) per input step of the ladder (see ``step_fit``), or one for all steps.
 
 Calibration error "UCE" here, in ADU: sum over bins of (n_b / N) |RMV_b - RMSE_b|, the count-weighted gap in
 std units (Laves et al. 2020's UCE weighs the same gap in variances; Levi et al. 2022's ENCE divides it by
