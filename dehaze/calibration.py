@@ -221,8 +221,9 @@ def _label(cal: dict[str, Any]) -> str:
     if cal["map"] == "isotonic":
         return f"calibrated{' per step' if cal['per_step'] else ''} (isotonic)"
     scales = [v["scale"] for v in cal["per_step"].values()]
+    offsets = [v["offset"] for v in cal["per_step"].values()]
     if scales:
-        return f"calibrated per step (x{min(scales):.2f}..x{max(scales):.2f})"
+        return f"calibrated per step (x{min(scales):.2f}..x{max(scales):.2f}, {min(offsets):+.3g}..{max(offsets):+.3g})"
     return f"calibrated (x{cal['scale']:.2f} {cal['offset']:+.3g})"
 
 

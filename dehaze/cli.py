@@ -14,12 +14,43 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from dehaze.cli_options import model_options
 from dehaze.errors import UserError
 from dehaze.predict_config import PredictConfig
 
+class _OneLineUsageErrors(TyperGroup):
+    """A mistyped command line (an unknown option, a value outside its choices, a missing argument) is a user
+    mistake like any other: one line on stderr naming the value and the help to read, exit code 2 (typer would
+    draw a multi-line box around it)."""
+
+    def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        except Exception as error:
+            # Click's usage errors, matched by what they carry: typer >= 0.20 ships its own copy of click,
+            # so the classes to name depend on the typer version.
+            if not (callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int)):
+                raise
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare `dehaze` or `dehaze COMMAND`: the help
+                error.show()  # type: ignore[attr-defined]
+                sys.exit(error.exit_code)  # type: ignore[attr-defined]
+            context = getattr(error, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            typer.echo(f"dehaze: error: {error.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+            sys.exit(error.exit_code)  # type: ignore[attr-defined]
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="dehaze",
     help="Widefield-microscopy dehazing: simulate and ingest haze ladders, train, predict, evaluate.",
     no_args_is_help=True,
@@ -329,17 +360,19 @@ def calibrate(
     truth: Annotated[Path, typer.Option("--truth", help="The ladder store the prediction was made from.")],
     target: Annotated[Literal["camera", "noise_free"], typer.Option("--target", help="x_0 the error is measured against.")] = "noise_free",
     field: Annotated[Optional[list[str]], typer.Option("--field", help="Fit on this field only (repeatable; default: every field).")] = None,
-    figure: Annotated[Optional[Path], typer.Option("--figure", help="Reliability diagram PNG (default: <store name>-reliability.png beside the store).")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", help="Reliability diagram PNG (default: <store name>-reliability.png beside the store; with --dry-run, none unless named).")] = None,
     pooled: Annotated[bool, typer.Option("--pooled", help="One fit for every input step (default: one per step).")] = False,
     method: Annotated[Literal["linear", "isotonic"], typer.Option("--method", help="linear: RMSE = scale * RMV + offset (HazeMatching's); isotonic: a monotone map through the bins (follows a curved reliability; a prediction written with it cannot be refitted).")] = "linear",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and report; store nothing with the run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fit and report; store nothing with the run and write no file but a --figure named.")] = False,
 ) -> None:
     """Fit the posterior std against the error (binned RMSE vs root mean variance), per input step unless
     --pooled, and store the fit with the run (calibration.json): its later predictions write calibrated stds."""
     from dehaze.calibration import calibrate as run_calibration
 
+    if figure is None and not dry_run:
+        figure = prediction.with_name(prediction.name.removesuffix(".zarr") + "-reliability.png")
     result = run_calibration(prediction, truth, target=target, fields=field, pooled=pooled, method=method, write=not dry_run,
-                             figure=figure or prediction.with_name(prediction.name.removesuffix(".zarr") + "-reliability.png"))
+                             figure=figure)
 
     def described(fit: dict) -> str:
         if method == "isotonic":
@@ -356,7 +389,8 @@ def calibrate(
                f"{100 * result['before']['max_relative_gap']:.0f} % -> {100 * result['after']['max_relative_gap']:.0f} % off"
                + (f"; steps {', '.join(map(str, skipped))} left raw (std 0)" if skipped else "")
                + "; step 0 and steps not fitted keep their raw std")
-    typer.echo(f"wrote {result['figure']}" + (f" and {result['written']}" if "written" in result else ""))
+    written = [result[key] for key in ("figure", "written") if key in result]
+    typer.echo(f"wrote {' and '.join(written)}" if written else "nothing written (--dry-run)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -83,3 +83,21 @@ def test_flow_dry_run_resolves_like_the_run(cli, good, tmp_path):
     result = cli("train", "flow", "--data", good, "-o", out, "--dry-run", *TINY)
     assert result.exit_code == 0, result.stderr
     assert _config_line(result.stdout)["model"]["target_scale"] > 0 and not out.exists()
+
+
+def test_a_mistyped_command_line_is_one_line_and_exit_2(cli, good, tmp_path):
+    """An unknown option, a value outside its choices, a missing argument, an unknown command: one line on
+    stderr naming what was wrong and the help to read, no box, no traceback, nothing written."""
+    cases = [
+        (["calibrate", tmp_path / "p.zarr", "--truth", good, "--method", "cubic"], ["'--method'", "'cubic'", "'dehaze calibrate --help'"]),
+        (["train", "unet", "--data", good, "-o", tmp_path / "run", "--stpes", "3"], ["--stpes", "'dehaze train --help'"]),
+        (["evaluate"], ["Missing argument", "'dehaze evaluate --help'"]),
+        (["simulat"], ["No such command 'simulat'", "'dehaze --help'"]),
+    ]
+    for args, named in cases:
+        result = cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("dehaze: error: "), (args, result.stderr)
+        assert all(n in lines[0] for n in named) and "Traceback" not in result.stderr and "─" not in result.stderr, lines[0]
+    assert not any(tmp_path.iterdir())
+    assert cli().exit_code == 2 and "Usage: dehaze" in cli().stdout  # a bare `dehaze` shows the help, as before

@@ -297,7 +297,8 @@ def _calibrate_then_predict(cli, good, runs, tmp_path):
     # rounding of the written std, which can move a near-tie across an equal-count bin edge of this tiny
     # field; a fit on the calibrated std itself would give scales near 1)
     result = cli("calibrate", tmp_path / "cal.zarr", "--truth", good, "--dry-run")
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 0 and "nothing written (--dry-run)" in result.stdout, result.stderr
+    assert not (tmp_path / "cal-reliability.png").exists()  # a dry run writes no default figure
     assert _step_scales(result.stdout) == pytest.approx({int(t): v["scale"] for t, v in cal["per_step"].items()}, rel=0.01)
     # a prediction at other sampler settings (here K = 2) writes its raw std, and says so
     result = cli("predict", runs / "flow", "--input", good, "--samples", "2", "--flow-steps", "3", "-q", "-o", tmp_path / "k2.zarr")
