@@ -20,6 +20,7 @@ from dehaze.cli_options import model_options
 from dehaze.errors import UserError
 from dehaze.predict_config import PredictConfig
 
+
 class _OneLineUsageErrors(TyperGroup):
     """A mistyped command line (an unknown option, a value outside its choices, a missing argument) is a user
     mistake like any other: one line on stderr naming the value and the help to read, exit code 2 (typer would
