@@ -52,8 +52,12 @@ class RunInfo(StrictModel):
     normalization: Normalization
     data: list[DataRef]
     base_run: str | None = None  # the run this one builds on (latent trainers build on an HVAE run)
-    # changes made to the run on --resume (a larger budget): {"at_step", "steps_from", "steps_to", "time"}
+    # changes made to the run on --resume: a larger budget {"at_step", "steps_from", "steps_to", "time"}, or
+    # another machine {"at_step", "trained_with", "time"}
     history: list[dict[str, Any]] = []
+    # where it was trained (dehaze.device.environment): not part of the run's identity, so a resume elsewhere
+    # continues, but recorded, because it decides the last digits (None: a run from before it was recorded)
+    trained_with: dict[str, Any] | None = None
 
     def differences(self, other: RunInfo) -> list[str]:
         """Dotted keys of trainer, config, data and base run where ``other`` differs (empty: the same run)."""
@@ -169,11 +173,12 @@ def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
             existing = read_run(run_dir)
             change = {"at_step": checkpoint_step(run_dir), "steps_from": old_steps, "steps_to": info.config.steps,
                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            extended = info.model_copy(update={"history": [*existing.history, change]})
+            extended = info.model_copy(update={"history": [*existing.history, change], "trained_with": existing.trained_with})
             atomic_write_text(run_dir / RUN_FILE, extended.model_dump_json(indent=2))
         return True
     if run_dir.exists() and any(run_dir.iterdir()):
-        if read_run(run_dir).same_run(info):  # the same run, resumed before its first checkpoint
+        if read_run(run_dir).same_run(info):  # the same run, resumed before its first checkpoint: it starts
+            atomic_write_text(run_dir / RUN_FILE, info.model_dump_json(indent=2))  # again, here
             return False
         for name in _RUN_START_FILES:  # another run's failed start: its description and logs go
             target = run_dir / name
@@ -187,6 +192,20 @@ def prepare_run_dir(run_dir: str | Path, info: RunInfo, resume: bool) -> bool:
         raise UserError(f"{run_dir}: cannot create the run directory ({exc.strerror}); choose another -o") from None
     atomic_write_text(run_dir / RUN_FILE, info.model_dump_json(indent=2))
     return False
+
+
+def record_resume_environment(run_dir: str | Path, now: dict[str, Any], at_step: int) -> list[str]:
+    """On a resume: the keys of ``now`` (dehaze.device.environment) that differ from where the run was last
+    trained, recorded in run.json's history when there are any (empty: the same machine, or an older run)."""
+    existing = read_run(run_dir)
+    before = next((h["trained_with"] for h in reversed(existing.history) if "trained_with" in h), existing.trained_with)
+    if before is None:
+        return []
+    differs = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if differs:
+        change = {"at_step": at_step, "trained_with": now, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_text(Path(run_dir) / RUN_FILE, existing.model_copy(update={"history": [*existing.history, change]}).model_dump_json(indent=2))
+    return [f"{k} {before.get(k)} -> {now.get(k)}" for k in differs]
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -307,3 +307,31 @@ def test_resume_with_a_larger_budget_extends_the_run(cli, ladder, tmp_path):
     result = _train_cli(cli, ladder, run, "--set", "steps=8", "--set", "batch_size=3", "--resume")
     assert result.exit_code == 2 and "differs in config.batch_size" in result.stderr
     assert read_run(run).config.steps == 5  # nothing changed by a refused extension
+
+
+def test_a_run_records_where_it_was_trained_and_a_resume_elsewhere_says_so(cli, ladder, tmp_path):
+    """run.json records torch, device, torch threads and CPU (they decide the last digits); a resume with
+    another thread count continues, records the change in the history and says it will not repeat an
+    uninterrupted run exactly; a resume on the same setup records nothing."""
+    import torch
+
+    from dehaze.runs import read_run
+
+    run, threads = tmp_path / "run", torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _train_cli(cli, ladder, run).exit_code == 0
+        first = read_run(run).trained_with
+        assert first is not None and first["torch_threads"] == 1 and first["device"] == "cpu" and first["torch"] == torch.__version__
+        result = _train_cli(cli, ladder, run, "--set", "steps=3", "--resume")  # same setup: no note
+        assert result.exit_code == 0 and "another setup" not in result.stderr, result.stderr
+        torch.set_num_threads(2)
+        result = _train_cli(cli, ladder, run, "--set", "steps=4", "--resume")
+        assert result.exit_code == 0 and "resumed on another setup (torch_threads 1 -> 2)" in result.stderr, result.stderr
+        info = read_run(run)
+        assert info.trained_with == first  # where it started
+        moved = [h for h in info.history if "trained_with" in h]
+        assert [(h["at_step"], h["trained_with"]["torch_threads"]) for h in moved] == [(3, 2)]
+        assert [h["steps_to"] for h in info.history if "steps_to" in h] == [3, 4]
+    finally:
+        torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from dehaze.device import pick_device
+from dehaze.device import environment, pick_device
 from dehaze.errors import UserError
 from dehaze.models import build_network
 from dehaze.normalization import Normalization
@@ -43,6 +44,7 @@ from dehaze.runs import (
     load_model,
     prepare_run_dir,
     read_run,
+    record_resume_environment,
     save_checkpoint,
 )
 from dehaze.store import LadderStore
@@ -260,7 +262,8 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         norm = read_run(latent.base_run).normalization  # latents encode images normalised like the HVAE saw them
     else:
         cfg, norm = resolve_image_setup(kind, stores, cfg, base_run, run_dir, resume)
-    info = run_info(kind, cfg, norm, stores, latent.base_run if latent else None)
+    info = run_info(kind, cfg, norm, stores, latent.base_run if latent else None).model_copy(
+        update={"trained_with": environment(device)})
     rank, world = init_distributed()
     if world > 1 and task.param_groups is not None:
         raise UserError(f"`dehaze train {kind}` runs on one process (its GAN steps are not data-parallel yet)")
@@ -325,6 +328,10 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         val_ds = patches(val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False) if val_fields else None
     if rank == 0:
         prepare_run_dir(run_dir, info, resume)
+        moved = record_resume_environment(run_dir, cast(dict, info.trained_with), step) if resumed else []
+        if moved:  # the resume is allowed; its result is then not bit-identical to an uninterrupted run
+            print(f"dehaze: note: {run_dir}: resumed on another setup ({'; '.join(moved)}): the run continues, but "
+                  "will not repeat an uninterrupted one to the last digit", file=sys.stderr)
     if world > 1:
         dist.barrier()
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=StepSampler(step, cfg.steps, cfg.batch_size, rank, world),
