@@ -218,6 +218,28 @@ def _json_safe(obj: Any, where: str = "report") -> Any:
 
 
 # ---- the evaluation --------------------------------------------------------------------------------
+def current_report(pred_stores: Sequence[str | Path], truth_store: str | Path, report_dir: str | Path,
+                   target: Target = "camera") -> dict[str, Any] | None:
+    """The report in ``report_dir`` (metrics.json, as written) if :func:`evaluate` of these stores would write it
+    again: the same dehaze version, target, truth ladder and prediction stores (each by its manifest identity:
+    the runs' checkpoints and the strategy's settings), and every file it lists still there; else None.
+    A prediction is deterministic given its identity, so the report would repeat: a study rerun keeps it."""
+    path = Path(report_dir) / "metrics.json"
+    try:
+        report = json.loads(path.read_text())
+        truth = open_ladder(truth_store)
+        wanted = {str(store.path): store.meta.manifest_sha256 for store in map(open_ladder, pred_stores)}
+    except Exception:  # anything unreadable: not current; evaluate() then names what is wrong
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("methods"), dict) or not isinstance(report.get("report"), dict):
+        return None
+    had = {m.get("store"): m.get("store_manifest_sha256") for m in report["methods"].values() if m.get("kind") == "prediction"}
+    same = (report.get("dehaze_version") == __version__ and report.get("target") == target
+            and report.get("truth_store") == str(truth.path) and report.get("truth_manifest_sha256") == truth.meta.manifest_sha256
+            and had == wanted and all(Path(f).is_file() for f in report["report"].values()))
+    return report if same else None
+
+
 def evaluate(
     pred_stores: Sequence[str | Path],
     truth_store: str | Path,
@@ -262,7 +284,8 @@ def evaluate(
         info = _prediction(store)
         key = info.method if info.method not in methods else f"{info.method} ({store.path.name})"
         one_shot = bool(info.strategy.get("one_shot", False)) or info.method in baselines
-        methods[key] = {"label": key, "kind": "prediction", "one_shot": one_shot, "store": str(store.path), "prediction": info.model_dump(mode="json")}
+        methods[key] = {"label": key, "kind": "prediction", "one_shot": one_shot, "store": str(store.path),
+                        "store_manifest_sha256": store.meta.manifest_sha256, "prediction": info.model_dump(mode="json")}
         if info.strategy.get("degradation_check"):  # how far the run's G moves, beside what the loop scored
             methods[key]["degradation_check"] = info.strategy["degradation_check"]
         sources[key] = store

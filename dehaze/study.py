@@ -55,8 +55,8 @@ def run_study(cfg: StudyConfig, output: Path, quiet: bool, echo: Say = print) ->
 
 
 def _run_study(cfg: StudyConfig, output: Path, quiet: bool, echo: Say) -> Path:
+    from dehaze.evaluate import current_report, psnr_table
     from dehaze.evaluate import evaluate as run_evaluate
-    from dehaze.evaluate import psnr_table
     from dehaze.figures import step_montage
     from dehaze.manifests import load_simulation_manifest
     from dehaze.predict import RESTORING_KINDS
@@ -89,8 +89,12 @@ def _run_study(cfg: StudyConfig, output: Path, quiet: bool, echo: Say) -> Path:
     say("[3/4] predicting with every strategy")
     stores = run_predict([runs[k] for k in RESTORING_KINDS if k in runs], test.path, output / "predictions", cfg.predict,
                          replace_stale=True, show_progress=not quiet)  # the study owns its folder
-    say("[4/4] evaluating")
-    report = run_evaluate([s.path for s in stores], test.path, output / "report", target=cfg.target)
+    report = current_report([s.path for s in stores], test.path, output / "report", target=cfg.target)
+    if report is not None:
+        say("[4/4] the report is up to date (the same predictions)")
+    else:
+        say("[4/4] evaluating")
+        report = run_evaluate([s.path for s in stores], test.path, output / "report", target=cfg.target)
     for line in psnr_table(report):
         echo(line)
     return output / "report"

@@ -220,15 +220,22 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
     if test_fields:  # held out: another seed, its own fields
         train, test = open_ladder(tmp_path / "out" / "ladder.zarr"), open_ladder(tmp_path / "out" / "test.zarr")
         assert len(test.fields) == 1 and test.meta.manifest["seed"] == train.meta.manifest["seed"] + 1000
-    again = cli("study", path, "-o", tmp_path / "out", "-q")
+    written = {p.name: p.stat().st_mtime_ns for p in report.iterdir()}
+    again = cli("study", path, "-o", tmp_path / "out")
     assert again.exit_code == 0 and "already" not in again.stderr
-    if jobs == 1:  # other prediction settings: the predictions are made again, the training runs kept
+    # every stage found done: the report too is kept (the same predictions), and its table printed again
+    assert "the report is up to date" in again.stderr and "latent-direct" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in report.iterdir()} == written
+    if jobs == 1:  # other prediction settings: the predictions are made again and scored, the training runs kept
         mtime = (tmp_path / "out" / "runs" / "unet" / "checkpoint.pt").stat().st_mtime_ns
         again = cli("study", path, "-o", tmp_path / "out", "-q", "--set", "predict.samples=3")
         assert again.exit_code == 0, again.stderr
         hdn = open_ladder(tmp_path / "out" / "predictions" / "one-shot-hdn.zarr")
         assert hdn.meta.prediction.strategy["samples"] == 3
         assert (tmp_path / "out" / "runs" / "unet" / "checkpoint.pt").stat().st_mtime_ns == mtime
+        methods = json.loads((report / "metrics.json").read_text())["methods"]
+        assert methods["one-shot-hdn"]["store_manifest_sha256"] == hdn.meta.manifest_sha256
+        assert (report / "metrics.json").stat().st_mtime_ns > written["metrics.json"]
 
 
 def test_study_config_errors(cli, tmp_path):
