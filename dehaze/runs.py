@@ -27,7 +27,7 @@ from dehaze import __version__
 from dehaze.config import StrictModel, format_validation_error
 from dehaze.errors import UserError
 from dehaze.normalization import Normalization
-from training.config import TrainConfig
+from training.config import MODEL_KINDS, TrainConfig
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -90,6 +90,10 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise UserError(f"{path}: unreadable run description (not JSON)") from None
     if isinstance(raw, dict) and isinstance(raw.get("format"), int) and raw["format"] > RUN_FORMAT:
         raise UserError(f"{path}: run format {raw['format']} is newer than this dehaze ({RUN_FORMAT}); upgrade dehaze")
+    model = raw.get("config", {}).get("model") if isinstance(raw, dict) and isinstance(raw.get("config"), dict) else None
+    if isinstance(model, dict) and model.get("kind") in MODEL_KINDS:  # a run from before a field: what it ran with
+        for key, value in MODEL_KINDS[model["kind"]].earlier_runs_had.items():
+            model.setdefault(key, value)
     try:
         return RunInfo.model_validate(raw)
     except ValidationError as err:

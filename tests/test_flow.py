@@ -14,7 +14,16 @@ from torch import nn
 
 from dehaze.calibration import apply, calibrated, fit_factors, fit_scale_offset, reliability, reliability_of, step_fit
 from dehaze.errors import UserError
-from dehaze.models.flow import FlowNet, flow_matching_loss, integrate, sample, sample_taus, straight_path, tau_grid, warm_start_from_pixel
+from dehaze.models.flow import (
+    FlowNet,
+    flow_matching_loss,
+    integrate,
+    sample,
+    sample_taus,
+    straight_path,
+    tau_grid,
+    warm_start_from_restorer,
+)
 from dehaze.models.unet import UNet
 from dehaze.noise import noise_key, position_noise
 from dehaze.store import open_ladder
@@ -48,6 +57,12 @@ def test_the_loss_is_zero_for_the_exact_velocity_field():
     # a field that is off by d everywhere costs d^2 (the MSE of the velocity, in units of target_scale)
     net.unet = _KnownClean(x0 / 0.5 + 0.1 * (1 - tau.view(-1, 1, 1, 1)))
     assert flow_matching_loss(net, x_t, t, x0, noise, tau).item() == pytest.approx(0.01, rel=1e-4)
+    # weighted as the clean estimate's error (exponent 0): an estimate off by e costs e^2 at any tau, where
+    # the velocity loss charges e^2 / (1 - tau)^2
+    net.loss_weight_exponent = 0.0
+    assert flow_matching_loss(net, x_t, t, x0, noise, tau).item() == pytest.approx(0.01 * (1 - tau).square().mean().item(), rel=1e-4)
+    net.unet = _KnownClean(x0 / 0.5)
+    assert flow_matching_loss(net, x_t, t, x0, noise, tau).item() < 1e-10
     # the path: noise at tau = 0, y_0 at tau = 1, velocity y_0 - noise
     y, v = straight_path(noise, x0, torch.tensor([0.0, 1.0, 0.5, 0.25]))
     torch.testing.assert_close(y[0], noise[0])
@@ -90,7 +105,7 @@ def test_a_warm_started_flow_net_starts_as_the_pixel_restorers_one_shot_estimate
     pixel = UNet(base_channels=4, depth=2, time_embed_dim=8, residual=False, source_conditioned=True)
     nn.init.normal_(pixel.head.weight, std=0.3)  # a trained-looking restorer: its output is not 0
     flow = FlowNet(base_channels=4, depth=2, time_embed_dim=8, target_scale=0.25)
-    warm_start_from_pixel(flow, pixel)
+    warm_start_from_restorer(flow, pixel)
     x_t, t = torch.rand(3, 1, 16, 16), torch.tensor([1.0, 2.0, 3.0])
     one_shot = pixel(x_t, t, t)
     with torch.no_grad():
@@ -99,9 +114,26 @@ def test_a_warm_started_flow_net_starts_as_the_pixel_restorers_one_shot_estimate
     torch.testing.assert_close(a, one_shot, atol=1e-5, rtol=1e-4)  # any noise, any solver: the same estimate
     torch.testing.assert_close(b, one_shot, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="x0 parametrisation"):
-        warm_start_from_pixel(FlowNet(base_channels=4, depth=2, time_embed_dim=8, parametrisation="velocity"), pixel)
+        warm_start_from_restorer(FlowNet(base_channels=4, depth=2, time_embed_dim=8, parametrisation="velocity"), pixel)
     with pytest.raises(ValueError, match="base_channels"):
-        warm_start_from_pixel(FlowNet(base_channels=8, depth=2, time_embed_dim=8), pixel)
+        warm_start_from_restorer(FlowNet(base_channels=8, depth=2, time_embed_dim=8), pixel)
+
+
+def test_a_flow_net_warm_started_from_the_unet_baseline_starts_as_its_estimate():
+    # the UNet has no time conditioning: the flow's FiLM layers start at zero (the identity), so it ignores
+    # t, tau and the noise until it learns them
+    torch.manual_seed(0)
+    unet = UNet(base_channels=4, depth=2, residual=False)
+    nn.init.normal_(unet.head.weight, std=0.3)
+    flow = FlowNet(base_channels=4, depth=2, time_embed_dim=8, target_scale=0.5)
+    warm_start_from_restorer(flow, unet)
+    x_t, t = torch.rand(2, 1, 16, 16), torch.tensor([1.0, 3.0])
+    with torch.no_grad():
+        got = sample(flow, x_t, t, torch.randn(2, 1, 16, 16), steps=5, solver="heun")
+    torch.testing.assert_close(got, unet(x_t), atol=1e-5, rtol=1e-4)
+    assert any(p.abs().sum() > 0 for n, p in flow.unet.named_parameters() if n.startswith("time_mlp."))  # can learn
+    with pytest.raises(ValueError, match="non-residual"):
+        warm_start_from_restorer(flow, UNet(base_channels=4, depth=2, residual=True))
 
 
 def test_position_noise_depends_only_on_the_pixel():
@@ -230,11 +262,29 @@ def test_train_flow_records_its_warm_start_and_resolved_scale(cli, good, runs, r
     assert info["config"]["optim"]["ema_decay"] == 0.995 and info["base_run"] is None  # predicts on its own
     rows = (runs / "flow" / "log.csv").read_text().splitlines()
     assert any(",val_psnr," in r for r in rows)
+    # the one-shot UNet baseline (same base_channels and depth) is a base too
+    result = cli("train", "flow", "--data", good, "-o", tmp_path / "from-unet", "--base", run, *TINY_FLOW, *TINY_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "from-unet" / "run.json").read_text())["config"]["model"]["warm_start"] == str(run.resolve())
     # mistakes are one line: a base of the wrong kind, a base for a kind without one
-    result = cli("train", "flow", "--data", good, "-o", tmp_path / "f", "--base", run, *TINY_FLOW, *TINY_TRAIN)
-    assert result.exit_code == 2 and "warm-starts from a 'pixel' run" in result.stderr and "Traceback" not in result.stderr
+    result = cli("train", "flow", "--data", good, "-o", tmp_path / "f", "--base", runs / "scratch", *TINY_FLOW, *TINY_TRAIN)
+    assert result.exit_code == 2 and "is a 'flow' run; flow warm-starts from a 'pixel' or 'unet' run" in result.stderr
+    assert "Traceback" not in result.stderr
     result = cli("train", "unet", "--data", good, "-o", tmp_path / "u", "--base", runs / "pixel", *TINY_TRAIN)
     assert result.exit_code == 2 and "builds on no other run" in result.stderr
+
+
+def test_a_flow_run_from_before_the_loss_weighting_reads_as_the_velocity_loss_it_was_trained_with(runs, tmp_path):
+    from dehaze.runs import read_run
+    from training.config import FlowModel
+
+    assert read_run(runs / "flow").config.model.loss_weight_exponent == FlowModel().loss_weight_exponent == 0.0
+    old = tmp_path / "old"
+    old.mkdir()
+    info = json.loads((runs / "flow" / "run.json").read_text())
+    del info["config"]["model"]["loss_weight_exponent"]  # written before the field existed
+    (old / "run.json").write_text(json.dumps(info))
+    assert read_run(old).config.model.loss_weight_exponent == 1.0  # so a study retrains it, a resume refuses
 
 
 def test_flow_predict_tiled_equals_untiled_and_seeded_runs_repeat(cli, good, runs, tmp_path):

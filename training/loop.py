@@ -217,8 +217,9 @@ def resolve_warm_start(kind: str, base_run: str | Path | None, run_dir: Path, re
     if not cls.base:
         raise UserError(f"`dehaze train {kind}` builds on no other run: drop --base")
     base = read_run(base_run)
-    if base.kind != cls.base:
-        raise UserError(f"--base {base_run}: is a {base.kind!r} run; {kind} warm-starts from a {cls.base!r} run")
+    if base.kind not in cls.base_kinds():
+        raise UserError(f"--base {base_run}: is a {base.kind!r} run; {kind} warm-starts from a "
+                        f"{' or '.join(map(repr, cls.base_kinds()))} run")
     return str(Path(base_run).resolve())
 
 

@@ -120,10 +120,11 @@ def flow_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def flow_from_base(model: nn.Module, base: nn.Module) -> None:
-    """--base PIXEL_RUN: the flow network starts as that restorer's one-shot estimate (see warm_start_from_pixel)."""
-    from dehaze.models.flow import warm_start_from_pixel
+    """--base PIXEL_RUN or UNET_RUN: the flow network starts as that restorer's one-shot estimate (see
+    warm_start_from_restorer)."""
+    from dehaze.models.flow import warm_start_from_restorer
 
-    warm_start_from_pixel(_flow_net(model), base)
+    warm_start_from_restorer(_flow_net(model), base)
 
 
 # ---- ladder VAEs (dehaze.models.hvae) ----------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Callable, Literal, Sequence, cast
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from dehaze.models.unet import UNet
 
@@ -65,14 +64,16 @@ def sample_taus(steps: int) -> list[float]:
 class FlowNet(nn.Module):
     """Velocity network v(y_tau, tau | x_t, t): a UNet with input channels [x_t, y_tau], conditioned on
     (t, t, tau) (the pixel restorer's (t, s) embedding layout with s = t, then tau: a pixel run's weights
-    fit in, see :func:`warm_start_from_pixel`)."""
+    fit in, see :func:`warm_start_from_restorer`)."""
 
     def __init__(self, base_channels: int = 32, depth: int = 3, time_embed_dim: int = 64,
-                 parametrisation: Literal["x0", "velocity"] = "x0", tau_grid: int = 20, target_scale: float = 1.0) -> None:
+                 parametrisation: Literal["x0", "velocity"] = "x0", tau_grid: int = 20, target_scale: float = 1.0,
+                 loss_weight_exponent: float = 1.0) -> None:
         super().__init__()
         self.unet = UNet(in_channels=2, out_channels=1, base_channels=base_channels, depth=depth,
                          time_embed_dim=time_embed_dim, residual=False, source_conditioned=True, extra_conditions=1)
         self.parametrisation, self.tau_grid, self.target_scale = parametrisation, tau_grid, float(target_scale)
+        self.loss_weight_exponent = float(loss_weight_exponent)
 
     @property
     def multiple(self) -> int:
@@ -100,12 +101,21 @@ class FlowNet(nn.Module):
 
 def flow_matching_loss(net: nn.Module, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
                        tau: torch.Tensor) -> torch.Tensor:
-    """MSE between the network's velocity at y_tau and the straight path's y_0 - noise (normalised units /
-    target_scale). ``net`` may be DDP-wrapped; its module is a :class:`FlowNet`."""
+    """The flow-matching MSE (normalised units / target_scale), weighted per flow time.
+
+    On the straight path the clean estimate's error is (1 - tau) times the velocity's, so the velocity MSE
+    ||v_hat - (y_0 - noise)||^2 (HazeMatching's) is the clean estimate's squared error weighted by
+    1 / (1 - tau)^2 (400x at tau = 0.95). The loss is that error weighted by 1 / (1 - tau)^(2q),
+    q = ``loss_weight_exponent`` of the FlowNet: 1 the velocity MSE, 0 the clean estimate's own MSE; every q
+    has the same minimiser, E[y_0 | y_tau, x_t], at each tau, and gives tau another share of the gradient.
+    ``net`` may be DDP-wrapped; its module is a :class:`FlowNet`."""
     # DDP keeps the FlowNet as .module (nn.Module.__getattr__ is typed Tensor | Module, hence the cast)
     flow = cast(FlowNet, getattr(net, "module", net))
     y_tau, target = straight_path(noise, x0 / flow.target_scale, tau)
-    return F.mse_loss(net(y_tau, tau, x_t, t), target)
+    err = net(y_tau, tau, x_t, t) - target
+    if flow.loss_weight_exponent != 1.0:
+        err = err * (1 - tau.view(-1, *([1] * (err.dim() - 1))).to(err.dtype)) ** (1.0 - flow.loss_weight_exponent)
+    return err.square().mean()
 
 
 def sample(net: FlowNet, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, steps: int, solver: Solver = "euler",
@@ -123,26 +133,37 @@ def sample(net: FlowNet, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
 
 
 @torch.no_grad()
-def warm_start_from_pixel(flow: FlowNet, pixel: nn.Module) -> None:
-    """Copy a source-conditioned pixel restorer R(x_t, t, s) into an x0-parametrised FlowNet so that it starts
-    as y_0_hat = R(x_t, t, t) / target_scale for any y_tau and tau: every weight of the same shape is copied;
-    the stem's y_tau channel and the time MLP's tau columns start at zero; the head is divided by
-    target_scale (a 1x1 convolution: exact)."""
+def warm_start_from_restorer(flow: FlowNet, restorer: nn.Module) -> None:
+    """Copy a trained non-residual pixel restorer into an x0-parametrised FlowNet so that it starts as
+    y_0_hat = R(x_t, ...) / target_scale for any y_tau and tau.
+
+    ``restorer``: a UNet of the same base_channels and depth, either time-conditioned (a pixel run,
+    R(x_t, t, s) or R(x_t, t); time_embed_dim must match) or not (the one-shot UNet baseline, R(x_t)).
+    Every weight of the same shape is copied; the stem's y_tau channel and the time MLP's columns the
+    restorer lacks (s for a ladder-path run, tau) start at zero, so R reads the flow's conditions (t, t, tau)
+    as (t, t) or t; a restorer without time conditioning leaves the flow's time MLP at its initialisation
+    and its FiLM layers at zero (FiLM(0) is the identity: the blocks compute what the UNet's do, and the
+    conditioning is learned from there); the head is divided by target_scale (a 1x1 convolution: exact)."""
     if flow.parametrisation != "x0":
-        raise ValueError("a pixel run can warm-start only the x0 parametrisation (model.parametrisation=x0)")
-    if not getattr(pixel, "source_conditioned", False) or getattr(pixel, "residual", False):
-        raise ValueError("the warm start needs a straight-path, non-residual pixel run (model.path=straight, residual=false)")
-    src, dst = pixel.state_dict(), flow.unet.state_dict()
+        raise ValueError("a restorer can warm-start only the x0 parametrisation (model.parametrisation=x0)")
+    if getattr(restorer, "residual", False):
+        raise ValueError("the warm start needs a non-residual restorer (residual=false)")
+    timed = getattr(restorer, "time_embed_dim", None) is not None
+    src, dst = restorer.state_dict(), flow.unet.state_dict()
     for name, value in dst.items():
         w = src.get(name)
+        if w is None and not timed and (name.startswith("time_mlp.") or ".film." in name):
+            if ".film." in name:
+                value.zero_()
+            continue  # the time MLP keeps its initialisation: zeroed, it would pass FiLM no gradient
         if w is None:
-            raise ValueError(f"the pixel run has no weight {name}: another architecture (base_channels, depth, time_embed_dim must match)")
+            raise ValueError(f"the restorer has no weight {name}: another architecture (base_channels, depth, time_embed_dim must match)")
         # stem (C, 2, 3, 3) <- (C, 1, 3, 3): channel 0 is x_t, channel 1 (y_tau) starts at 0;
-        # time MLP (E, 3 D) <- (E, 2 D): the [t, s] columns copied, tau's start at 0
+        # time MLP (E, 3 D) <- (E, 2 D) or (E, D): the restorer's condition columns copied, the rest at 0
         widened = {"stem.weight": 1, "time_mlp.0.weight": 1}.get(name)
         part = value.narrow(widened, 0, w.shape[widened]) if widened is not None and w.dim() == value.dim() and w.shape[widened] <= value.shape[widened] else value
         if w.shape != part.shape:
-            raise ValueError(f"the pixel run's {name} is {tuple(w.shape)}, the flow model's {tuple(value.shape)}: "
+            raise ValueError(f"the restorer's {name} is {tuple(w.shape)}, the flow model's {tuple(value.shape)}: "
                              "base_channels, depth and time_embed_dim must match")
         value.zero_()
         part.copy_(w)
