@@ -47,6 +47,11 @@ VARIANTS = {
     # above, q = 0 (the default now) the clean estimate's own MSE
     "lr1e-4-x0-loss": {"optim": {"lr": 1e-4}, "model": {"loss_weight_exponent": 0.0}},
     "lr1e-4-loss-exponent-0.5": {"optim": {"lr": 1e-4}, "model": {"loss_weight_exponent": 0.5}},
+    # with the clean-estimate loss the warm start's estimate holds: does a higher rate or a longer run now
+    # learn more (a wider spread) without losing the mean?
+    "x0-loss-lr3e-4": {"optim": {"lr": 3e-4}, "model": {"loss_weight_exponent": 0.0}},
+    "x0-loss-lr1e-3": {"optim": {"lr": 1e-3}, "model": {"loss_weight_exponent": 0.0}},
+    "x0-loss-lr1e-4-1600-steps": {"optim": {"lr": 1e-4}, "steps": 1600, "model": {"loss_weight_exponent": 0.0}},
 }
 BASES = {"lr1e-4-from-unet": "unet"}  # variant -> the study run it warm-starts from (default: pixel)
 
@@ -77,9 +82,14 @@ def main() -> None:
         t_end = time.perf_counter()
         report = evaluate([store.path, unet], work / "test.zarr", out / "report", target=cfg.target)
         flow, ref = report["methods"]["flow"]["steps"], report["methods"]["one-shot-unet"]["steps"]
+        cal = report["methods"]["flow"]["posterior"]["calibration"]  # pooled over steps, uncalibrated
+        ratio = sorted(v / e for v, e in zip(cal["rmv"], cal["rmse"]) if e > 0)
         rows[name] = {"overrides": overrides, "base": BASES.get(name, "pixel"), "steps": train_cfg.steps, "lr": train_cfg.optim.lr,
                       "psnr_mean_of_k": {t: v["mean"]["psnr"] for t, v in flow.items()},
                       "mean_minus_unet_db": {t: flow[t]["mean"]["psnr"] - ref[t]["mean"]["psnr"] for t in flow},
+                      # the raw spread against the error of the mean, per std bin (1: the std is the error)
+                      "spread_over_error_per_bin": {"min": ratio[0], "median": ratio[len(ratio) // 2], "max": ratio[-1]},
+                      "uce_uncalibrated_adu": cal["uce"],
                       "train_s_this_invocation": t_pred - t_train, "predict_s": t_end - t_pred}
         print(name, " ".join(f"t={t}: {v:+.2f}" for t, v in rows[name]["mean_minus_unet_db"].items()), "dB against the UNet")
     write_result(args.out, {
