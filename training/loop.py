@@ -263,8 +263,8 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         norm = read_run(latent.base_run).normalization  # latents encode images normalised like the HVAE saw them
     else:
         cfg, norm = resolve_image_setup(kind, stores, cfg, base_run, run_dir, resume)
-    info = run_info(kind, cfg, norm, stores, latent.base_run if latent else None).model_copy(
-        update={"trained_with": environment(device)})
+    env = environment(device)
+    info = run_info(kind, cfg, norm, stores, latent.base_run if latent else None).model_copy(update={"trained_with": env})
     rank, world = init_distributed()
     if world > 1 and task.param_groups is not None:
         raise UserError(f"`dehaze train {kind}` runs on one process (its GAN steps are not data-parallel yet)")
@@ -329,7 +329,7 @@ def train(kind: str, data: list[str | Path], run_dir: str | Path, cfg: TrainConf
         val_ds = patches(val_fields, "pair", seed=cfg.seed + 1, length=cfg.data.val_patches, augment=False) if val_fields else None
     if rank == 0:
         prepare_run_dir(run_dir, info, resume)
-        moved = record_resume_environment(run_dir, cast(dict, info.trained_with), step) if resumed else []
+        moved = record_resume_environment(run_dir, env, step) if resumed else []
         if moved:  # the resume is allowed; its result is then not bit-identical to an uninterrupted run
             print(f"dehaze: note: {run_dir}: resumed on another setup ({'; '.join(moved)}): the run continues, but "
                   "will not repeat an uninterrupted one to the last digit", file=sys.stderr)
