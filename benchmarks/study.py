@@ -60,7 +60,8 @@ def settings(kind: str) -> StudyConfig:
     # samples (predict.samples: null); the latent walks run on posterior means.
     common = {"batch_size": 8, "patch_size": 64, "log": {"val_every": 200, "ckpt_every": 200}}
     sim = ["n_fields=8", "volume.field_shape_yx=[256, 256]"]
-    return StudyConfig(simulation="paper-like", simulation_set=sim, test_fields=2, jobs=2, trainers={
+    # one torch thread per trainer whatever the load or the core count (torch's CPU sums depend on it)
+    return StudyConfig(simulation="paper-like", simulation_set=sim, test_fields=2, jobs=2, threads_per_trainer=1, trainers={
         "unet": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3}, "optim": {"lr": 1e-3}},
         "pixel": {**common, "steps": 800, "model": {"base_channels": 16, "depth": 3, "sample_delta": 0.25}, "optim": {"lr": 1e-3}},
         "hdn": {**common, "steps": 800, "model": {"preset": "small"}, "optim": {"lr": 1e-3}},
@@ -84,7 +85,9 @@ ABLATIONS = {
               # no training samples at t = s exactly (the earlier recipe; the default puts a quarter there)
               ("no-source-point", {"model": {"source_fraction": 0.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # the earlier path noise (the default is 0; see PixelModel.path_noise_std)
-              ("path-noise-0.01", {"model": {"path_noise_std": 0.01}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
+              ("path-noise-0.01", {"model": {"path_noise_std": 0.01}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              # x_t alone (the earlier recipe; the default reads the source image x_s beside it at every step)
+              ("no-source-image", {"model": {"source_image": False}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,

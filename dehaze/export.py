@@ -8,7 +8,8 @@ What a package holds (``rdf.yaml`` and the files it names):
   appended: the network a consumer runs, one normalised image (B, 1, H, W) in, its x_0 estimate
   (B, 1, H, W) out, H and W multiples of 2**depth. For a pixel (InDI) run it feeds the restorer the
   constant step t = s and source step s of the input step chosen at export (``step``, default the
-  ladder's haziest): R(x_s, s, s), the one-shot estimate (``pixel-one-shot``).
+  ladder's haziest): R(x_s, s, s), the one-shot estimate (``pixel-one-shot``); a restorer that reads the
+  source image gets the one input in both of its channels, R(x_s, x_s, s, s).
 * ``weights.pt`` (``pytorch_state_dict``: DehazeNet's state dict, the run's EMA weights where it kept them)
   and ``weights.torchscript.pt`` (``torchscript``: DehazeNet traced, its child).
 * the normalisation as processing: dehaze's x_norm = (x - offset) / scale is the spec's
@@ -117,7 +118,9 @@ class DehazeNet(nn.Module):
         self.emb.copy_(self.net.time_mlp(torch.cat(feats, dim=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.body(x, self.emb if self.conditioned else None)
+        # a restorer that reads the source image gets the input twice: the one-shot state x_t = x_s
+        image = torch.cat([x, x], dim=1) if self.net.source_image else x
+        return self.net.body(image, self.emb if self.conditioned else None)
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def unet_kwargs(info: RunInfo) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"base_channels": m.base_channels, "depth": m.depth, "residual": m.residual}
     if info.kind == "pixel":
         assert isinstance(m, PixelModel)  # dehaze train writes a run's kind and its model config together
-        kwargs.update(time_embed_dim=m.time_embed_dim, source_conditioned=m.path == "straight")
+        kwargs.update(time_embed_dim=m.time_embed_dim, source_conditioned=m.path == "straight", source_image=m.source_image)
     return kwargs
 
 

@@ -115,9 +115,11 @@ def pixel_indi(bundle: ModelBundle, x: torch.Tensor, schedule: Sequence[float], 
     restorer = need(bundle.pixel, "pixel")
     source = torch.full((x.shape[0],), float(schedule[0]), device=x.device)
     conditions = (source,) if getattr(restorer, "source_conditioned", False) else ()
+    # a restorer reading the source image sees the input x_s at every step of the walk
+    image = {"x_source": x} if getattr(restorer, "source_image", False) else {}
     for t, t_next in zip(schedule, schedule[1:]):
         d = t - t_next
-        r = restorer(x, torch.full((x.shape[0],), float(t), device=x.device), *conditions)
+        r = restorer(x, torch.full((x.shape[0],), float(t), device=x.device), *conditions, **image)
         if callback:
             callback(float(t), r)
         x = (d / t) * r + (1 - d / t) * x

@@ -85,7 +85,7 @@ def _run_study(cfg: StudyConfig, output: Path, quiet: bool, echo: Say) -> Path:
         say(f"[2/4] {kind}: its trainer section changed since {runs[kind]} was trained; training it again")
         shutil.rmtree(runs[kind])
     todo = {kind: c for kind, c in train_cfgs.items() if checkpoint_step(runs[kind]) < c.steps}  # new, or interrupted
-    train_all(todo, ladder.path, runs, cfg.jobs, say, quiet)
+    train_all(todo, ladder.path, runs, cfg.jobs, say, quiet, threads=cfg.threads_per_trainer)
     say("[3/4] predicting with every strategy")
     stores = run_predict([runs[k] for k in RESTORING_KINDS if k in runs], test.path, output / "predictions", cfg.predict,
                          replace_stale=True, show_progress=not quiet)  # the study owns its folder
@@ -118,16 +118,24 @@ def _base_run(kind: str, runs: dict[str, Path]) -> Path | None:
     return runs.get(base) if base else None
 
 
-def train_all(todo: dict[str, TrainConfig], data: Path, runs: dict[str, Path], jobs: int, say: Say, quiet: bool) -> None:
+def train_all(todo: dict[str, TrainConfig], data: Path, runs: dict[str, Path], jobs: int, say: Say, quiet: bool,
+              threads: int | None = None) -> None:
     """Train every run of ``todo`` (kind -> config), at most ``jobs`` at a time, each after the run it builds on.
 
-    Side by side, each trainer runs in its own process with an equal share of the cores as torch threads
-    and no progress bar (they would interleave); one at a time, in this process.
+    Side by side, each trainer runs in its own process and no progress bar (they would interleave); one at a
+    time, in this process. Each gets ``threads`` torch threads, or (None) an equal share of the cores among
+    the trainers running at once (one at a time: torch's own default).
     """
     if jobs == 1 or len(todo) <= 1:
-        for i, (kind, train_cfg) in enumerate(todo.items()):
-            say(f"[2/4] training {kind} ({i + 1}/{len(todo)})")
-            _train_one(kind, data, runs[kind], train_cfg, _base_run(kind, runs), quiet, None)
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            for i, (kind, train_cfg) in enumerate(todo.items()):
+                say(f"[2/4] training {kind} ({i + 1}/{len(todo)})")
+                _train_one(kind, data, runs[kind], train_cfg, _base_run(kind, runs), quiet, threads)
+        finally:
+            torch.set_num_threads(before)  # this process goes on to predict with its own count
         return
     import multiprocessing
     import os
@@ -142,11 +150,11 @@ def train_all(todo: dict[str, TrainConfig], data: Path, runs: dict[str, Path], j
             ready = [k for k in waiting if MODEL_KINDS[k].base not in blocked][: jobs - len(running)]
             # the cores are shared among what runs now: a trainer left alone (the latent chain) gets them all
             at_once = len(running) + len(ready)
-            threads = max(1, cores // max(1, at_once))
+            share = threads or max(1, cores // max(1, at_once))
             for kind in ready:
-                say(f"[2/4] training {kind} ({at_once} at a time, {threads} torch thread(s) for it)")
+                say(f"[2/4] training {kind} ({at_once} at a time, {share} torch thread(s) for it)")
                 running[pool.submit(_train_one, kind, data, runs[kind], waiting.pop(kind), _base_run(kind, runs), True,
-                                    threads)] = kind
+                                    share)] = kind
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 kind = running.pop(future)

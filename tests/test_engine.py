@@ -136,7 +136,7 @@ def test_strategy_limits(loaded, tiles):
         assert torch.allclose(run(name, schedule=[3.0, 0.0]), one_shot, atol=1e-6), name
         assert torch.allclose(run(name, schedule=[3.0, 0.0], params=StrategyParams(alpha=1.0)), run("latent-direct", schedule=[3.0, 0.0]), atol=1e-6)
     # pixel InDI with [t, 0] is R(x, t)
-    assert torch.allclose(pixel_indi(b, x, [3.0, 0.0]), b.pixel(x, t, t), atol=1e-6)
+    assert torch.allclose(pixel_indi(b, x, [3.0, 0.0]), b.pixel(x, t, t, x_source=x), atol=1e-6)
     # Cold Diffusion: its first step (from T, no G(T+1)) is the direct one; from then on it differs
     seen_direct, seen_cold = {}, {}
     run("latent-direct", callback=lambda s, e: seen_direct.setdefault(s, e.clone()))

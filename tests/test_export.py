@@ -211,3 +211,22 @@ def test_predict_refuses_packages_it_cannot_use(cli, good, unet_zip, tmp_path):
             dst.writestr(name, data[:-8] + b"xxxxxxxx" if name == "weights.pt" else data)
     _refused(cli("predict", damaged, "--input", good, "-o", tmp_path / "p.zarr"), "sha256")
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_a_source_image_pixel_run_exports_its_one_shot_estimate(good, offline, tmp_path):
+    """R(x_t, x_s, t, s) exported at x_t = x_s: one input image, fed to both channels."""
+    cfg = TrainConfig.model_validate({"model": {"kind": "pixel", "base_channels": 4, "depth": 2, "time_embed_dim": 8,
+                                                "source_image": True},
+                                      "steps": 2, "batch_size": 2, "patch_size": 16, "device": "cpu",
+                                      "optim": {"lr": 1e-2}, "data": {"val_patches": 2}})
+    train("pixel", [good], tmp_path / "pixel", cfg, show_progress=False)
+    result = export_run(tmp_path / "pixel", tmp_path / "p.zip", step=3)
+    assert result.test_status in (None, "passed")
+    info, net = load_model(tmp_path / "pixel")
+    x = _npy(result.path, "test_input.npy")
+    with zipfile.ZipFile(result.path) as zf:
+        traced = torch.jit.load(io.BytesIO(zf.read("weights.torchscript.pt")))
+    xn = torch.from_numpy(info.normalization.apply(x))
+    with torch.no_grad():
+        np.testing.assert_allclose(traced(xn).numpy(), pixel_indi(ModelBundle(pixel=net), xn, [3.0, 0.0]).numpy(),
+                                   rtol=1e-5, atol=1e-6)

@@ -50,7 +50,7 @@ def test_the_loss_is_zero_for_the_exact_velocity_field():
     torch.manual_seed(0)
     x0, x_t, noise = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     tau = tau_grid(20)[torch.tensor([0, 5, 13, 19])]
-    net = FlowNet(base_channels=4, depth=1, time_embed_dim=8, target_scale=0.5)
+    net = FlowNet(base_channels=4, depth=1, time_embed_dim=8, target_scale=0.5, loss_weight_exponent=1.0)  # the velocity MSE
     net.unet = _KnownClean(x0 / 0.5)
     t = torch.ones(4)
     assert flow_matching_loss(net, x_t, t, x0, noise, tau).item() < 1e-10
@@ -466,3 +466,15 @@ def test_a_resumed_flow_run_equals_an_uninterrupted_one(cli, good, runs, tmp_pat
         assert _torch.equal(value, twice["model"][name]), name
     for name, value in once["ema"].items():
         assert _torch.equal(value, twice["ema"][name]), name
+
+
+def test_a_flow_net_warm_started_from_a_source_image_restorer_starts_as_its_one_shot():
+    torch.manual_seed(0)
+    pixel = UNet(base_channels=4, depth=2, time_embed_dim=8, residual=False, source_conditioned=True, source_image=True)
+    nn.init.normal_(pixel.head.weight, std=0.3)
+    flow = FlowNet(base_channels=4, depth=2, time_embed_dim=8, target_scale=0.5)
+    warm_start_from_restorer(flow, pixel)
+    x_t, t = torch.rand(2, 1, 16, 16), torch.tensor([1.0, 3.0])
+    with torch.no_grad():
+        got = sample(flow, x_t, t, torch.randn(2, 1, 16, 16), steps=5)
+        torch.testing.assert_close(got, pixel(x_t, t, t, x_source=x_t), atol=1e-5, rtol=1e-4)

@@ -87,7 +87,7 @@ def test_one_step_of_size_s_is_the_one_shot_estimate():
     with torch.no_grad():
         nn.init.normal_(net.head.weight, std=0.1)  # not the identity: the comparison must mean something
         x = torch.rand(2, 1, 16, 16)
-        one_shot = net(x, torch.full((2,), 3.0), torch.full((2,), 3.0))
+        one_shot = net(x, torch.full((2,), 3.0), torch.full((2,), 3.0), x_source=x)
         walked = pixel_indi(ModelBundle(pixel=net), x, [3.0, 0.0])
         fine = pixel_indi(ModelBundle(pixel=net), x, indi_schedule(3.0, 0.5))
     assert torch.equal(walked, one_shot)
@@ -121,7 +121,7 @@ def test_the_walk_loss_trains_on_the_state_one_sampler_step_reaches(ladder):
 def test_walk_weight_needs_the_straight_path():
     with pytest.raises(ValueError, match="walk_weight needs path=straight"):
         PixelModel(path="ladder", walk_weight=0.5)
-    assert PixelModel(path="ladder", walk_weight=0.0).walk_weight == 0.0
+    assert PixelModel(path="ladder", walk_weight=0.0, source_image=False).walk_weight == 0.0
 
 
 def test_the_uniform_walk_loss_state_is_a_jump_from_x_s_to_a_random_t(ladder):
@@ -137,9 +137,11 @@ def test_the_uniform_walk_loss_state_is_a_jump_from_x_s_to_a_random_t(ladder):
         torch.manual_seed(5)
         s = batch["s"]
         t = s * torch.rand(s.shape).clamp_min(1e-3)
-        x0_hat = net(batch["x_s"], s, s)
-        state = x0_hat + (t / s)[:, None, None, None] * (batch["x_s"] - x0_hat)
-        want = (F.mse_loss(net(batch["x"], batch["t"], s), batch["y"]) + F.mse_loss(net(state, t, s), batch["y"]))
+        x_s = batch["x_s"]
+        x0_hat = net(x_s, s, s, x_source=x_s)
+        state = x0_hat + (t / s)[:, None, None, None] * (x_s - x0_hat)
+        want = (F.mse_loss(net(batch["x"], batch["t"], s, x_source=x_s), batch["y"])
+                + F.mse_loss(net(state, t, s, x_source=x_s), batch["y"]))
     assert torch.allclose(got, want, rtol=1e-5)
     assert PixelModel().walk_span == "uniform"
 
@@ -204,3 +206,80 @@ def test_the_early_walk_of_the_exact_restorer_is_x0():
     x0, xs = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
     out = pixel_indi_early(ModelBundle(pixel=ExactRestorer(x0)), xs, indi_schedule(3.0, 0.25))
     assert torch.allclose(out, x0, atol=1e-6)
+
+
+def _source_image_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, source_image=True)).eval()
+    with torch.no_grad():
+        nn.init.normal_(net.head.weight, std=0.1)  # not the zero map: what it reads shows in its output
+    return net
+
+
+def test_a_source_image_walk_reads_the_input_at_every_step():
+    """R(x_t, x_s, t, s): the walk hands the restorer its input x_s beside every state it visits."""
+    net, x = _source_image_net(), torch.rand(2, 1, 16, 16)
+    schedule = indi_schedule(3.0, 1.0)
+    with torch.no_grad():
+        walked = pixel_indi(ModelBundle(pixel=net), x, schedule)
+        state, s = x, torch.full((2,), 3.0)
+        for t, t_next in zip(schedule, schedule[1:]):  # the walk written out, x_s held fixed
+            r = net(state, torch.full((2,), t), s, x_source=x)
+            state = ((t - t_next) / t) * r + (1 - (t - t_next) / t) * state
+        one_shot = pixel_indi(ModelBundle(pixel=net), x, [3.0, 0.0])
+        blind = net(x, s, s, x_source=torch.zeros_like(x))
+    torch.testing.assert_close(walked, state)
+    torch.testing.assert_close(one_shot, net(x, s, s, x_source=x))
+    assert not torch.allclose(one_shot, blind)  # the source channel is read
+    with pytest.raises(ValueError, match="pass x_source"):
+        net(x, s, s)
+
+
+def test_the_source_image_loss_reads_x_s_and_trains(ladder):
+    batch = _path_batch(ladder, 4)
+    net = _source_image_net().train()
+    torch.manual_seed(5)
+    loss = restorer_loss(net, batch)
+    torch.manual_seed(5)
+    other = restorer_loss(net, {**batch, "x_s": torch.zeros_like(batch["x_s"])})
+    assert not torch.isclose(loss, other)  # both the path term and the walk term see x_s
+    loss.backward()
+    assert net.stem.weight.grad is not None and net.stem.weight.grad[:, 1].abs().sum() > 0
+
+
+def test_folding_the_source_channel_is_exact_at_the_one_shot_state():
+    # (what the flow's warm start from a source-image restorer relies on)
+    from dehaze.models.unet import UNet, fold_source_channel
+
+    net = _source_image_net()
+    plain = UNet(base_channels=4, depth=1, time_embed_dim=8, residual=False, source_conditioned=True)
+    plain.load_state_dict(fold_source_channel(net.state_dict()))
+    x, s = torch.rand(2, 1, 16, 16), torch.tensor([1.0, 3.0])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, s, s), net(x, s, s, x_source=x), atol=1e-6, rtol=1e-5)
+    assert net.state_dict()["stem.weight"].shape[1] == 2  # the run's own weights are left as they were
+
+
+def test_source_image_needs_the_straight_path():
+    with pytest.raises(ValueError, match="source_image needs path=straight"):
+        PixelModel(path="ladder", walk_weight=0.0, source_image=True)
+
+
+def test_a_pixel_run_from_before_the_source_image_reads_as_x_t_alone_and_still_predicts(ladder, tmp_path):
+    import json
+
+    from dehaze.runs import load_model, read_run
+    from training.config import TrainConfig
+    from training.loop import train
+
+    cfg = TrainConfig.model_validate({"model": {"kind": "pixel", "base_channels": 4, "depth": 1, "time_embed_dim": 8,
+                                                "source_image": False}, "steps": 2, "batch_size": 2, "patch_size": 16,
+                                      "device": "cpu", "data": {"val_patches": 2}})
+    train("pixel", [ladder], tmp_path / "old", cfg, show_progress=False)
+    info = json.loads((tmp_path / "old" / "run.json").read_text())
+    del info["config"]["model"]["source_image"]  # written before the field existed
+    (tmp_path / "old" / "run.json").write_text(json.dumps(info))
+    assert read_run(tmp_path / "old").config.model.source_image is False and PixelModel().source_image is True
+    _, net = load_model(tmp_path / "old")  # its weights fit the x_t-alone network it was trained as
+    with torch.no_grad():
+        assert pixel_indi(ModelBundle(pixel=net), torch.rand(1, 1, 16, 16), [2.0, 1.0, 0.0]).shape == (1, 1, 16, 16)

@@ -39,7 +39,8 @@ def _pred(path):
 def test_tiled_equals_untiled(cli, setup, tmp_path, kind):
     _, ladder, runs = setup
     assert cli("predict", runs[kind], "--input", ladder, "-o", tmp_path / "whole.zarr", "--tile", "256", "-q").exit_code == 0
-    result = cli("predict", runs[kind], "--input", ladder, "-o", tmp_path / "tiled.zarr", "--tile", "48", "--margin", "16",
+    # 24 px of context: the pixel walk from step 3 calls its network 3 times, each reading the input x_s too
+    result = cli("predict", runs[kind], "--input", ladder, "-o", tmp_path / "tiled.zarr", "--tile", "64", "--margin", "24",
                  "--batch-size", "3", "-q")
     assert result.exit_code == 0, result.stderr
     whole, tiled = _pred(tmp_path / "whole.zarr"), _pred(tmp_path / "tiled.zarr")
@@ -120,7 +121,7 @@ def test_pixel_strategy_limits(setup):
     bundle = ModelBundle(pixel=model)
     with torch.no_grad():
         one_step = pixel_indi(bundle, x, [3.0, 0.0])
-        assert torch.allclose(one_step, model(x, torch.full((2,), 3.0), torch.full((2,), 3.0)))  # one-step schedule = one-shot R(x_s, s, s)
+        assert torch.allclose(one_step, model(x, torch.full((2,), 3.0), torch.full((2,), 3.0), x_source=x))  # one-step schedule = one-shot R(x_s, s, s)
         seen = []
         pixel_indi(bundle, x, indi_schedule(3, 1.0), callback=lambda t, est: seen.append(t))
     assert seen == [3.0, 2.0, 1.0, 0.0]  # the x_0 estimate R(x_t, t) at each step, then the final one

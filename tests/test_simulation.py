@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dehaze.manifests import SimulationManifest
@@ -198,11 +199,18 @@ def test_study_runs_the_whole_pipeline(cli, tmp_path, jobs, test_fields):
             "degradation": {**tiny, "model": {"width": 4, "pool_size": 2}},
         },
         "predict": {"samples": 2, "tile": 32}, "device": "cpu", "jobs": jobs, "test_fields": test_fields,
+        # pinned torch threads, in this process (jobs 1) or in each worker (jobs 2); not a count the cores give here
+        "threads_per_trainer": 2 if jobs == 1 else 3,
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    threads = torch.get_num_threads()
     result = cli("study", path, "-o", tmp_path / "out", "-q")
     assert result.exit_code == 0, result.stderr
+    assert torch.get_num_threads() == threads  # the study's own process goes back to its count
+    for kind in cfg["trainers"]:
+        trained_with = json.loads((tmp_path / "out" / "runs" / kind / "run.json").read_text())["trained_with"]
+        assert trained_with["torch_threads"] == cfg["threads_per_trainer"], kind
     report = tmp_path / "out" / "report"
     assert "report:" in result.stdout and "latent-direct" in result.stdout
     for name in ("metrics.json", "psnr_per_step.png", "study_psnr.png", "montage.png", "uncertainty.png"):

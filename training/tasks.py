@@ -69,7 +69,12 @@ def restorer_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     net = getattr(model, "module", model)
     if not getattr(net, "source_conditioned", False):  # the ladder-path recipe: t alone
         return F.mse_loss(model(batch["x"], batch["t"]), batch["y"])
-    loss = F.mse_loss(model(batch["x"], batch["t"], batch["s"]), batch["y"])
+    reads_source = bool(getattr(net, "source_image", False))
+
+    def source(x_s: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x_source": x_s} if reads_source else {}
+
+    loss = F.mse_loss(model(batch["x"], batch["t"], batch["s"], **source(batch["x_s"])), batch["y"])
     weight, delta = float(getattr(net, "walk_weight", 0.0)), float(getattr(net, "walk_delta", 1.0))
     s = batch["s"]
     if getattr(net, "walk_span", "one-step") == "uniform":
@@ -81,14 +86,16 @@ def restorer_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
         x_s, s_k, t_k = batch["x_s"][keep], s[keep], t_walk[keep]
         with torch.no_grad():
             frac = ((s_k - t_k) / s_k)[:, None, None, None]
-            x_walk = frac * model(x_s, s_k, s_k) + (1 - frac) * x_s
-        loss = loss + weight * F.mse_loss(model(x_walk, t_k, s_k), batch["y"][keep])
+            x_walk = frac * model(x_s, s_k, s_k, **source(x_s)) + (1 - frac) * x_s
+        loss = loss + weight * F.mse_loss(model(x_walk, t_k, s_k, **source(x_s)), batch["y"][keep])
     return loss
 
 
 def restorer_estimate(model: nn.Module, batch: Batch) -> torch.Tensor:
     """R(x_t, t[, s = t]): on a validation pair x_t is a ladder step, the start of its own straight path."""
     net = getattr(model, "module", model)
+    if getattr(net, "source_image", False):
+        return model(batch["x"], batch["t"], batch["t"], x_source=batch["x"])
     if getattr(net, "source_conditioned", False):
         return model(batch["x"], batch["t"], batch["t"])
     return model(batch["x"], batch["t"])

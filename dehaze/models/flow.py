@@ -17,7 +17,7 @@ from typing import Callable, Literal, Sequence, cast
 import torch
 from torch import nn
 
-from dehaze.models.unet import UNet
+from dehaze.models.unet import UNet, fold_source_channel
 
 Solver = Literal["euler", "heun"]
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]  # (y (B, ...), tau) -> dy/dtau (B, ...)
@@ -68,7 +68,7 @@ class FlowNet(nn.Module):
 
     def __init__(self, base_channels: int = 32, depth: int = 3, time_embed_dim: int = 64,
                  parametrisation: Literal["x0", "velocity"] = "x0", tau_grid: int = 20, target_scale: float = 1.0,
-                 loss_weight_exponent: float = 1.0) -> None:
+                 loss_weight_exponent: float = 0.0) -> None:
         super().__init__()
         self.unet = UNet(in_channels=2, out_channels=1, base_channels=base_channels, depth=depth,
                          time_embed_dim=time_embed_dim, residual=False, source_conditioned=True, extra_conditions=1)
@@ -138,7 +138,8 @@ def warm_start_from_restorer(flow: FlowNet, restorer: nn.Module) -> None:
     y_0_hat = R(x_t, ...) / target_scale for any y_tau and tau.
 
     ``restorer``: a UNet of the same base_channels and depth, either time-conditioned (a pixel run,
-    R(x_t, t, s) or R(x_t, t); time_embed_dim must match) or not (the one-shot UNet baseline, R(x_t)).
+    R(x_t, t, s), R(x_t, x_s, t, s) or R(x_t, t); time_embed_dim must match) or not (the one-shot UNet
+    baseline, R(x_t)); a source-image restorer starts the flow as its one-shot R(x_t, x_t, t, t).
     Every weight of the same shape is copied; the stem's y_tau channel and the time MLP's columns the
     restorer lacks (s for a ladder-path run, tau) start at zero, so R reads the flow's conditions (t, t, tau)
     as (t, t) or t; a restorer without time conditioning leaves the flow's time MLP at its initialisation
@@ -150,6 +151,8 @@ def warm_start_from_restorer(flow: FlowNet, restorer: nn.Module) -> None:
         raise ValueError("the warm start needs a non-residual restorer (residual=false)")
     timed = getattr(restorer, "time_embed_dim", None) is not None
     src, dst = restorer.state_dict(), flow.unet.state_dict()
+    if getattr(restorer, "source_image", False):  # its one-shot reads x_s twice: fold that channel into x_t's
+        src = fold_source_channel(src)
     for name, value in dst.items():
         w = src.get(name)
         if w is None and not timed and (name.startswith("time_mlp.") or ".film." in name):

@@ -52,13 +52,19 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32, depth: int = 3,
                  time_embed_dim: int | None = None, residual: bool = True, source_conditioned: bool = False,
-                 extra_conditions: int = 0) -> None:
+                 extra_conditions: int = 0, source_image: bool = False) -> None:
         super().__init__()
         self.depth, self.residual, self.time_embed_dim = depth, residual, time_embed_dim
         # A second condition, the source step s of a straight InDI path: the state x_t = x_0 + (t/s)(x_s - x_0)
         # at one t is a different image for every s, so the network must know both (DESIGN §6, InDI).
         self.source_conditioned = source_conditioned
         self.extra_conditions = extra_conditions
+        # The source image x_s as one more input channel (after the in_channels of x): on a straight InDI path
+        # x_t alone does not say which x_s it came from, and a walk that reads x_s at every step cannot lose
+        # what the input holds (training.config.PixelModel.source_image)
+        self.source_image = source_image
+        if source_image and not source_conditioned:
+            raise ValueError("a UNet that reads the source image needs source_conditioned=True (the source step s)")
         if (source_conditioned or extra_conditions) and not time_embed_dim:
             raise ValueError("a source-conditioned UNet (or one with extra conditions) needs time_embed_dim")
         emb = None
@@ -69,7 +75,7 @@ class UNet(nn.Module):
             n_in = (1 + int(source_conditioned) + extra_conditions) * time_embed_dim
             self.time_mlp = nn.Sequential(nn.Linear(n_in, emb), nn.SiLU(), nn.Linear(emb, emb))
         chans = [base_channels * 2**i for i in range(depth + 1)]
-        self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + int(source_image), chans[0], 3, padding=1)
         self.down = nn.ModuleList(ConvBlock(chans[i], chans[i], emb) for i in range(depth))
         self.pool = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 2, stride=2) for i in range(depth))
         self.mid = ConvBlock(chans[depth], chans[depth], emb)
@@ -86,9 +92,14 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, s: torch.Tensor | None = None,
-                extra: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+                extra: tuple[torch.Tensor, ...] = (), x_source: torch.Tensor | None = None) -> torch.Tensor:
         """Input x (B, C_in, H, W); t (B,) the step of x; s (B,) the source step of its path (source-conditioned only);
-        ``extra``: ``extra_conditions`` further (B,) conditions."""
+        ``extra``: ``extra_conditions`` further (B,) conditions; ``x_source`` (B, 1, H, W): the source image x_s
+        of the path (``source_image`` only)."""
+        if self.source_image:
+            if x_source is None:
+                raise ValueError("this UNet reads the source image too: pass x_source")
+            x = torch.cat([x, x_source], dim=1)
         emb = None
         if self.time_embed_dim:
             if t is None:
@@ -119,3 +130,13 @@ class UNet(nn.Module):
             h = self.up[i](torch.cat([self.upsample[i](h), skips[i]], dim=1), emb)
         out = self.head(h)
         return x[:, : out.shape[1]] + out if self.residual else out
+
+
+def fold_source_channel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights of a ``source_image`` UNet as a UNet without that channel computes them where x_t = x_s
+    (the one-shot state R(x_s, s, s)): the stem's last input channel summed into the one before (a convolution
+    is linear, so this is exact there). ``state``: the network's state_dict; returns a new dict."""
+    stem = state["stem.weight"]  # (C, C_in + 1, 3, 3)
+    folded = stem[:, :-1].clone()
+    folded[:, -1:] += stem[:, -1:]
+    return {**state, "stem.weight": folded}
