@@ -170,14 +170,14 @@ class PixelModel(ModelKind):
 
     # On by default: measured on the CPU study ladder (800 steps, delta 0.25, 2 held-out fields; ablation
     # pixel:no-source-image): from x_T the walk 42.9 against 40.0 dB and the one-shot 42.6 against 41.7, and
-    # the walk within -0.16 ... +0.42 dB of its one-shot at every source step (without: -1.7 ... +0.0). On
+    # the walk within -0.17 ... +0.42 dB of its one-shot at every source step (without: -1.7 ... +0.0). On
     # the straight path x_t alone does not say how far the walk's own estimate is from x_s; with x_s beside
     # it, no step of the walk can lose what the input holds.
     source_image: bool = Field(True, description="the network also reads the source image x_s (a second input channel): "
                                "R(x_t, x_s, t, s); every step of a walk then sees what the input holds (straight path only)")
 
     @model_validator(mode="after")
-    def _walk_needs_the_straight_path(self) -> PixelModel:
+    def _walk_and_source_need_the_straight_path(self) -> PixelModel:
         if self.walk_weight and self.path != "straight":
             raise ValueError("walk_weight needs path=straight (the walk's states lie on that path); set walk_weight: 0")
         if self.source_image and self.path != "straight":
