@@ -87,7 +87,14 @@ ABLATIONS = {
               # the earlier path noise (the default is 0; see PixelModel.path_noise_std)
               ("path-noise-0.01", {"model": {"path_noise_std": 0.01}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
               # x_t alone (the earlier recipe; the default reads the source image x_s beside it at every step)
-              ("no-source-image", {"model": {"source_image": False}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
+              ("no-source-image", {"model": {"source_image": False}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              # more of the path's samples at t = s (1.0: every one; the states below s then come from the walk
+              # loss alone). Why: with x_s read beside x_t, a path sample at t < s teaches only the identity
+              # x_0 = (s x_t - t x_s) / (s - t), under which a walk hands back its first estimate
+              # (tests/test_indi.py); the walk loss's states teach a refinement. Measured (benchmarks/pixel_recipe.py):
+              # not kept, the walk falls further below its one-shot (README, "What this says")
+              ("source-point-half", {"model": {"source_fraction": 0.5}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("source-point-only", {"model": {"source_fraction": 1.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,

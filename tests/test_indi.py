@@ -208,6 +208,36 @@ def test_the_early_walk_of_the_exact_restorer_is_x0():
     assert torch.allclose(out, x0, atol=1e-6)
 
 
+class PathInverse(nn.Module):
+    """R(x_t, x_s, t, s) that knows the straight path: at t = s a fixed estimate, below it the x_0 the path
+    implies, (s x_t - t x_s) / (s - t): what the path's own samples at t < s teach a restorer that reads x_s."""
+
+    source_conditioned, source_image = True, True
+
+    def __init__(self, estimate: torch.Tensor) -> None:
+        super().__init__()
+        self.estimate = estimate
+
+    def forward(self, x, t, s, x_source):  # noqa: ANN001, ANN201
+        t, s = t[:, None, None, None], s[:, None, None, None]
+        implied = (s * x - t * x_source) / (s - t).clamp_min(1e-12)
+        return torch.where(t < s, implied, self.estimate.expand_as(x))
+
+
+def test_with_the_source_image_the_path_restorer_walks_to_its_one_shot_for_any_delta():
+    """Why the walk of a restorer reading x_s can only refine its one-shot by what the walk loss teaches: each
+    step lands on the line from x_s to the estimates so far, where the path's x_0 is those estimates, so a
+    restorer trained on the path alone hands back its first estimate at every step."""
+    g = torch.Generator().manual_seed(0)
+    estimate, xs = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    bundle = ModelBundle(pixel=PathInverse(estimate))
+    for delta in (1.0, 0.25, 0.7):
+        seen: dict[float, torch.Tensor] = {}
+        out = pixel_indi(bundle, xs, indi_schedule(3.0, delta), callback=lambda t, e, seen=seen: seen.setdefault(t, e))
+        torch.testing.assert_close(out, estimate, atol=1e-5, rtol=1e-5)
+        assert all(torch.allclose(e, estimate, atol=1e-5) for e in seen.values())
+
+
 def _source_image_net() -> nn.Module:
     torch.manual_seed(0)
     net = build_network(PixelModel(base_channels=4, depth=1, time_embed_dim=8, source_image=True)).eval()
