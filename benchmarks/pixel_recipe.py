@@ -23,26 +23,24 @@ from pathlib import Path
 
 import torch
 from machine import machine_info
-from study import ABLATIONS, RESULTS, run_ablations, settings
+from study import ABLATIONS, PIXEL_STRATEGIES, RESULTS, run_ablations, settings
 
-STRATEGIES = ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]
+from dehaze.study_config import StudyConfig
+
 VARIANTS = {"default": {}, **{name: overrides for name, overrides, _ in ABLATIONS["pixel"]}}
 
 
-def _ladders(work: Path) -> None:
-    """The study's training and held-out ladders (dehaze.study's seeds), simulated once into ``work``."""
+def _ladders(cfg: StudyConfig, work: Path) -> None:
+    """The study's training and held-out ladders (dehaze.study's seeds) in ``work``; a complete store is kept,
+    an interrupted one resumed (simulate_ladder's own rule)."""
     from dehaze.manifests import load_simulation_manifest
-    from dehaze.study import TEST_SEED_OFFSET
+    from dehaze.study import held_out_manifest
     from simulation.ladder import simulate_ladder
 
-    cfg = settings("cpu")
     manifest = load_simulation_manifest(cfg.simulation, cfg.simulation_set)
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "ladder.zarr").is_dir():
-        simulate_ladder(manifest, work / "ladder.zarr", workers=2, show_progress=False)
-    if not (work / "test.zarr").is_dir():
-        test = manifest.model_copy(update={"n_fields": cfg.test_fields, "seed": manifest.seed + TEST_SEED_OFFSET})
-        simulate_ladder(test, work / "test.zarr", workers=2, show_progress=False)
+    simulate_ladder(manifest, work / "ladder.zarr", workers=2, show_progress=False)
+    simulate_ladder(held_out_manifest(manifest, cfg.test_fields), work / "test.zarr", workers=2, show_progress=False)
 
 
 def main() -> None:
@@ -51,15 +49,16 @@ def main() -> None:
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), default=None,
                         help="train and score only these (repeatable); default: all")
     args = parser.parse_args()
-    torch.set_num_threads(settings("cpu").threads_per_trainer or 1)
+    cfg = settings("cpu")
+    torch.set_num_threads(cfg.threads_per_trainer or 1)
     t0 = time.perf_counter()
-    _ladders(args.work)
+    _ladders(cfg, args.work)
     chosen = args.variant or list(VARIANTS)
-    found = run_ablations(settings("cpu"), args.work, {"pixel": [(name, VARIANTS[name], STRATEGIES) for name in chosen]})
+    found = run_ablations(cfg, args.work, {"pixel": [(name, VARIANTS[name], PIXEL_STRATEGIES) for name in chosen]})
     variants = {}
     for name in chosen:
         methods = found[f"pixel:{name}"]["methods"]
-        by = {s: next(v for k, v in methods.items() if k.split("[")[0] == s)["psnr_per_input_step"] for s in STRATEGIES}
+        by = {s: methods[s]["psnr_per_input_step"] for s in PIXEL_STRATEGIES}
         walk, early, one = by["pixel-indi"], by["pixel-indi-early"], by["pixel-one-shot"]
         variants[name] = {"overrides": VARIANTS[name], "psnr_per_input_step": by,
                           "walk_minus_one_shot_db": {t: walk[t] - one[t] for t in one},

@@ -75,26 +75,27 @@ def settings(kind: str) -> StudyConfig:
     })
 
 
+PIXEL_STRATEGIES = ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]  # what a pixel recipe variant changes
 # Variants trained beside the study's runs (same data, same steps), each scored with the strategies it changes:
 # kind -> (name, overrides of the trainer section, strategies). They measure the recipe choices with and without. (The
 # residual restorers were measured on this ladder by a first run with residual: true; README, "The restorers".)
 ABLATIONS = {
-    "pixel": [("no-walk-loss", {"model": {"walk_weight": 0.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+    "pixel": [("no-walk-loss", {"model": {"walk_weight": 0.0}}, PIXEL_STRATEGIES),
               # the walk loss on the state one sampler step from x_s reaches (the default, uniform, jumps to t ~ U(0, s))
-              ("walk-span-one-step", {"model": {"walk_span": "one-step"}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("walk-span-one-step", {"model": {"walk_span": "one-step"}}, PIXEL_STRATEGIES),
               # no training samples at t = s exactly (the earlier recipe; the default puts a quarter there)
-              ("no-source-point", {"model": {"source_fraction": 0.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("no-source-point", {"model": {"source_fraction": 0.0}}, PIXEL_STRATEGIES),
               # the earlier path noise (the default is 0; see PixelModel.path_noise_std)
-              ("path-noise-0.01", {"model": {"path_noise_std": 0.01}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("path-noise-0.01", {"model": {"path_noise_std": 0.01}}, PIXEL_STRATEGIES),
               # x_t alone (the earlier recipe; the default reads the source image x_s beside it at every step)
-              ("no-source-image", {"model": {"source_image": False}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
+              ("no-source-image", {"model": {"source_image": False}}, PIXEL_STRATEGIES),
               # more of the path's samples at t = s (1.0: every one; the states below s then come from the walk
               # loss alone). Why: with x_s read beside x_t, a path sample at t < s teaches only the identity
               # x_0 = (s x_t - t x_s) / (s - t), under which a walk hands back its first estimate
               # (tests/test_indi.py); the walk loss's states teach a refinement. Measured (benchmarks/pixel_recipe.py):
               # not kept, the walk falls further below its one-shot (README, "What this says")
-              ("source-point-half", {"model": {"source_fraction": 0.5}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"]),
-              ("source-point-only", {"model": {"source_fraction": 1.0}}, ["pixel-indi", "pixel-indi-early", "pixel-one-shot"])],
+              ("source-point-half", {"model": {"source_fraction": 0.5}}, PIXEL_STRATEGIES),
+              ("source-point-only", {"model": {"source_fraction": 1.0}}, PIXEL_STRATEGIES)],
 }
 # The flow restorer's recipe, measured (--flow): from scratch against the study's default warm start from the
 # pixel run, scored with the flow strategy. (The velocity parametrisation from scratch is HazeMatching's recipe,

@@ -22,6 +22,12 @@ TEST_SEED_OFFSET = 1000  # the held-out test ladder of a study: the training man
 Say = Callable[[str], None]
 
 
+def held_out_manifest(manifest: Any, n_fields: int) -> Any:
+    """The manifest of a study's held-out test ladder: ``n_fields`` fields of the training manifest's physics,
+    seed + TEST_SEED_OFFSET (no field of the training ladder)."""
+    return manifest.model_copy(update={"n_fields": n_fields, "seed": manifest.seed + TEST_SEED_OFFSET})
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -77,8 +83,8 @@ def _run_study(cfg: StudyConfig, output: Path, quiet: bool, echo: Say) -> Path:
     step_montage(ladder.image(ladder.fields[0])[...], labels, output / "montage.png", title="the ladder: step 0 cleanest ... haziest")
     test = ladder
     if cfg.test_fields:
-        say(f"[1/4] simulating the held-out test ladder ({cfg.test_fields} fields, seed {manifest.seed + TEST_SEED_OFFSET})")
-        test_manifest = manifest.model_copy(update={"n_fields": cfg.test_fields, "seed": manifest.seed + TEST_SEED_OFFSET})
+        test_manifest = held_out_manifest(manifest, cfg.test_fields)
+        say(f"[1/4] simulating the held-out test ladder ({cfg.test_fields} fields, seed {test_manifest.seed})")
         test = simulate_ladder(test_manifest, output / "test.zarr", workers=2, show_progress=not quiet).store
     runs = {kind: output / "runs" / kind for kind in train_cfgs}
     for kind in stale_runs(train_cfgs, runs):  # the study owns its runs: one of an edited section is retrained

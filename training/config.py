@@ -151,8 +151,8 @@ class PixelModel(ModelKind):
     # The sampler's first call, and the whole one-shot estimate, read R at t = s exactly: under t ~ U(0, s]
     # that state has measure zero, while the UNet baseline trains on nothing else. Measured with and without
     # on the CPU study (ablation pixel:no-source-point; README, "The restorers"), and above it
-    # (benchmarks/pixel_recipe.py): 0.5 and 1.0 raise the one-shot from x_T (42.6 -> 42.6, 42.8 dB) but put
-    # the walk below its one-shot at more source steps (worst -0.27, -0.49 dB against -0.17).
+    # (benchmarks/pixel_recipe.py): 0.5 and 1.0 keep or raise the one-shot from x_T (42.6 and 42.8 dB against 42.6)
+    # but put the walk below its one-shot at more source steps (worst -0.27, -0.49 dB against -0.17).
     source_fraction: float = Field(0.25, ge=0, le=1, description="fraction of straight-path samples at t = s "
                                    "exactly (x_t = x_s; straight path only): the state every walk starts from and the one-shot estimate reads")
     sample_delta: float = Field(1.0, gt=0, description="step size delta of x_{t-d} = (d/t) R(x_t,t,s) + (1-d/t) x_t")
